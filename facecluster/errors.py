@@ -1,0 +1,37 @@
+"""Errors a user can act on: bad input, named by file, row and column.
+
+The CLI turns :class:`InputError` into one line on stderr and exit status 2; library
+callers catch it like any other exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class InputError(Exception):
+    """Bad input, located as precisely as we can.
+
+    Parameters
+    ----------
+    file : path of the offending file (or a description such as ``"<embeddings>"``)
+    message : what was expected and what came
+    row : 1-based data row (the header is not counted), if the problem is in one row
+    column : column name (manifest) or vector dimension index (embeddings)
+    """
+
+    file: str | Path
+    message: str
+    row: int | None = None
+    column: str | int | None = None
+
+    def __str__(self) -> str:
+        where = [str(self.file)]
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.column is not None:
+            col = self.column
+            where.append(f"column {col!r}" if isinstance(col, str) else f"column {col}")
+        return f"{', '.join(where)}: {self.message}"

@@ -1,0 +1,401 @@
+"""Load and validate a face set: the manifest rows plus row-aligned face embeddings.
+
+Everything a later stage trusts (labels present, vectors finite and non-zero, rows aligned)
+is checked here, once, and reported as :class:`~facecluster.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+MANIFEST_SUFFIXES = {".csv", ".tsv", ".txt", ".parquet", ".pq"}
+EMBEDDING_SUFFIXES = (".npy", ".npz", ".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class FaceSet:
+    """The manifest and its embeddings, validated.
+
+    Attributes
+    ----------
+    manifest : pandas.DataFrame
+        Every input column, verbatim (read as strings), in input order.
+    labels : ndarray of shape (n_samples,), int64
+        Label codes; ``label_names[labels[i]]`` is row i's label.
+    label_names : ndarray of shape (n_labels,), object
+        Distinct label strings, in order of first appearance.
+    embeddings : ndarray of shape (n_samples, n_features), float32
+        L2-normalised (and centred when ``centred``) vectors used by every stage.
+    centred : bool
+        Whether the set's mean direction was removed before re-normalising.
+    path_col, label_col : str
+        The manifest's path and label column names.
+    source : dict
+        Where the inputs came from (file paths), for the report.
+    """
+
+    manifest: pd.DataFrame
+    labels: np.ndarray
+    label_names: np.ndarray
+    embeddings: np.ndarray
+    centred: bool
+    path_col: str
+    label_col: str
+    source: dict = field(default_factory=dict)
+    centring_stats: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.label_names.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def label_sizes(self) -> np.ndarray:
+        """Images per label, shape (n_labels,), int64."""
+        return np.bincount(self.labels, minlength=self.n_labels)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _read_header(path: Path) -> list[str]:
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh, delimiter=sep), None)
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise InputError(path, f"cannot read manifest: {exc.strerror or exc}") from exc
+    if not header:
+        raise InputError(path, "manifest is empty: expected a header row naming the columns")
+    return header
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a CSV/TSV or Parquet manifest with every column as text, verbatim.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, unknown format, duplicate column names, ragged rows, no data rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "manifest not found")
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        try:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise InputError(path, f"cannot read Parquet manifest: {exc}") from exc
+        names = table.column_names
+        _check_duplicate_columns(path, names)
+        frame = table.to_pandas()
+        frame = frame.astype(object).where(frame.notna(), "").astype(str)
+    else:
+        names = _read_header(path)
+        _check_duplicate_columns(path, names)
+        sep = "\t" if suffix == ".tsv" else ","
+        try:
+            frame = pd.read_csv(
+                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+                encoding="utf-8", engine="c",
+            )
+        except pd.errors.ParserError as exc:
+            raise InputError(path, f"malformed CSV: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(path, f"not a UTF-8 text file ({exc.reason})") from exc
+        # The C parser pads short rows with empty strings; find them so nothing is guessed.
+        _check_ragged_rows(path, sep, len(names))
+    if len(frame) == 0:
+        raise InputError(path, "manifest has a header but no data rows")
+    return frame.reset_index(drop=True)
+
+
+def _check_duplicate_columns(path: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(path, f"duplicate column name {name!r} in the header", column=name)
+        seen.add(name)
+
+
+def _check_ragged_rows(path: Path, sep: str, n_cols: int) -> None:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        next(reader, None)
+        for row_no, row in enumerate(reader, start=1):
+            if len(row) != n_cols and any(cell.strip() for cell in row):
+                raise InputError(
+                    path,
+                    f"expected {n_cols} fields, found {len(row)} (truncated or ragged row)",
+                    row=row_no,
+                )
+
+
+def _check_columns(path: Path, frame: pd.DataFrame, path_col: str, label_col: str) -> None:
+    for col, flag in ((path_col, "--path-col"), (label_col, "--label-col")):
+        if col not in frame.columns:
+            have = ", ".join(map(repr, frame.columns))
+            raise InputError(
+                path, f"missing column {col!r} (columns present: {have}; choose with {flag})",
+                column=col,
+            )
+    if path_col == label_col:
+        raise InputError(path, "the path and label columns must differ", column=label_col)
+    for col, what in ((label_col, "label"), (path_col, "path")):
+        empty = frame[col].str.strip() == ""
+        if empty.any():
+            first = int(np.flatnonzero(empty.to_numpy())[0]) + 1
+            raise InputError(
+                path, f"empty {what} ({int(empty.sum())} row(s) in all; first shown)",
+                row=first, column=col,
+            )
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def default_embeddings_path(manifest: str | Path) -> Path:
+    """The sibling file ``<manifest stem>.npy`` (or .npz / .parquet, first that exists)."""
+    manifest = Path(manifest)
+    for suffix in EMBEDDING_SUFFIXES:
+        candidate = manifest.with_suffix(suffix)
+        if candidate.is_file() and candidate != manifest:
+            return candidate
+    return manifest.with_suffix(".npy")
+
+
+def read_embeddings(path: str | Path) -> np.ndarray:
+    """Read an (n_samples, n_features) array from .npy, .npz or Parquet.
+
+    .npy files are memory-mapped. A .npz must hold one array, or one named ``embeddings``.
+    A Parquet file holds either one list-typed column or only numeric columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "embeddings file not found (pass --embeddings FILE)")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                if "embeddings" in keys:
+                    array = archive["embeddings"]
+                elif len(keys) == 1:
+                    array = archive[keys[0]]
+                else:
+                    raise InputError(
+                        path, f"npz holds {len(keys)} arrays ({', '.join(keys)}); "
+                        "expected one, or one named 'embeddings'",
+                    )
+        elif suffix in {".parquet", ".pq"}:
+            array = _read_parquet_embeddings(path)
+        else:
+            raise InputError(path, f"unknown embeddings format {suffix!r}; use .npy, .npz or .parquet")
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(path, f"cannot read embeddings (truncated or corrupt?): {exc}") from exc
+    return _check_array(path, array)
+
+
+def _read_parquet_embeddings(path: Path) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise InputError(path, f"cannot read Parquet embeddings: {exc}") from exc
+    frame = table.to_pandas()
+    if frame.shape[1] == 1 and frame.dtypes.iloc[0] == object:
+        col = frame.columns[0]
+        lengths = frame[col].map(lambda v: -1 if v is None else len(v)).to_numpy()
+        bad = np.flatnonzero(lengths != lengths[0]) if len(lengths) else []
+        if len(bad) or (len(lengths) and lengths[0] < 0):
+            row = int(bad[0]) + 1 if len(bad) else 1
+            raise InputError(path, "embedding lists differ in length or are missing", row=row, column=col)
+        return np.stack(frame[col].to_numpy())
+    for col in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            raise InputError(path, f"non-numeric embedding column (dtype {frame[col].dtype})", column=str(col))
+    return frame.to_numpy()
+
+
+def _check_array(path: Path, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "fiu":
+        raise InputError(path, f"embeddings must be numeric, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise InputError(
+            path, f"embeddings must be 2-D (n_samples, n_features), got shape {tuple(array.shape)}"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(path, f"embeddings are empty, shape {tuple(array.shape)}")
+    return array
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def _normalise_checked(path: Path, raw: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """float32 L2-normalised copy of ``raw``, checking NaN/Inf and zero rows chunk by chunk."""
+    n, d = raw.shape
+    out = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, chunk):
+        block = np.asarray(raw[start:start + chunk], dtype=np.float64)
+        finite = np.isfinite(block)
+        if not finite.all():
+            r, c = np.argwhere(~finite)[0]
+            raise InputError(path, f"non-finite value {block[r, c]!r}", row=start + int(r) + 1, column=int(c))
+        norms = np.linalg.norm(block, axis=1)
+        zero = norms <= np.finfo(np.float32).tiny
+        if zero.any():
+            r = int(np.flatnonzero(zero)[0])
+            raise InputError(path, "all-zero embedding vector (cannot be normalised)", row=start + r + 1)
+        out[start:start + chunk] = block / norms[:, None]
+    return out
+
+
+def centring_decision(unit: np.ndarray, *, seed: int = 0, n_pairs: int = 200_000) -> dict:
+    """Decide from the data whether to subtract the set's mean direction.
+
+    Rule: estimate the distribution of cosines between random pairs of samples (almost all
+    pairs are different people). When its mean sits more than two of its standard deviations
+    above zero, the embeddings share an offset direction (as dlib's do: different people at
+    cosine ~0.83) that compresses every cosine near 1, so we centre; zero-centred models
+    (ArcFace-style, random pairs at ~0 ± 0.05–0.1) are left as they are.
+
+    Returns a dict with ``centre`` (bool), ``random_pair_mean``, ``random_pair_std``,
+    ``mean_norm``.
+    """
+    n = unit.shape[0]
+    rng = np.random.default_rng(seed)
+    m = min(n_pairs, max(1, n * (n - 1) // 2))
+    a = rng.integers(0, n, size=m)
+    b = rng.integers(0, n, size=m)
+    keep = a != b
+    a, b = a[keep], b[keep]
+    if len(a) < 2:
+        return {"centre": False, "random_pair_mean": 0.0, "random_pair_std": 0.0, "mean_norm": 0.0, "n_pairs": 0}
+    cos = np.einsum("ij,ij->i", unit[a], unit[b], dtype=np.float64) if len(a) else np.zeros(1)
+    mean, std = float(cos.mean()), float(cos.std())
+    mean_norm = float(np.linalg.norm(unit.mean(axis=0, dtype=np.float64)))
+    return {
+        "centre": bool(mean > 2.0 * std),
+        "random_pair_mean": mean,
+        "random_pair_std": std,
+        "mean_norm": mean_norm,
+        "n_pairs": int(len(a)),
+    }
+
+
+def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: str | Path = "<embeddings>",
+                       seed: int = 0) -> tuple[np.ndarray, bool, dict]:
+    """Validate and normalise raw vectors; centre them when ``centre`` says so.
+
+    Returns ``(unit_vectors float32 (n, d), centred, stats)``.
+    """
+    unit = _normalise_checked(Path(file), _check_array(Path(file), np.asarray(raw) if not isinstance(raw, np.memmap) else raw))
+    stats = centring_decision(unit, seed=seed)
+    do_centre = stats["centre"] if centre == "auto" else bool(centre)
+    stats["mode"] = str(centre)
+    if do_centre:
+        mean = unit.mean(axis=0, dtype=np.float64).astype(np.float32)
+        unit -= mean
+        norms = np.linalg.norm(unit, axis=1)
+        # A sample equal to the mean direction has nothing left after centring.
+        degenerate = norms <= 1e-6
+        if degenerate.any():
+            r = int(np.flatnonzero(degenerate)[0])
+            raise InputError(file, "embedding equals the set's mean direction; cannot centre "
+                             "(pass centre=False / --no-centre)", row=r + 1)
+        unit /= norms[:, None]
+    return unit, bool(do_centre), stats
+
+
+def load_faceset(
+    manifest: str | Path | pd.DataFrame,
+    embeddings: str | Path | np.ndarray | None = None,
+    *,
+    path_col: str = "path",
+    label_col: str = "label",
+    centre: bool | str = "auto",
+    seed: int = 0,
+) -> FaceSet:
+    """Load a manifest and its row-aligned embeddings into a validated :class:`FaceSet`.
+
+    Parameters
+    ----------
+    manifest : path to a CSV/TSV/Parquet file, or a DataFrame already in memory
+    embeddings : path (.npy/.npz/.parquet), an array of shape (n_samples, n_features), or
+        None for the manifest's sibling ``<stem>.npy``
+    path_col, label_col : manifest columns holding the image path and the identity label
+    centre : "auto" (decide from the data, see :func:`centring_decision`), True or False
+
+    Raises
+    ------
+    InputError
+        For every kind of bad input, naming file, row and column.
+    """
+    if isinstance(manifest, pd.DataFrame):
+        manifest_path: Path = Path("<manifest>")
+        frame = manifest.astype(str).reset_index(drop=True)
+        _check_duplicate_columns(manifest_path, list(map(str, frame.columns)))
+        if len(frame) == 0:
+            raise InputError(manifest_path, "manifest has no rows")
+    else:
+        manifest_path = Path(manifest)
+        frame = read_manifest(manifest_path)
+    _check_columns(manifest_path, frame, path_col, label_col)
+
+    if embeddings is None:
+        if isinstance(manifest, pd.DataFrame):
+            raise InputError(manifest_path, "embeddings are required when the manifest is a DataFrame")
+        emb_path: Path = default_embeddings_path(manifest_path)
+        raw = read_embeddings(emb_path)
+    elif isinstance(embeddings, (str, Path)):
+        emb_path = Path(embeddings)
+        raw = read_embeddings(emb_path)
+    else:
+        emb_path = Path("<embeddings>")
+        raw = _check_array(emb_path, np.asarray(embeddings) if not isinstance(embeddings, np.memmap) else embeddings)
+
+    if raw.shape[0] != len(frame):
+        raise InputError(
+            emb_path,
+            f"{raw.shape[0]} embedding rows but the manifest {manifest_path} has {len(frame)} rows; "
+            "they must be row-aligned",
+            row=min(raw.shape[0], len(frame)) + 1,
+        )
+    unit, centred, stats = prepare_embeddings(raw, centre=centre, file=emb_path, seed=seed)
+    codes, names = pd.factorize(frame[label_col], sort=False)
+    return FaceSet(
+        manifest=frame,
+        labels=codes.astype(np.int64),
+        label_names=np.asarray(names, dtype=object),
+        embeddings=unit,
+        centred=centred,
+        path_col=path_col,
+        label_col=label_col,
+        source={"manifest": str(manifest_path), "embeddings": str(emb_path)},
+        centring_stats=stats,
+    )

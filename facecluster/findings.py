@@ -1,0 +1,359 @@
+"""Per-sample findings from the kNN graph: mislabeled, outlier, near_duplicate.
+
+Each detector is a plain function of the graph (and labels) that returns arrays; ``find_issues``
+fuses them into one :class:`Findings`. Later stages add their own signal arrays to
+:class:`Signals` and their own rule in ``find_issues`` without touching the others.
+
+Nothing here uses a fixed cosine: the same-identity probability of an edge is calibrated on
+the set's own labelled kNN pairs, and the near-duplicate cut comes from the distribution of
+nearest-neighbour distances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from sklearn.isotonic import IsotonicRegression
+
+from .knn import KnnGraph
+
+ISSUES = ("mislabeled", "outlier", "near_duplicate", "duplicate_identity")
+NO_ISSUE = ""
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class SameIdentityCalibration:
+    """P(same identity | cosine) for kNN edges, fitted on the set's labelled kNN pairs.
+
+    Isotonic (monotone) regression of "same label" on similarity. Label noise only pulls the
+    curve's plateau below 1 (a flipped sample's close neighbours carry another label) and
+    does not move where it rises, so the curve stays a usable, conservative weight.
+    """
+
+    model: IsotonicRegression
+    n_pairs: int
+    same_rate: float
+
+    def __call__(self, sims: np.ndarray) -> np.ndarray:
+        shape = sims.shape
+        flat = np.nan_to_num(sims.ravel().astype(np.float64), neginf=-1.0)
+        return self.model.predict(flat).reshape(shape).astype(np.float32)
+
+    def summary(self, sims: np.ndarray) -> dict:
+        qs = np.quantile(sims[np.isfinite(sims)], [0.05, 0.25, 0.5, 0.75, 0.95])
+        return {"n_pairs": self.n_pairs, "same_label_rate": round(self.same_rate, 4),
+                "p_same_at_sim_quantiles": {f"{q:.3f}": round(float(self(np.array([q]))[0]), 4) for q in qs}}
+
+
+def calibrate_same_identity(graph: KnnGraph, labels: np.ndarray, *, max_pairs: int = 2_000_000,
+                            seed: int = 0) -> SameIdentityCalibration:
+    """Fit P(same label | cosine) on (a sample of) the graph's edges."""
+    valid = graph.indices >= 0
+    rows = np.broadcast_to(np.arange(graph.n_samples)[:, None], graph.indices.shape)[valid]
+    cols = graph.indices[valid]
+    sims = graph.sims[valid].astype(np.float64)
+    if len(sims) > max_pairs:
+        pick = np.random.default_rng(seed).choice(len(sims), size=max_pairs, replace=False)
+        rows, cols, sims = rows[pick], cols[pick], sims[pick]
+    same = (labels[rows] == labels[cols]).astype(np.float64)
+    model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    model.fit(sims, same)
+    return SameIdentityCalibration(model=model, n_pairs=int(len(sims)), same_rate=float(same.mean()))
+
+
+# --------------------------------------------------------------------------- near-duplicates
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """Groups of almost identical vectors.
+
+    group : (n_samples,) int64, group id per sample; -1 for samples in no group
+    score : (n_samples,) float32 in [0, 1], strength of the closest duplicate edge
+    partner : (n_samples,) int64, the closest duplicate partner, -1 if none
+    threshold_sim : cosine (in the processed embedding space) at and above which a pair is a
+        near-duplicate, derived from the data (see :func:`find_near_duplicates`)
+    """
+
+    group: np.ndarray
+    score: np.ndarray
+    partner: np.ndarray
+    threshold_sim: float
+    stats: dict = field(default_factory=dict)
+
+
+def _gumbel_min_fit(u: np.ndarray) -> tuple[float, float]:
+    """Location and scale of a Gumbel-for-minima law, from the quartiles (robust to the tail)."""
+    q25, q50, q75 = np.quantile(u, [0.25, 0.5, 0.75])
+    beta = float((q75 - q25) / (np.log(np.log(4.0)) - np.log(-np.log(0.75))))
+    mu = float(q50 - beta * np.log(np.log(2.0)))
+    return mu, beta
+
+
+def _gumbel_min_cdf(u: np.ndarray, mu: float, beta: float) -> np.ndarray:
+    return -np.expm1(-np.exp((u - mu) / beta))
+
+
+def find_near_duplicates(graph: KnnGraph) -> NearDuplicates:
+    """Near-duplicate groups from the low tail of nearest-neighbour distances.
+
+    u = log(1 − s₁), the log cosine distance of each sample to its nearest neighbour, is the
+    log of a minimum over many candidates, so over genuine photos it follows a Gumbel law for
+    minima, whose left tail decays exponentially (heavier than a normal's: real sets hold many
+    same-session photos). The law is fitted from the quartiles, which the few duplicates
+    cannot move, and the cut is where it expects fewer than one genuine nearest pair in the
+    whole set: n·F(u) < 1, i.e. u < μ − β·ln n. Every kNN edge below the cut is a duplicate
+    edge; groups are connected components of those edges (union-find).
+
+    An edge's score is 1 / (1 + n·F(u)): 0.5 at the cut, → 1 far below it (duplicate against
+    the expected count of genuine pairs at least that close).
+    """
+    n = graph.n_samples
+    first = graph.sims[:, 0].astype(np.float64)
+    u1 = np.log(np.clip(1.0 - first[np.isfinite(first)], 1e-12, None))
+    mu, beta = _gumbel_min_fit(u1)
+    if not beta > 0:  # degenerate (almost every vector identical): nothing is separable
+        empty = np.full(n, -1, dtype=np.int64)
+        return NearDuplicates(empty, np.zeros(n, np.float32), empty.copy(), 1.0,
+                              {"gumbel_mu": mu, "gumbel_beta": beta, "n_edges": 0, "n_groups": 0})
+    cut_u = mu - beta * np.log(max(n, 2))
+    threshold_sim = float(1.0 - np.exp(cut_u))
+
+    u = np.log(np.clip(1.0 - graph.sims.astype(np.float64), 1e-12, None))
+    is_dup = (u < cut_u) & (graph.indices >= 0)
+    rows, cols = np.nonzero(is_dup)
+    nb = graph.indices[rows, cols]
+    edge_score = 1.0 / (1.0 + n * _gumbel_min_cdf(u[rows, cols], mu, beta))
+
+    score = np.zeros(n, dtype=np.float32)
+    partner = np.full(n, -1, dtype=np.int64)
+    if len(rows):
+        # closest duplicate partner per sample: edges come sorted by similarity within a row,
+        # so the first edge seen per row (and per neighbour, for the reverse direction) wins.
+        both_r = np.concatenate([rows, nb])
+        both_p = np.concatenate([nb, rows])
+        both_s = np.concatenate([edge_score, edge_score])
+        order = np.lexsort((-both_s, both_r))
+        both_r, both_p, both_s = both_r[order], both_p[order], both_s[order]
+        firsts = np.r_[True, both_r[1:] != both_r[:-1]]
+        partner[both_r[firsts]] = both_p[firsts]
+        score[both_r[firsts]] = both_s[firsts]
+    adj = sp.coo_matrix((np.ones(len(rows)), (rows, nb)), shape=(n, n))
+    _, comp = connected_components(adj, directed=True, connection="weak")
+    in_group = partner >= 0
+    group = np.full(n, -1, dtype=np.int64)
+    _, group[in_group] = np.unique(comp[in_group], return_inverse=True)
+    stats = {"gumbel_mu": round(mu, 4), "gumbel_beta": round(beta, 4),
+             "threshold_sim": round(threshold_sim, 6), "n_edges": int(len(rows)),
+             "n_groups": int(group.max() + 1) if in_group.any() else 0,
+             "n_samples_in_groups": int(in_group.sum())}
+    return NearDuplicates(group, score, partner, threshold_sim, stats)
+
+
+# --------------------------------------------------------------------------- label agreement
+
+
+@dataclass(frozen=True)
+class LabelAgreement:
+    """Similarity-weighted kNN label votes, per sample.
+
+    given_support : (n,) reliability-weighted vote mass for the sample's own label
+    best_other : (n,) int64, the other label with most vote mass (-1 if none)
+    other_support : (n,) vote mass for ``best_other``
+    none_prob : (n,) probability that no reliable neighbour is the same person
+    reliability : (n,) how well each sample's own label is backed by its neighbours, in [0, 1]
+    n_votes : (n,) int, neighbours that voted (duplicates of the sample excluded)
+    """
+
+    given_support: np.ndarray
+    best_other: np.ndarray
+    other_support: np.ndarray
+    none_prob: np.ndarray
+    reliability: np.ndarray
+    n_votes: np.ndarray
+
+
+def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray, n_labels: int):
+    """Own-label mass, and the best other label and its mass, per row, vectorised."""
+    n, k = nb_labels.shape
+    own = nb_labels == labels[:, None]
+    given = np.where(own, weights, 0.0).sum(axis=1)
+    other = (~own) & (weights > 0)
+    r, c = np.nonzero(other)
+    best = np.full(n, -1, dtype=np.int64)
+    best_mass = np.zeros(n, dtype=np.float64)
+    if len(r):
+        key = r.astype(np.int64) * n_labels + nb_labels[r, c]
+        uniq, inv = np.unique(key, return_inverse=True)
+        mass = np.bincount(inv, weights=weights[r, c].astype(np.float64))
+        key_row = uniq // n_labels
+        # per row, the label with the largest mass (ties: smaller label code, deterministic)
+        order = np.lexsort((uniq % n_labels, -mass, key_row))
+        first = np.r_[True, key_row[order][1:] != key_row[order][:-1]]
+        top = order[first]
+        best[key_row[top]] = uniq[top] % n_labels
+        best_mass[key_row[top]] = mass[top]
+    return given, best, best_mass
+
+
+def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: SameIdentityCalibration,
+                        *, dup_group: np.ndarray | None = None, n_labels: int | None = None) -> LabelAgreement:
+    """Two-pass, reliability-weighted label vote over each sample's kNN.
+
+    Pass 1: each neighbour j votes for its label with weight p_ij = P(same identity | s_ij).
+    A sample's reliability is a_i = g_i / (T_i + 1), its own-label mass over all its vote mass
+    plus one pseudo-vote. Pass 2: votes are weighted by p_ij·a_j, so neighbours whose own
+    labels are unsupported (open-set images, other flips) do not vouch for anything. Near
+    duplicates of a sample do not vote for it: a copy is not independent evidence.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n_labels = int(n_labels if n_labels is not None else labels.max() + 1)
+    nb = graph.indices
+    valid = nb >= 0
+    nb_safe = np.where(valid, nb, 0)
+    p = np.where(valid, calibration(graph.sims), 0.0).astype(np.float64)
+    if dup_group is not None:
+        g_self = dup_group[:, None]
+        same_dup = (g_self >= 0) & (dup_group[nb_safe] == g_self)
+        p = np.where(same_dup, 0.0, p)
+    nb_labels = labels[nb_safe]
+
+    given1, _, _ = _label_votes(nb_labels, p, labels, n_labels)
+    reliability = given1 / (p.sum(axis=1) + 1.0)
+    w = p * reliability[nb_safe]
+    given, best, best_mass = _label_votes(nb_labels, w, labels, n_labels)
+    none_prob = np.prod(1.0 - np.clip(w, 0.0, 1.0), axis=1)
+    return LabelAgreement(
+        given_support=given.astype(np.float32),
+        best_other=best,
+        other_support=best_mass.astype(np.float32),
+        none_prob=none_prob.astype(np.float32),
+        reliability=reliability.astype(np.float32),
+        n_votes=(p > 0).sum(axis=1).astype(np.int32),
+    )
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What is wrong with each sample, before any policy acts on it.
+
+    issue : (n,) object, one of ISSUES or "" (no issue)
+    score : (n,) float32 in [0, 1], higher = more likely a problem (of ``issue``)
+    mislabel_score, outlier_score : (n,) float32, every sample's scores for both questions
+    suggested : (n,) int64, suggested label code for mislabeled samples, else -1
+    keep_of_group : (n,) int64, for near-duplicates the row kept for their group, else -1
+    review : (n,) bool, samples the evidence cannot judge ("cannot tell"), kept for a person
+    reason : (n,) object, short text naming the evidence
+    stats : dict of thresholds and counts for the report
+    """
+
+    issue: np.ndarray
+    score: np.ndarray
+    mislabel_score: np.ndarray
+    outlier_score: np.ndarray
+    suggested: np.ndarray
+    keep_of_group: np.ndarray
+    review: np.ndarray
+    reason: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+    def counts(self) -> dict:
+        values, counts = np.unique(self.issue[self.issue != NO_ISSUE].astype(str), return_counts=True)
+        out = {name: 0 for name in ISSUES}
+        out.update({str(v): int(c) for v, c in zip(values, counts)})
+        out["review"] = int(self.review.sum())
+        return out
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Per-sample evidence from every stage that has run; stages add fields as they land."""
+
+    calibration: SameIdentityCalibration
+    agreement: LabelAgreement
+    duplicates: NearDuplicates
+
+
+def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int, *, seed: int = 0) -> Signals:
+    calibration = calibrate_same_identity(graph, labels, seed=seed)
+    duplicates = find_near_duplicates(graph)
+    agreement = knn_label_agreement(graph, labels, calibration, dup_group=duplicates.group, n_labels=n_labels)
+    return Signals(calibration=calibration, agreement=agreement, duplicates=duplicates)
+
+
+def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
+                report_floor: float = 0.5) -> Findings:
+    """Fuse the signals into one issue per sample.
+
+    mislabel score m = b / (b + g + 1): the best other label's reliable vote mass b against
+    the given label's g, with one pseudo-vote of benefit of the doubt for the given label.
+    outlier score o = P(no reliable neighbour is the same person), judged only for labels
+    with at least 3 images (with fewer there is no majority to disagree with: such samples
+    go to review instead). A sample is reported under an issue when its score reaches
+    ``report_floor``; whether anything is done about it is the policy's call (relabel.py).
+    Near-duplicates: in each group the row with the lowest mislabel score is kept (ties:
+    first row), the others are near_duplicate findings pointing at it.
+    """
+    agr, dup = signals.agreement, signals.duplicates
+    n = len(labels)
+    sizes = np.bincount(labels, minlength=len(label_names))[labels]
+    g = agr.given_support.astype(np.float64)
+    b = agr.other_support.astype(np.float64)
+    mis = (b / (b + g + 1.0)).astype(np.float32)
+    out = np.where(sizes >= 3, agr.none_prob, 0.0).astype(np.float32)
+
+    issue = np.full(n, NO_ISSUE, dtype=object)
+    score = np.zeros(n, dtype=np.float32)
+    suggested = np.full(n, -1, dtype=np.int64)
+    review = np.zeros(n, dtype=bool)
+    reason = np.full(n, "", dtype=object)
+
+    is_mis = (mis >= report_floor) & (agr.best_other >= 0)
+    is_out = ~is_mis & (out >= report_floor)
+    issue[is_mis], score[is_mis] = "mislabeled", mis[is_mis]
+    suggested[is_mis] = agr.best_other[is_mis]
+    issue[is_out], score[is_out] = "outlier", out[is_out]
+    for i in np.flatnonzero(is_mis):
+        reason[i] = (f"kNN: {b[i]:.1f} reliable votes for {label_names[agr.best_other[i]]} "
+                     f"vs {g[i]:.1f} for its label")
+    for i in np.flatnonzero(is_out):
+        reason[i] = f"kNN: no label supported (P(no same-person neighbour)={out[i]:.2f})"
+
+    # "Cannot tell": too few images of the label to outvote or to disagree with.
+    small = (sizes <= 2) & ~is_mis
+    unsure = small & ((agr.none_prob >= report_floor) | (mis >= 0.5 * report_floor))
+    review[unsure] = True
+    for i in np.flatnonzero(unsure):
+        hint = f"; neighbours suggest {label_names[agr.best_other[i]]}" if agr.best_other[i] >= 0 and b[i] > 0 else ""
+        reason[i] = f"review: cannot tell, label has {sizes[i]} image(s){hint}"
+
+    keep_of_group = np.full(n, -1, dtype=np.int64)
+    in_group = np.flatnonzero(dup.group >= 0)
+    if len(in_group):
+        order = np.lexsort((in_group, mis[in_group], dup.group[in_group]))
+        rows = in_group[order]
+        grp = dup.group[rows]
+        head = np.r_[True, grp[1:] != grp[:-1]]
+        keeper = np.empty(int(dup.group.max()) + 1, dtype=np.int64)
+        keeper[grp[head]] = rows[head]
+        dropped = rows[~head]
+        keep_of_group[dropped] = keeper[dup.group[dropped]]
+        issue[dropped] = "near_duplicate"
+        score[dropped] = dup.score[dropped]
+        suggested[dropped] = -1
+        review[dropped] = False
+        for i in dropped:
+            reason[i] = f"near-duplicate of row {keep_of_group[i] + 1} (closest partner row {dup.partner[i] + 1})"
+
+    stats = {"report_floor": report_floor, "near_duplicates": dup.stats}
+    return Findings(issue=issue, score=score, mislabel_score=mis, outlier_score=out, suggested=suggested,
+                    keep_of_group=keep_of_group, review=review, reason=reason, stats=stats)

@@ -1,0 +1,297 @@
+"""The kNN graph every stage works on: FAISS inner-product search over L2-normalised vectors.
+
+Exact (flat) search below ``exact_max`` samples, HNSW above it with recall against exact
+measured on a sample; queries in chunks; faiss-gpu or torch CUDA when present; the result
+cached on disk under a fingerprint of its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .device import Device, query_chunk_rows, resolve_device
+from .progress import NullProgress, Progress
+
+GRAPH_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class KnnGraph:
+    """k nearest neighbours of every sample, self excluded, most similar first.
+
+    Attributes
+    ----------
+    indices : ndarray of shape (n_samples, k), int64
+        Neighbour row numbers; -1 where the index returned fewer than k results.
+    sims : ndarray of shape (n_samples, k), float32
+        Cosine similarities, non-increasing along each row; -inf where ``indices`` is -1.
+    info : dict
+        How it was built (method, device, recall, timings), for the report.
+    """
+
+    indices: np.ndarray
+    sims: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.shape[1])
+
+    def to_csr(self, symmetric: bool = False) -> sp.csr_matrix:
+        """Sparse (n, n) similarity matrix of the kNN edges.
+
+        With ``symmetric=True`` an edge found in either direction is kept in both, with the
+        larger similarity (they are equal except for approximate search).
+        """
+        n, k = self.indices.shape
+        valid = self.indices >= 0
+        rows = np.repeat(np.arange(n, dtype=np.int64), k)[valid.ravel()]
+        cols = self.indices[valid]
+        vals = self.sims[valid].astype(np.float32)
+        mat = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+        if symmetric:
+            mat = mat.maximum(mat.T).tocsr()
+        return mat
+
+    def save(self, path: str | Path, fingerprint: str) -> None:
+        """Write atomically to ``path`` (.npz) with the fingerprint of its inputs."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-knn-", suffix=".npz")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, indices=self.indices, sims=self.sims,
+                         fingerprint=np.array(fingerprint), info=np.array(json.dumps(self.info)))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path, fingerprint: str | None = None) -> "KnnGraph | None":
+        """Load a saved graph; None when missing, unreadable or of another fingerprint."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if fingerprint is not None and str(data["fingerprint"]) != fingerprint:
+                    return None
+                info = json.loads(str(data["info"]))
+                return cls(indices=data["indices"], sims=data["sims"], info=info)
+        except Exception:  # a stale or damaged cache is rebuilt, never trusted
+            return None
+
+
+def graph_fingerprint(x: np.ndarray, **params) -> str:
+    """Hash of the vectors (bytes, shape) and every parameter that changes the graph."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({"v": GRAPH_FORMAT_VERSION, "shape": list(x.shape), **params},
+                        sort_keys=True, default=str).encode())
+    flat = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
+    step = 1 << 26
+    for start in range(0, flat.size, step):
+        h.update(flat[start:start + step])
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- search backends
+
+
+def _drop_self(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """From k+1 results per query, remove the query itself (or, if absent, the last one).
+
+    ``rows`` holds each query's own row number. The query can be absent from its own list
+    when exact duplicates tie with it or an approximate index missed it.
+    """
+    is_self = idx == np.asarray(rows)[:, None]
+    no_self = ~is_self.any(axis=1)
+    is_self[no_self, -1] = True
+    # A stable sort moves the one flagged entry per row to the end, keeping the order of the rest.
+    order = np.argsort(is_self, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, axis=1)
+
+
+def _search_index(index, x: np.ndarray, k: int, progress: Progress, label: str) -> tuple[np.ndarray, np.ndarray]:
+    n, d = x.shape
+    chunk = query_chunk_rows(d, k + 1)
+    indices = np.empty((n, k), dtype=np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
+    with progress.task(label, total=n) as advance:
+        for start in range(0, n, chunk):
+            q = x[start:start + chunk]
+            s, i = index.search(q, k + 1)
+            i, s = _drop_self(i, s, np.arange(start, start + len(q)), k)
+            indices[start:start + len(q)] = i
+            sims[start:start + len(q)] = s
+            advance(len(q))
+    return indices, sims
+
+
+def _knn_torch(x: np.ndarray, k: int, device: str, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN by blocked matmul + topk in torch (used on CUDA when faiss-gpu is absent)."""
+    import torch
+
+    n, d = x.shape
+    dev = torch.device(device)
+    base = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+    chunk = max(256, min(query_chunk_rows(d, k + 1), (1 << 28) // max(n, 1)))
+    indices = np.empty((n, k), dtype=np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
+    with progress.task("kNN search (torch)", total=n) as advance, torch.no_grad():
+        for start in range(0, n, chunk):
+            q = base[start:start + chunk]
+            s, i = torch.topk(q @ base.T, k + 1, dim=1, largest=True, sorted=True)
+            i, s = _drop_self(i.cpu().numpy(), s.float().cpu().numpy(), np.arange(start, start + len(q)), k)
+            indices[start:start + len(q)] = i
+            sims[start:start + len(q)] = s
+            advance(len(q))
+    return indices, sims
+
+
+def _flat_index(x: np.ndarray, device: Device):
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    if device.backend == "faiss-gpu":
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(x)
+    return index
+
+
+def _hnsw_index(x: np.ndarray, m: int, ef_construction: int, ef_search: int, progress: Progress):
+    import faiss
+
+    index = faiss.IndexHNSWFlat(x.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.hnsw.efSearch = ef_search
+    chunk = 1 << 16
+    with progress.task("HNSW index build", total=x.shape[0]) as advance:
+        for start in range(0, x.shape[0], chunk):
+            index.add(x[start:start + chunk])
+            advance(min(chunk, x.shape[0] - start))
+    return index
+
+
+def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_queries: int = 1000,
+                   seed: int = 0) -> dict:
+    """recall@k of ``graph_indices`` against exact search, on a random sample of queries."""
+    import faiss
+
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    q = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    s, i = exact.search(x[q], k + 1)
+    true_idx, _ = _drop_self(i, s, q, k)
+    hits = [len(np.intersect1d(true_idx[r], graph_indices[qi])) for r, qi in enumerate(q)]
+    return {"recall_at_k": float(np.sum(hits) / (len(q) * k)), "n_queries": int(len(q))}
+
+
+# --------------------------------------------------------------------------- public builder
+
+
+def build_knn_graph(
+    x: np.ndarray,
+    k: int = 30,
+    *,
+    device: str | Device = "auto",
+    method: str = "auto",
+    exact_max: int = 50_000,
+    hnsw_m: int = 32,
+    ef_construction: int = 200,
+    ef_search: int | None = None,
+    recall_queries: int = 1000,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> KnnGraph:
+    """Build the kNN graph of L2-normalised vectors under cosine similarity.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_features), float32, rows of unit norm
+    k : neighbours per sample (clamped to n_samples - 1)
+    device : "auto", "cpu", "cuda" or a resolved :class:`~facecluster.device.Device`
+    method : "exact", "hnsw" or "auto" (exact up to ``exact_max`` samples on CPU, always
+        exact on a GPU, where brute force is fastest)
+    ef_search : HNSW search breadth; default max(2k, 64)
+    recall_queries : queries used to measure recall@k of an approximate graph against exact
+    cache_dir : when given, the graph is saved there under a fingerprint of ``x`` and the
+        parameters, and an identical later call loads it instead of searching
+
+    Returns
+    -------
+    KnnGraph
+    """
+    progress = progress or NullProgress()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("a kNN graph needs at least 2 samples")
+    k = int(min(k, n - 1))
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    dev = device if isinstance(device, Device) else resolve_device(device)
+    if method == "auto":
+        method = "exact" if (dev.kind == "cuda" or n <= exact_max) else "hnsw"
+    if method not in {"exact", "hnsw"}:
+        raise ValueError(f"method must be auto, exact or hnsw, got {method!r}")
+    ef_search = int(ef_search or max(2 * k, 64))
+    params = {"k": k, "method": method}
+    if method == "hnsw":
+        params.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, seed=seed)
+
+    cache_path = fingerprint = None
+    if cache_dir is not None:
+        fingerprint = graph_fingerprint(x, **params)
+        cache_path = Path(cache_dir) / "knn_graph.npz"
+        cached = KnnGraph.load(cache_path, fingerprint)
+        if cached is not None:
+            info = dict(cached.info, cache="hit", cache_path=str(cache_path))
+            return KnnGraph(cached.indices, cached.sims, info)
+
+    t0 = time.perf_counter()
+    info = {"k": k, "method": method, "device": dev.kind, "backend": dev.backend,
+            "device_reason": dev.reason, "n_samples": n}
+    if method == "exact" and dev.backend == "torch-cuda":
+        indices, sims = _knn_torch(x, k, "cuda", progress)
+    elif method == "exact":
+        index = _flat_index(x, dev)
+        indices, sims = _search_index(index, x, k, progress, "kNN search (exact)")
+    else:
+        import faiss
+
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        index = _hnsw_index(x, hnsw_m, ef_construction, ef_search, progress)
+        indices, sims = _search_index(index, x, k, progress, "kNN search (HNSW)")
+        info.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
+        info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
+    if method == "exact":
+        info["recall_at_k"] = 1.0
+    missing = indices < 0
+    if missing.any():
+        sims[missing] = -np.inf
+    info["missing_neighbours"] = int(missing.sum())
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    graph = KnnGraph(indices=indices, sims=sims, info=info)
+    if cache_path is not None:
+        graph.save(cache_path, fingerprint)
+        graph.info["cache"] = "written"
+        graph.info["cache_path"] = str(cache_path)
+    return graph

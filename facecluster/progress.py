@@ -1,0 +1,43 @@
+"""Progress reporting without printing from the library.
+
+Library functions take a :class:`Progress` and call ``with progress.task(name, total) as
+advance: advance(n)``. The default does nothing; the CLI passes :class:`RichProgress`, which
+draws bars on stderr so stdout stays clean for the summary.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+class Progress:
+    """Interface: one context manager per step."""
+
+    @contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        yield lambda n=1: None
+
+
+class NullProgress(Progress):
+    """Reports nothing (library default)."""
+
+
+class RichProgress(Progress):
+    """rich progress bars on a console (the CLI gives it a stderr console)."""
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+
+    @contextmanager
+    def task(self, description: str, total: int | None = None):
+        from rich.progress import BarColumn, Progress as _Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        with _Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False) as bar:
+            tid = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(tid, n)
+            if total is not None:
+                bar.update(tid, completed=total)
