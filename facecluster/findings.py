@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from sklearn.isotonic import IsotonicRegression
@@ -253,6 +255,7 @@ class Findings:
     keep_of_group : (n,) int64, for near-duplicates the row kept for their group, else -1
     review : (n,) bool, samples the evidence cannot judge ("cannot tell"), kept for a person
     reason : (n,) object, short text naming the evidence
+    merges : DataFrame with columns label, merged_into, score, evidence (duplicate identities)
     stats : dict of thresholds and counts for the report
     """
 
@@ -264,6 +267,7 @@ class Findings:
     keep_of_group: np.ndarray
     review: np.ndarray
     reason: np.ndarray
+    merges: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["label", "merged_into", "score", "evidence"]))
     stats: dict = field(default_factory=dict)
 
     def counts(self) -> dict:
@@ -336,10 +340,23 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         hint = f"; neighbours suggest {label_names[agr.best_other[i]]}" if agr.best_other[i] >= 0 and b[i] > 0 else ""
         reason[i] = f"review: cannot tell, label has {sizes[i]} image(s){hint}"
 
+    merges = _duplicate_identity_guard(labels, label_names, is_mis, mis, agr.best_other, issue, score, reason)
+
     keep_of_group = np.full(n, -1, dtype=np.int64)
     in_group = np.flatnonzero(dup.group >= 0)
     if len(in_group):
-        order = np.lexsort((in_group, mis[in_group], dup.group[in_group]))
+        # Keep the first row of a group whose members share a label; where their labels
+        # differ, keep the member whose label is best supported (lowest mislabel score).
+        grp_all = dup.group[in_group]
+        lab_all = labels[in_group]
+        n_grp = int(grp_all.max()) + 1
+        lab_min = np.full(n_grp, np.iinfo(np.int64).max)
+        lab_max = np.full(n_grp, -1)
+        np.minimum.at(lab_min, grp_all, lab_all)
+        np.maximum.at(lab_max, grp_all, lab_all)
+        mixed = (lab_min != lab_max)[grp_all]
+        rank = np.where(mixed, mis[in_group], 0.0)
+        order = np.lexsort((in_group, rank, grp_all))
         rows = in_group[order]
         grp = dup.group[rows]
         head = np.r_[True, grp[1:] != grp[:-1]]
@@ -356,4 +373,49 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
 
     stats = {"report_floor": report_floor, "near_duplicates": dup.stats}
     return Findings(issue=issue, score=score, mislabel_score=mis, outlier_score=out, suggested=suggested,
-                    keep_of_group=keep_of_group, review=review, reason=reason, stats=stats)
+                    keep_of_group=keep_of_group, review=review, reason=reason, merges=merges, stats=stats)
+
+
+def _duplicate_identity_guard(labels, label_names, is_mis, mis, best_other, issue, score, reason) -> pd.DataFrame:
+    """Turn per-sample "mislabeled" flags that move half a label into one merge suggestion.
+
+    When one person is filed under two names, each half's neighbours carry the other name and
+    a per-sample vote would tear the smaller half away row by row. If at least half of a
+    label's images (and at least two) vote for the same other label, the label as a whole is
+    a duplicate identity of that label: its flagged rows become ``duplicate_identity``
+    findings and a merge suggestion, instead of relabels. Chains (A→B, B→C) are resolved as
+    connected components with networkx; each group merges into its largest label.
+    """
+    n_labels = len(label_names)
+    sizes = np.bincount(labels, minlength=n_labels)
+    rows = np.flatnonzero(is_mis)
+    columns = ["label", "merged_into", "score", "evidence"]
+    if not len(rows):
+        return pd.DataFrame(columns=columns)
+    pair = labels[rows] * n_labels + best_other[rows]
+    uniq, inv, cnt = np.unique(pair, return_inverse=True, return_counts=True)
+    src, dst = uniq // n_labels, uniq % n_labels
+    share = cnt / sizes[src]
+    chosen = (share >= 0.5) & (cnt >= 2)
+    if not chosen.any():
+        return pd.DataFrame(columns=columns)
+    graph = nx.Graph()
+    edge_score = {}
+    for j in np.flatnonzero(chosen):
+        member_rows = rows[inv == j]
+        edge_score[(int(src[j]), int(dst[j]))] = (float(share[j] * mis[member_rows].mean()), int(cnt[j]))
+        graph.add_edge(int(src[j]), int(dst[j]))
+        issue[member_rows] = "duplicate_identity"
+        score[member_rows] = share[j] * mis[member_rows]
+        for i in member_rows:
+            reason[i] = (f"duplicate identity: {cnt[j]} of {sizes[src[j]]} images of "
+                         f"{label_names[src[j]]} vote {label_names[dst[j]]}")
+    out = []
+    for component in nx.connected_components(graph):
+        canonical = max(component, key=lambda lab: (sizes[lab], -lab))
+        for lab in sorted(component - {canonical}):
+            evid = [f"{cnt} image(s) of {label_names[a]} vote {label_names[b]}"
+                    for (a, b), (_, cnt) in edge_score.items() if lab in (a, b)]
+            sc = max(v for (a, b), (v, _) in edge_score.items() if lab in (a, b))
+            out.append((label_names[lab], label_names[canonical], round(sc, 4), "; ".join(evid)))
+    return pd.DataFrame(out, columns=columns)

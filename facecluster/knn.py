@@ -76,6 +76,7 @@ class KnnGraph:
             with open(tmp, "wb") as fh:
                 np.savez(fh, indices=self.indices, sims=self.sims,
                          fingerprint=np.array(fingerprint), info=np.array(json.dumps(self.info)))
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

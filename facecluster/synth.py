@@ -115,6 +115,7 @@ def inject_noise(
     duplicates: float = 0.02,
     duplicate_noise: float = 0.05,
     min_split_size: int = 8,
+    open_set_max_images: int = 5,
     seed: int = 0,
 ) -> NoisySet:
     """Add scraped-set label noise to a clean labelled set.
@@ -126,7 +127,8 @@ def inject_noise(
         (closed-set noise; lands in proportion to class size, as scraping errors do)
     open_set : share of rows that become images of people outside the label set: whole
         identities are removed from the label set and their images filed under the labels of
-        random remaining rows
+        random remaining rows; only identities with at most ``open_set_max_images`` images
+        are held out, since scraped strangers are mostly one-off distractors
     split : share of identities (with at least ``min_split_size`` images) filed under two
         names: a random half gets a new label
     duplicates : share of rows that get a near-duplicate appended (same label), perturbed by
@@ -162,7 +164,7 @@ def inject_noise(
         for lab in candidates:
             if count >= target:
                 break
-            if count + sizes[lab] > 1.5 * target and count > 0:
+            if sizes[lab] > open_set_max_images:
                 continue
             held.append(lab)
             count += sizes[lab]

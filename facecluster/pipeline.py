@@ -1,0 +1,184 @@
+"""``clean``: manifest + embeddings in, findings, actions and the output files out.
+
+The one function the CLI's ``facecluster clean`` and a data-curation pipeline both call.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .device import resolve_device
+from .faceset import FaceSet, load_faceset
+from .findings import Findings, Signals, compute_signals, find_issues
+from .knn import KnnGraph, build_knn_graph
+from .progress import NullProgress, Progress
+from .relabel import (action_counts, check_output_dir, cleaned_manifest, decide_actions, get_policy,
+                      write_outputs)
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Settings of one cleaning run.
+
+    k : neighbours per sample in the kNN graph
+    device : "auto", "cpu" or "cuda" (falls back to the CPU when no GPU can be used)
+    knn_method : "auto", "exact" or "hnsw"
+    exact_max : largest set searched exactly on the CPU under ``knn_method="auto"``
+    centre : "auto" (decided from the data), True or False
+    policy : "conservative", "balanced" or "aggressive" (see :mod:`facecluster.relabel`)
+    path_col, label_col : manifest column names
+    seed : every random choice (pair sampling, HNSW levels) derives from it
+    """
+
+    k: int = 30
+    device: str = "auto"
+    knn_method: str = "auto"
+    exact_max: int = 50_000
+    centre: str | bool = "auto"
+    policy: str = "conservative"
+    path_col: str = "path"
+    label_col: str = "label"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        get_policy(self.policy)
+        resolve_device(self.device) if self.device not in {"auto", "cpu", "cuda"} else None
+
+
+@dataclass
+class CleanResult:
+    """Everything a run produced; ``write(out_dir)`` puts the output files on disk."""
+
+    faceset: FaceSet
+    graph: KnnGraph
+    signals: Signals
+    findings: Findings
+    audit: pd.DataFrame
+    cleaned: pd.DataFrame
+    identities: pd.DataFrame
+    report: dict = field(default_factory=dict)
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Write cleaned.csv, audit.csv, identities.csv and report.json atomically."""
+        check_output_dir(out_dir, list(self.faceset.source.values()))
+        return write_outputs(out_dir, {"cleaned.csv": self.cleaned, "audit.csv": self.audit,
+                                       "identities.csv": self.identities}, self.report)
+
+    def summary(self) -> dict:
+        """Counts for a short printed summary."""
+        return {"rows": self.faceset.n_samples, "identities": self.faceset.n_labels,
+                "issues": self.report["counts"]["issues"], "actions": self.report["counts"]["actions"],
+                "rows_kept": int(len(self.cleaned)), "seconds": self.report["timings"]["total"]}
+
+
+def _versions() -> dict:
+    import faiss
+    import scipy
+    import sklearn
+
+    return {"facecluster": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "pandas": pd.__version__,
+            "faiss": getattr(faiss, "__version__", "unknown")}
+
+
+def clean(
+    manifest: str | Path | pd.DataFrame,
+    embeddings: str | Path | np.ndarray | None = None,
+    config: CleanConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    **overrides,
+) -> CleanResult:
+    """Find label problems in a face set and decide what to do about each row.
+
+    Parameters
+    ----------
+    manifest : CSV/TSV/Parquet path or DataFrame (one row per image, path + label columns)
+    embeddings : .npy/.npz/.parquet path, array of shape (n_samples, n_features), or None for
+        the manifest's sibling ``<stem>.npy``
+    config : :class:`CleanConfig`; keyword ``overrides`` replace single fields (``k=20``)
+    out_dir : when given, the outputs are written there (atomically) and the kNN graph is
+        cached there for identical re-runs
+    progress : a :class:`~facecluster.progress.Progress` (the CLI passes rich bars)
+
+    Returns
+    -------
+    CleanResult
+
+    Raises
+    ------
+    InputError
+        Bad input, naming file, row and column. Nothing is written.
+
+    Examples
+    --------
+    >>> result = clean("faces.csv", "faces.npy", out_dir="out")   # doctest: +SKIP
+    >>> result.audit.query("fc_action != 'keep'")                  # doctest: +SKIP
+    """
+    config = replace(config or CleanConfig(), **overrides)
+    progress = progress or NullProgress()
+    timings: dict[str, float] = {}
+    t_all = t = time.perf_counter()
+
+    if out_dir is not None and not isinstance(manifest, pd.DataFrame):
+        check_output_dir(out_dir, [manifest, embeddings])
+    faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
+                           centre=config.centre, seed=config.seed)
+    timings["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    graph = build_knn_graph(faceset.embeddings, k=config.k, device=config.device, method=config.knn_method,
+                            exact_max=config.exact_max, cache_dir=out_dir, seed=config.seed, progress=progress)
+    timings["knn"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with progress.task("findings", total=None):
+        signals = compute_signals(graph, faceset.labels, faceset.n_labels, seed=config.seed)
+        findings = find_issues(signals, faceset.labels, faceset.label_names)
+    timings["findings"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    audit = decide_actions(faceset.manifest, faceset.labels, faceset.label_names, faceset.label_col,
+                           findings, config.policy)
+    cleaned = cleaned_manifest(audit, faceset.label_col)
+    identities = findings.merges.copy()
+    timings["relabel"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+
+    report = {
+        "facecluster_version": __version__,
+        "versions": _versions(),
+        "inputs": dict(faceset.source, rows=faceset.n_samples, identities=faceset.n_labels, dim=faceset.dim,
+                       path_col=faceset.path_col, label_col=faceset.label_col),
+        "parameters": dict(asdict(config), policy_thresholds=asdict(get_policy(config.policy))),
+        "counts": {"issues": findings.counts(), "actions": action_counts(audit), "rows_kept": int(len(cleaned)),
+                   "merge_suggestions": int(len(identities))},
+        "stages": {
+            "embeddings": dict(faceset.centring_stats, centred=faceset.centred),
+            "knn": graph.info,
+            "calibration": signals.calibration.summary(graph.sims),
+            "near_duplicates": signals.duplicates.stats,
+            "findings": {k: v for k, v in findings.stats.items() if k != "near_duplicates"},
+        },
+        "label_sizes": _size_summary(faceset.label_sizes()),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    result = CleanResult(faceset, graph, signals, findings, audit, cleaned, identities, report)
+    if out_dir is not None:
+        result.write(out_dir)
+    return result
+
+
+def _size_summary(sizes: np.ndarray) -> dict:
+    return {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max()),
+            "singletons": int((sizes == 1).sum()), "pairs": int((sizes == 2).sum())}

@@ -1,0 +1,192 @@
+"""From findings to actions and the output files: the policy, the audit, the cleaned manifest.
+
+A :class:`Policy` says how strong a finding must be before anything is done about it; below
+that, the finding is still written to the audit (action ``keep``) so a person can review it.
+All files are staged in a temporary folder inside the output folder and moved into place
+only once every one of them is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .findings import Findings
+
+ACTIONS = ("keep", "relabel", "drop", "merge", "dedupe")
+AUDIT_COLUMNS = ("fc_action", "fc_label", "fc_issue", "fc_score", "fc_reason")
+OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Minimum finding score (in [0, 1]) for each action; ``merge_min=None`` only suggests.
+
+    Scores are probability-like: the mislabel score is the share of reliable neighbour votes
+    for the suggested label (relabel at 0.75 = three votes to one); the outlier score is the
+    probability that no reliable neighbour shows the same person (drop when more likely than
+    not); the near-duplicate score is 0.5 exactly at the data-derived cut.
+
+    conservative (default): act only on strong evidence, suggest merges without applying them.
+    balanced: act on evidence more likely right than wrong by a clear margin; apply merges.
+    aggressive: act on any majority of the evidence.
+    """
+
+    name: str
+    relabel_min: float
+    drop_min: float
+    dedupe_min: float
+    merge_min: float | None
+
+
+POLICIES = {
+    "conservative": Policy("conservative", relabel_min=0.75, drop_min=0.5, dedupe_min=0.5, merge_min=None),
+    "balanced": Policy("balanced", relabel_min=0.6, drop_min=0.4, dedupe_min=0.5, merge_min=0.75),
+    "aggressive": Policy("aggressive", relabel_min=0.5, drop_min=0.3, dedupe_min=0.5, merge_min=0.5),
+}
+
+
+def get_policy(policy: str | Policy) -> Policy:
+    if isinstance(policy, Policy):
+        return policy
+    try:
+        return POLICIES[policy]
+    except KeyError:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}") from None
+
+
+def decide_actions(manifest: pd.DataFrame, labels: np.ndarray, label_names: np.ndarray, label_col: str,
+                   findings: Findings, policy: str | Policy = "conservative") -> pd.DataFrame:
+    """The audit table: every input row, in input order, with the fc_* columns.
+
+    Returns
+    -------
+    DataFrame
+        The manifest's columns followed by fc_action, fc_label, fc_issue, fc_score, fc_reason.
+    """
+    policy = get_policy(policy)
+    n = len(labels)
+    issue = findings.issue
+    score = findings.score
+    given = label_names[labels].astype(object)
+    final = given.copy()
+    action = np.full(n, "keep", dtype=object)
+    reason = findings.reason.copy()
+
+    canonical = {}
+    if policy.merge_min is not None and len(findings.merges):
+        for row in findings.merges.itertuples(index=False):
+            if row.score >= policy.merge_min:
+                canonical[row.label] = row.merged_into
+    if canonical:
+        merged = np.array([lab in canonical for lab in given])
+        final[merged] = [canonical[lab] for lab in given[merged]]
+        action[merged] = "merge"
+        for i in np.flatnonzero(merged & (issue != "duplicate_identity")):
+            extra = f"label {given[i]} merged into {final[i]}"
+            reason[i] = f"{reason[i]}; {extra}" if reason[i] else extra
+
+    relabel = (issue == "mislabeled") & (score >= policy.relabel_min)
+    target = label_names[np.where(relabel, findings.suggested, 0)].astype(object)
+    final[relabel] = [canonical.get(t, t) for t in target[relabel]]
+    action[relabel] = "relabel"
+
+    drop = (issue == "outlier") & (score >= policy.drop_min)
+    dedupe = (issue == "near_duplicate") & (score >= policy.dedupe_min)
+    action[drop], action[dedupe] = "drop", "dedupe"
+    final[drop | dedupe] = ""
+
+    below = (issue != "") & (action == "keep")
+    for i in np.flatnonzero(below):
+        reason[i] = f"{reason[i]} [kept: below {policy.name} threshold]"
+
+    audit = manifest.copy()
+    audit[label_col] = manifest[label_col]
+    audit["fc_action"] = action
+    audit["fc_label"] = final
+    audit["fc_issue"] = issue
+    audit["fc_score"] = np.round(score.astype(np.float64), 4)
+    audit["fc_reason"] = reason
+    return audit
+
+
+def cleaned_manifest(audit: pd.DataFrame, label_col: str) -> pd.DataFrame:
+    """Rows to retrain on, the input's columns only, the label column holding the cleaned label."""
+    kept = audit[audit["fc_action"].isin(["keep", "relabel", "merge"])]
+    out = kept.drop(columns=list(AUDIT_COLUMNS)).copy()
+    out[label_col] = kept["fc_label"]
+    return out.reset_index(drop=True)
+
+
+def action_counts(audit: pd.DataFrame) -> dict:
+    counts = audit["fc_action"].value_counts()
+    return {a: int(counts.get(a, 0)) for a in ACTIONS}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def check_output_dir(out_dir: str | Path, inputs: list[str | Path]) -> Path:
+    """Refuse an output folder whose files would overwrite an input."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "output path exists and is not a folder")
+    targets = {(out_dir / name).resolve() for name in OUTPUT_FILES}
+    for path in inputs:
+        if path is not None and Path(path).resolve() in targets:
+            raise InputError(path, f"input would be overwritten by an output in {out_dir}; choose another --out")
+    return out_dir
+
+
+def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: dict) -> list[Path]:
+    """Write every output or none: staged in a temporary folder, then moved into place.
+
+    An exception (or Ctrl-C) while staging leaves the folder as it was; the temporary folder
+    is always removed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".facecluster-tmp-"))
+    try:
+        staged = []
+        for name, table in tables.items():
+            path = stage / name
+            table.to_csv(path, index=False)
+            staged.append(path)
+        report_path = stage / "report.json"
+        with open(report_path, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2, sort_keys=False, default=_json_default)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        staged.append(report_path)
+        final = []
+        for path in staged:
+            target = out_dir / path.name
+            os.replace(path, target)
+            final.append(target)
+        return final
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
