@@ -301,8 +301,8 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     mislabel score m = b / (b + g + 1): the best other label's reliable vote mass b against
     the given label's g, with one pseudo-vote of benefit of the doubt for the given label.
     outlier score o = P(no reliable neighbour is the same person), judged only for labels
-    with at least 3 images (with fewer there is no majority to disagree with: such samples
-    go to review instead). A sample is reported under an issue when its score reaches
+    with at least 3 images (with fewer there is no majority to disagree with), and mislabel
+    only for labels with at least 2: such samples go to review ("cannot tell") instead. A sample is reported under an issue when its score reaches
     ``report_floor``; whether anything is done about it is the policy's call (relabel.py).
     Near-duplicates: in each group the row with the lowest mislabel score is kept (ties:
     first row), the others are near_duplicate findings pointing at it.
@@ -321,7 +321,9 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     review = np.zeros(n, dtype=bool)
     reason = np.full(n, "", dtype=object)
 
-    is_mis = (mis >= report_floor) & (agr.best_other >= 0)
+    # A label's only image cannot be outvoted: strong votes for another label mean either a
+    # wrong label or one person under two names, and one image cannot tell which.
+    is_mis = (mis >= report_floor) & (agr.best_other >= 0) & (sizes >= 2)
     is_out = ~is_mis & (out >= report_floor)
     issue[is_mis], score[is_mis] = "mislabeled", mis[is_mis]
     suggested[is_mis] = agr.best_other[is_mis]
@@ -340,7 +342,8 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         hint = f"; neighbours suggest {label_names[agr.best_other[i]]}" if agr.best_other[i] >= 0 and b[i] > 0 else ""
         reason[i] = f"review: cannot tell, label has {sizes[i]} image(s){hint}"
 
-    merges = _duplicate_identity_guard(labels, label_names, is_mis, mis, agr.best_other, issue, score, reason)
+    merges = _duplicate_identity_guard(labels, label_names, g, b, agr.best_other, issue, score, reason)
+    suggested[issue == "duplicate_identity"] = -1
 
     keep_of_group = np.full(n, -1, dtype=np.int64)
     in_group = np.flatnonzero(dup.group >= 0)
@@ -376,46 +379,63 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                     keep_of_group=keep_of_group, review=review, reason=reason, merges=merges, stats=stats)
 
 
-def _duplicate_identity_guard(labels, label_names, is_mis, mis, best_other, issue, score, reason) -> pd.DataFrame:
-    """Turn per-sample "mislabeled" flags that move half a label into one merge suggestion.
+def _duplicate_identity_guard(labels, label_names, given, other, best_other, issue, score, reason) -> pd.DataFrame:
+    """Find labels that are the same person as another label, before any row is relabelled.
 
     When one person is filed under two names, each half's neighbours carry the other name and
-    a per-sample vote would tear the smaller half away row by row. If at least half of a
-    label's images (and at least two) vote for the same other label, the label as a whole is
-    a duplicate identity of that label: its flagged rows become ``duplicate_identity``
-    findings and a merge suggestion, instead of relabels. Chains (A→B, B→C) are resolved as
-    connected components with networkx; each group merges into its largest label.
+    a per-sample vote would tear the smaller half away row by row. If labels L and L* were one
+    person, a member of L would give L* a share of its reliable votes near
+    e = n(L*) / (n(L) + n(L*) − 1) (neighbours split in proportion to the halves). So for each
+    pair, R(L→L*) is the mean over ALL of L's images of min(1, s_i / e), s_i being image i's
+    vote share for L* (0 when L* is not its best other label). A split gives R ≈ 1 in both
+    directions; flips from L* into L give it only for the flipped subset, and not back. The
+    pair's score is min(R(L→L*), R(L*→L)); a score ≥ 1/2 with at least two images on each
+    side voting makes a merge suggestion. L's rows with no other finding become
+    ``duplicate_identity`` findings. Chains (A→B, B→C) are resolved as connected components
+    with networkx; each group merges into its largest label.
     """
     n_labels = len(label_names)
     sizes = np.bincount(labels, minlength=n_labels)
-    rows = np.flatnonzero(is_mis)
     columns = ["label", "merged_into", "score", "evidence"]
+    rows = np.flatnonzero((best_other >= 0) & (other > 0))
     if not len(rows):
         return pd.DataFrame(columns=columns)
-    pair = labels[rows] * n_labels + best_other[rows]
-    uniq, inv, cnt = np.unique(pair, return_inverse=True, return_counts=True)
+    src_all, dst_all = labels[rows], best_other[rows]
+    expected_all = sizes[dst_all] / np.maximum(sizes[src_all] + sizes[dst_all] - 1, 1)
+    share = other[rows] / np.maximum(given[rows] + other[rows], 1e-12)
+    credit = np.minimum(1.0, share / expected_all)
+    key = src_all.astype(np.int64) * n_labels + dst_all
+    uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
     src, dst = uniq // n_labels, uniq % n_labels
-    share = cnt / sizes[src]
-    chosen = (share >= 0.5) & (cnt >= 2)
+    ratio = np.bincount(inv, weights=credit) / sizes[src]
+    reverse = dst * n_labels + src
+    pos = np.clip(np.searchsorted(uniq, reverse), 0, len(uniq) - 1)
+    has_rev = uniq[pos] == reverse
+    back = np.where(has_rev, ratio[pos], 0.0)
+    back_cnt = np.where(has_rev, cnt[pos], 0)
+    pair_score = np.minimum(ratio, back)
+    chosen = (pair_score >= 0.5) & (cnt >= 2) & (back_cnt >= 2) & (src < dst)
     if not chosen.any():
         return pd.DataFrame(columns=columns)
     graph = nx.Graph()
-    edge_score = {}
+    edges = {}
     for j in np.flatnonzero(chosen):
-        member_rows = rows[inv == j]
-        edge_score[(int(src[j]), int(dst[j]))] = (float(share[j] * mis[member_rows].mean()), int(cnt[j]))
-        graph.add_edge(int(src[j]), int(dst[j]))
-        issue[member_rows] = "duplicate_identity"
-        score[member_rows] = share[j] * mis[member_rows]
-        for i in member_rows:
-            reason[i] = (f"duplicate identity: {cnt[j]} of {sizes[src[j]]} images of "
-                         f"{label_names[src[j]]} vote {label_names[dst[j]]}")
+        a, b = int(src[j]), int(dst[j])
+        edges[(a, b)] = (float(min(pair_score[j], 1.0)), int(cnt[j]), int(back_cnt[j]), float(ratio[j]), float(back[j]))
+        graph.add_edge(a, b)
     out = []
     for component in nx.connected_components(graph):
         canonical = max(component, key=lambda lab: (sizes[lab], -lab))
         for lab in sorted(component - {canonical}):
-            evid = [f"{cnt} image(s) of {label_names[a]} vote {label_names[b]}"
-                    for (a, b), (_, cnt) in edge_score.items() if lab in (a, b)]
-            sc = max(v for (a, b), (v, _) in edge_score.items() if lab in (a, b))
-            out.append((label_names[lab], label_names[canonical], round(sc, 4), "; ".join(evid)))
+            mine = {e: v for e, v in edges.items() if lab in e}
+            sc = max(v[0] for v in mine.values())
+            evid = "; ".join(
+                f"{v[1]} of {sizes[a]} images of {label_names[a]} vote {label_names[b]} and {v[2]} of {sizes[b]} "
+                f"vote back (agreement with one person: {v[3]:.2f} / {v[4]:.2f})" for (a, b), v in mine.items())
+            out.append((label_names[lab], label_names[canonical], round(sc, 4), evid))
+            members = np.flatnonzero((labels == lab) & ((issue == NO_ISSUE) | (issue == "mislabeled")))
+            issue[members] = "duplicate_identity"
+            score[members] = sc
+            for i in members:
+                reason[i] = f"duplicate identity: {label_names[lab]} looks like {label_names[canonical]} ({evid})"
     return pd.DataFrame(out, columns=columns)

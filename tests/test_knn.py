@@ -1,0 +1,123 @@
+"""kNN graph: exact equals brute force, approximate recall, torch path, cache, device fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from facecluster import build_knn_graph, resolve_device
+from facecluster.knn import KnnGraph, _knn_torch, measure_recall
+from facecluster.progress import NullProgress
+from facecluster.synth import make_faces
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _brute(x, k):
+    s = x.astype(np.float64) @ x.astype(np.float64).T
+    np.fill_diagonal(s, -np.inf)
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(s, idx, axis=1)
+
+
+def _assert_matches_brute(graph, x, k):
+    idx, sims = _brute(x, k)
+    np.testing.assert_allclose(graph.sims, sims, atol=1e-5)
+    # indices agree wherever similarities are not tied
+    distinct = np.abs(np.diff(sims, axis=1, prepend=np.inf, append=-np.inf))
+    untied = (distinct[:, :-1] > 1e-5) & (distinct[:, 1:] > 1e-5)
+    assert (graph.indices[untied] == idx[untied]).all()
+
+
+def test_exact_graph_equals_brute_force_topk():
+    x = _unit(np.random.default_rng(0).standard_normal((700, 24)))
+    graph = build_knn_graph(x, k=15, device="cpu", method="exact")
+    assert graph.indices.shape == (700, 15) and graph.indices.dtype == np.int64
+    assert graph.sims.dtype == np.float32
+    _assert_matches_brute(graph, x, 15)
+    assert graph.info["recall_at_k"] == 1.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 60), d=st.integers(1, 12), k=st.integers(1, 20), seed=st.integers(0, 10_000))
+def test_graph_invariants_on_random_data(n, d, k, seed):
+    x = _unit(np.random.default_rng(seed).standard_normal((n, d)) + 1e-3)
+    graph = build_knn_graph(x, k=k, device="cpu", method="exact")
+    kk = min(k, n - 1)
+    assert graph.indices.shape == (n, kk)
+    assert (graph.indices != np.arange(n)[:, None]).all(), "self must be excluded"
+    assert ((graph.indices >= 0) & (graph.indices < n)).all()
+    assert (np.diff(graph.sims, axis=1) <= 1e-6).all(), "rows sorted by similarity"
+    _, sims = _brute(x, kk)
+    np.testing.assert_allclose(graph.sims, sims, atol=1e-5)
+
+
+def test_exact_duplicates_do_not_leave_self_in_the_list():
+    x = _unit(np.random.default_rng(1).standard_normal((50, 8)))
+    x[10] = x[11] = x[12]
+    graph = build_knn_graph(x, k=5, device="cpu", method="exact")
+    assert (graph.indices != np.arange(50)[:, None]).all()
+    assert set(graph.indices[10, :2]) == {11, 12}
+
+
+def test_hnsw_recall_at_default_settings():
+    x, _ = make_faces(8000, 600, 128, seed=2)
+    graph = build_knn_graph(x, k=30, device="cpu", method="hnsw")
+    assert graph.info["method"] == "hnsw"
+    assert graph.info["recall_at_k"] >= 0.95
+    # the reported recall is the truth: check it against an independent exact sample
+    again = measure_recall(x, graph.indices, 30, n_queries=300, seed=99)
+    assert again["recall_at_k"] >= 0.95
+
+
+def test_auto_switches_to_approximate_above_exact_max():
+    x, _ = make_faces(3000, 200, 64, seed=3)
+    graph = build_knn_graph(x, k=10, device="cpu", exact_max=1000)
+    assert graph.info["method"] == "hnsw" and 0.0 < graph.info["recall_at_k"] <= 1.0
+
+
+def test_torch_backend_matches_faiss_on_cpu():
+    x = _unit(np.random.default_rng(4).standard_normal((500, 32)))
+    idx, sims = _knn_torch(x, 12, "cpu", NullProgress())
+    graph = KnnGraph(idx, sims)
+    _assert_matches_brute(graph, x, 12)
+
+
+def test_cuda_request_falls_back_to_cpu_with_a_reason(monkeypatch):
+    import facecluster.device as device
+
+    monkeypatch.setattr(device, "faiss_gpu_count", lambda: 0)
+    monkeypatch.setattr(device, "torch_cuda_available", lambda: False)
+    dev = resolve_device("cuda")
+    assert dev.kind == "cpu" and "cuda requested" in dev.reason
+    x = _unit(np.random.default_rng(5).standard_normal((100, 8)))
+    graph = build_knn_graph(x, k=5, device=dev)
+    assert graph.info["device"] == "cpu"
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+
+
+def test_graph_cache_is_reused_only_for_identical_inputs(tmp_path):
+    x = _unit(np.random.default_rng(6).standard_normal((300, 16)))
+    first = build_knn_graph(x, k=8, device="cpu", cache_dir=tmp_path)
+    assert first.info["cache"] == "written"
+    second = build_knn_graph(x, k=8, device="cpu", cache_dir=tmp_path)
+    assert second.info["cache"] == "hit"
+    np.testing.assert_array_equal(first.indices, second.indices)
+    other_k = build_knn_graph(x, k=9, device="cpu", cache_dir=tmp_path)
+    assert other_k.info["cache"] == "written"
+    y = x.copy()
+    y[0] = y[1]
+    assert build_knn_graph(y, k=9, device="cpu", cache_dir=tmp_path).info["cache"] == "written"
+    (tmp_path / "knn_graph.npz").write_bytes(b"corrupt")
+    assert build_knn_graph(y, k=9, device="cpu", cache_dir=tmp_path).info["cache"] == "written"
+
+
+def test_to_csr_symmetric():
+    x = _unit(np.random.default_rng(7).standard_normal((80, 6)))
+    mat = build_knn_graph(x, k=4, device="cpu").to_csr(symmetric=True)
+    assert (abs(mat - mat.T) > 1e-7).nnz == 0 and mat.shape == (80, 80)
