@@ -45,7 +45,7 @@ def issue_scores(pred_issue: np.ndarray, truth: pd.DataFrame, *, acted: np.ndarr
         is_true, is_pred = true == t_name, pred == p_name
         out[p_name] = _prf(int((is_true & is_pred).sum()), int(is_pred.sum()), int(is_true.sum()))
     copies = np.flatnonzero(true == "near_duplicate")
-    sources = truth["duplicate_of"].to_numpy()[copies]
+    sources = truth["duplicate_of"].to_numpy().astype(np.int64)[copies]
     in_pair = np.zeros(len(true), dtype=bool)
     in_pair[copies] = in_pair[sources] = True
     is_pred = pred == "near_duplicate"

@@ -1,0 +1,66 @@
+"""The ``facecluster`` command: exit codes, messages, what is written and printed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from typer.testing import CliRunner
+
+from cli.main import app
+
+from .conftest import EXAMPLES
+
+runner = CliRunner()
+
+
+def test_clean_writes_outputs_and_prints_a_summary(tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for word in ("rows", "identities", "mislabeled", "near_duplicate", "relabel", "dedupe", "time"):
+        assert word in result.stdout
+    assert {p.name for p in out.iterdir()} >= {"cleaned.csv", "audit.csv", "identities.csv", "report.json"}
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--out", str(out), "--dry-run"])
+    assert result.exit_code == 0 and "dry run" in result.stdout
+    assert not out.exists()
+
+
+def test_quiet_prints_nothing_on_stdout(tmp_path):
+    result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0 and result.stdout.strip() == ""
+
+
+def test_bad_input_exits_2_with_one_clear_line_and_no_output(tmp_path, small_set):
+    x = np.load(small_set.with_suffix(".npy"))
+    x[41, 3] = np.inf
+    np.save(small_set.with_suffix(".npy"), x)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "clean", str(small_set), "--out", str(out), "-q"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "faces.npy, row 42, column 3: non-finite value" in " ".join(proc.stderr.split())
+    assert not out.exists()
+
+
+def test_named_columns_and_explicit_embeddings(tmp_path, small_set):
+    text = small_set.read_text().replace("path,label", "file,person", 1)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(text)
+    args = ["clean", str(manifest), "--embeddings", str(small_set.with_suffix(".npy")), "--path-col", "file",
+            "--label-col", "person", "--out", str(tmp_path / "o"), "-q", "--device", "cpu", "--k", "15"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    missing = runner.invoke(app, ["clean", str(manifest), "--embeddings", str(small_set.with_suffix(".npy")), "-q"])
+    assert missing.exit_code == 2 and "missing column 'path'" in missing.output
+
+
+def test_invalid_option_is_a_usage_error():
+    result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--k", "0"])
+    assert result.exit_code == 2
