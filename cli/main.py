@@ -32,6 +32,7 @@ class PolicyChoice(str, Enum):
 class KnnChoice(str, Enum):
     auto = "auto"
     exact = "exact"
+    ivf = "ivf"
     hnsw = "hnsw"
 
 
@@ -55,7 +56,7 @@ def clean(
     k: Annotated[int, typer.Option(min=1, help="Neighbours per sample in the kNN graph.")] = 30,
     device: Annotated[DeviceChoice, typer.Option(help="Where to search: auto uses a GPU when one is usable.")] = DeviceChoice.auto,
     policy: Annotated[PolicyChoice, typer.Option(help="How strong a finding must be before it is acted on.")] = PolicyChoice.conservative,
-    knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, hnsw, or auto (exact for small sets).")] = KnnChoice.auto,
+    knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto (exact up to 200k rows on a CPU, else IVF tuned to recall 0.97).")] = KnnChoice.auto,
     centre: Annotated[str, typer.Option(help="Subtract the set's mean direction: auto (decided from the data), yes, no.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Analyse and print the summary; write nothing.")] = False,

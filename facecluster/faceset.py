@@ -296,7 +296,7 @@ def centring_decision(unit: np.ndarray, *, seed: int = 0, n_pairs: int = 200_000
     a, b = a[keep], b[keep]
     if len(a) < 2:
         return {"centre": False, "random_pair_mean": 0.0, "random_pair_std": 0.0, "mean_norm": 0.0, "n_pairs": 0}
-    cos = np.einsum("ij,ij->i", unit[a], unit[b], dtype=np.float64) if len(a) else np.zeros(1)
+    cos = np.einsum("ij,ij->i", unit[a], unit[b], dtype=np.float64)
     mean, std = float(cos.mean()), float(cos.std())
     mean_norm = float(np.linalg.norm(unit.mean(axis=0, dtype=np.float64)))
     return {
@@ -314,7 +314,8 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
 
     Returns ``(unit_vectors float32 (n, d), centred, stats)``.
     """
-    unit = _normalise_checked(Path(file), _check_array(Path(file), np.asarray(raw) if not isinstance(raw, np.memmap) else raw))
+    # np.asarray keeps a memmap's buffer (no copy); _normalise_checked reads it chunk by chunk
+    unit = _normalise_checked(Path(file), _check_array(Path(file), np.asarray(raw)))
     stats = centring_decision(unit, seed=seed)
     do_centre = stats["centre"] if centre == "auto" else bool(centre)
     stats["mode"] = str(centre)
@@ -377,7 +378,7 @@ def load_faceset(
         raw = read_embeddings(emb_path)
     else:
         emb_path = Path("<embeddings>")
-        raw = _check_array(emb_path, np.asarray(embeddings) if not isinstance(embeddings, np.memmap) else embeddings)
+        raw = _check_array(emb_path, np.asarray(embeddings))
 
     if raw.shape[0] != len(frame):
         raise InputError(

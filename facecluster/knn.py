@@ -1,7 +1,8 @@
 """The kNN graph every stage works on: FAISS inner-product search over L2-normalised vectors.
 
-Exact (flat) search below ``exact_max`` samples, HNSW above it with recall against exact
-measured on a sample; queries in chunks; faiss-gpu or torch CUDA when present; the result
+Exact (flat) search up to ``exact_max`` samples, IVF above it (nprobe tuned until recall@k
+against exact search reaches a target on sampled queries; HNSW on request), recall measured
+on an independent sample; queries in chunks; faiss-gpu or torch CUDA when present; the result
 cached on disk under a fingerprint of its inputs.
 """
 
@@ -188,6 +189,50 @@ def _hnsw_index(x: np.ndarray, m: int, ef_construction: int, ef_search: int, pro
     return index
 
 
+def _ivf_index(x: np.ndarray, nlist: int, seed: int, progress: Progress):
+    import faiss
+
+    n, d = x.shape
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    rng = np.random.default_rng(seed)
+    n_train = min(n, 64 * nlist)
+    train = x[np.sort(rng.choice(n, size=n_train, replace=False))] if n_train < n else x
+    with progress.task("IVF training (k-means)", total=None):
+        index.train(np.ascontiguousarray(train))
+    chunk = 1 << 16
+    with progress.task("IVF index build", total=n) as advance:
+        for start in range(0, n, chunk):
+            index.add(x[start:start + chunk])
+            advance(min(chunk, n - start))
+    return index
+
+
+def _tune_nprobe(index, x: np.ndarray, k: int, target: float, n_queries: int, seed: int) -> tuple[int, list]:
+    """Smallest power-of-two nprobe whose recall@k on sampled queries reaches ``target``."""
+    import faiss
+
+    n = x.shape[0]
+    rng = np.random.default_rng(seed + 1)
+    q = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    s, i = exact.search(x[q], k + 1)
+    truth, _ = _drop_self(i, s, q, k)
+    curve = []
+    nprobe = 1
+    while True:
+        index.nprobe = nprobe
+        s, i = index.search(x[q], k + 1)
+        got, _ = _drop_self(i, s, q, k)
+        recall = sum(len(np.intersect1d(a, b)) for a, b in zip(truth, got)) / truth.size
+        curve.append((nprobe, round(float(recall), 4)))
+        if recall >= target or nprobe >= index.nlist:
+            return nprobe, curve
+        nprobe = min(2 * nprobe, index.nlist)
+
+
 def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_queries: int = 1000,
                    seed: int = 0) -> dict:
     """recall@k of ``graph_indices`` against exact search, on a random sample of queries."""
@@ -213,7 +258,9 @@ def build_knn_graph(
     *,
     device: str | Device = "auto",
     method: str = "auto",
-    exact_max: int = 50_000,
+    exact_max: int = 200_000,
+    target_recall: float = 0.97,
+    nlist: int | None = None,
     hnsw_m: int = 32,
     ef_construction: int = 200,
     ef_search: int | None = None,
@@ -229,8 +276,11 @@ def build_knn_graph(
     x : ndarray of shape (n_samples, n_features), float32, rows of unit norm
     k : neighbours per sample (clamped to n_samples - 1)
     device : "auto", "cpu", "cuda" or a resolved :class:`~facecluster.device.Device`
-    method : "exact", "hnsw" or "auto" (exact up to ``exact_max`` samples on CPU, always
-        exact on a GPU, where brute force is fastest)
+    method : "exact", "ivf", "hnsw" or "auto" (exact up to ``exact_max`` samples on CPU, IVF
+        above; always exact on a GPU, where brute force is fastest)
+    target_recall : IVF only: nprobe is the smallest power of two whose recall@k against exact
+        search, on ``recall_queries`` sampled queries, reaches this
+    nlist : IVF lists; default 4·sqrt(n_samples)
     ef_search : HNSW search breadth; default max(2k, 64)
     recall_queries : queries used to measure recall@k of an approximate graph against exact
     cache_dir : when given, the graph is saved there under a fingerprint of ``x`` and the
@@ -250,13 +300,16 @@ def build_knn_graph(
         raise ValueError(f"k must be at least 1, got {k}")
     dev = device if isinstance(device, Device) else resolve_device(device)
     if method == "auto":
-        method = "exact" if (dev.kind == "cuda" or n <= exact_max) else "hnsw"
-    if method not in {"exact", "hnsw"}:
-        raise ValueError(f"method must be auto, exact or hnsw, got {method!r}")
+        method = "exact" if (dev.kind == "cuda" or n <= exact_max) else "ivf"
+    if method not in {"exact", "ivf", "hnsw"}:
+        raise ValueError(f"method must be auto, exact, ivf or hnsw, got {method!r}")
     ef_search = int(ef_search or max(2 * k, 64))
     params = {"k": k, "method": method}
+    nlist = int(nlist or min(65536, max(8, round(4 * np.sqrt(n)))))
     if method == "hnsw":
         params.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, seed=seed)
+    elif method == "ivf":
+        params.update(nlist=nlist, target_recall=target_recall, recall_queries=recall_queries, seed=seed)
 
     cache_path = fingerprint = None
     if cache_dir is not None:
@@ -275,10 +328,14 @@ def build_knn_graph(
     elif method == "exact":
         index = _flat_index(x, dev)
         indices, sims = _search_index(index, x, k, progress, "kNN search (exact)")
+    elif method == "ivf":
+        index = _ivf_index(x, nlist, seed, progress)
+        nprobe, curve = _tune_nprobe(index, x, k, target_recall, recall_queries, seed)
+        index.nprobe = nprobe
+        indices, sims = _search_index(index, x, k, progress, f"kNN search (IVF, nprobe={nprobe})")
+        info.update(nlist=nlist, nprobe=nprobe, nprobe_recall_curve=curve, target_recall=target_recall)
+        info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
     else:
-        import faiss
-
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
         index = _hnsw_index(x, hnsw_m, ef_construction, ef_search, progress)
         indices, sims = _search_index(index, x, k, progress, "kNN search (HNSW)")
         info.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .device import resolve_device
 from .faceset import FaceSet, load_faceset
 from .findings import Findings, Signals, compute_signals, find_issues
 from .knn import KnnGraph, build_knn_graph
@@ -29,7 +28,7 @@ class CleanConfig:
 
     k : neighbours per sample in the kNN graph
     device : "auto", "cpu" or "cuda" (falls back to the CPU when no GPU can be used)
-    knn_method : "auto", "exact" or "hnsw"
+    knn_method : "auto", "exact", "ivf" or "hnsw"
     exact_max : largest set searched exactly on the CPU under ``knn_method="auto"``
     centre : "auto" (decided from the data), True or False
     policy : "conservative", "balanced" or "aggressive" (see :mod:`facecluster.relabel`)
@@ -40,7 +39,7 @@ class CleanConfig:
     k: int = 30
     device: str = "auto"
     knn_method: str = "auto"
-    exact_max: int = 50_000
+    exact_max: int = 200_000
     centre: str | bool = "auto"
     policy: str = "conservative"
     path_col: str = "path"
@@ -51,7 +50,10 @@ class CleanConfig:
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
         get_policy(self.policy)
-        resolve_device(self.device) if self.device not in {"auto", "cpu", "cuda"} else None
+        if self.device not in {"auto", "cpu", "cuda"}:
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.knn_method not in {"auto", "exact", "ivf", "hnsw"}:
+            raise ValueError(f"knn_method must be auto, exact, ivf or hnsw, got {self.knn_method!r}")
 
 
 @dataclass
@@ -132,8 +134,9 @@ def clean(
 
     if out_dir is not None and not isinstance(manifest, pd.DataFrame):
         check_output_dir(out_dir, [manifest, embeddings])
-    faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
-                           centre=config.centre, seed=config.seed)
+    with progress.task("load and validate", total=None):
+        faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
+                               centre=config.centre, seed=config.seed)
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -148,9 +151,10 @@ def clean(
     timings["findings"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    audit = decide_actions(faceset.manifest, faceset.labels, faceset.label_names, faceset.label_col,
-                           findings, config.policy)
-    cleaned = cleaned_manifest(audit, faceset.label_col)
+    with progress.task("decide actions", total=None):
+        audit = decide_actions(faceset.manifest, faceset.labels, faceset.label_names, faceset.label_col,
+                               findings, config.policy)
+        cleaned = cleaned_manifest(audit, faceset.label_col)
     identities = findings.merges.copy()
     timings["relabel"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
@@ -175,7 +179,8 @@ def clean(
     }
     result = CleanResult(faceset, graph, signals, findings, audit, cleaned, identities, report)
     if out_dir is not None:
-        result.write(out_dir)
+        with progress.task("write outputs", total=None):
+            result.write(out_dir)
     return result
 
 

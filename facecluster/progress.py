@@ -33,10 +33,15 @@ class RichProgress(Progress):
 
     @contextmanager
     def task(self, description: str, total: int | None = None):
-        from rich.progress import BarColumn, Progress as _Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as _Bar, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
 
-        with _Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False) as bar:
+        if total is None:  # unknown length: a spinner and the elapsed time
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        else:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn())
+        with _Bar(*columns, console=self.console, transient=False) as bar:
             tid = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(tid, n)
             if total is not None:

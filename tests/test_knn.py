@@ -74,10 +74,23 @@ def test_hnsw_recall_at_default_settings():
     assert again["recall_at_k"] >= 0.95
 
 
+@pytest.mark.parametrize("offset", [0.0, 2.2])
+def test_ivf_tunes_nprobe_to_reach_the_target_recall(offset):
+    x, _ = make_faces(8000, 600, 128, offset=offset, seed=2)
+    graph = build_knn_graph(x, k=30, device="cpu", method="ivf")
+    assert graph.info["method"] == "ivf"
+    # the recall reported is measured on queries independent of those used for tuning
+    assert graph.info["recall_at_k"] >= 0.95
+    assert graph.info["nprobe_recall_curve"][-1][1] >= graph.info["target_recall"]
+    assert measure_recall(x, graph.indices, 30, n_queries=300, seed=99)["recall_at_k"] >= 0.95
+    stricter = build_knn_graph(x, k=30, device="cpu", method="ivf", target_recall=0.995)
+    assert stricter.info["nprobe"] >= graph.info["nprobe"]
+
+
 def test_auto_switches_to_approximate_above_exact_max():
     x, _ = make_faces(3000, 200, 64, seed=3)
     graph = build_knn_graph(x, k=10, device="cpu", exact_max=1000)
-    assert graph.info["method"] == "hnsw" and 0.0 < graph.info["recall_at_k"] <= 1.0
+    assert graph.info["method"] == "ivf" and 0.0 < graph.info["recall_at_k"] <= 1.0
 
 
 def test_torch_backend_matches_faiss_on_cpu():
