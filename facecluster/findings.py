@@ -418,24 +418,32 @@ def _duplicate_identity_guard(labels, label_names, given, other, best_other, iss
     if not chosen.any():
         return pd.DataFrame(columns=columns)
     graph = nx.Graph()
-    edges = {}
+    evidence: dict[int, list[str]] = {}
+    best: dict[int, float] = {}
     for j in np.flatnonzero(chosen):
         a, b = int(src[j]), int(dst[j])
-        edges[(a, b)] = (float(min(pair_score[j], 1.0)), int(cnt[j]), int(back_cnt[j]), float(ratio[j]), float(back[j]))
+        sc = float(min(pair_score[j], 1.0))
+        text = (f"{cnt[j]} of {sizes[a]} images of {label_names[a]} vote {label_names[b]} and {back_cnt[j]} of "
+                f"{sizes[b]} vote back (agreement with one person: {ratio[j]:.2f} / {back[j]:.2f})")
+        for lab in (a, b):
+            evidence.setdefault(lab, []).append(text)
+            best[lab] = max(best.get(lab, 0.0), sc)
         graph.add_edge(a, b)
+    merged_into = np.full(n_labels, -1, dtype=np.int64)
     out = []
     for component in nx.connected_components(graph):
         canonical = max(component, key=lambda lab: (sizes[lab], -lab))
         for lab in sorted(component - {canonical}):
-            mine = {e: v for e, v in edges.items() if lab in e}
-            sc = max(v[0] for v in mine.values())
-            evid = "; ".join(
-                f"{v[1]} of {sizes[a]} images of {label_names[a]} vote {label_names[b]} and {v[2]} of {sizes[b]} "
-                f"vote back (agreement with one person: {v[3]:.2f} / {v[4]:.2f})" for (a, b), v in mine.items())
-            out.append((label_names[lab], label_names[canonical], round(sc, 4), evid))
-            members = np.flatnonzero((labels == lab) & ((issue == NO_ISSUE) | (issue == "mislabeled")))
-            issue[members] = "duplicate_identity"
-            score[members] = sc
-            for i in members:
-                reason[i] = f"duplicate identity: {label_names[lab]} looks like {label_names[canonical]} ({evid})"
+            merged_into[lab] = canonical
+            out.append((label_names[lab], label_names[canonical], round(best[lab], 4), "; ".join(evidence[lab])))
+    members = np.flatnonzero((merged_into[labels] >= 0) & ((issue == NO_ISSUE) | (issue == "mislabeled")))
+    label_score = np.zeros(n_labels, dtype=np.float32)
+    for lab, sc in best.items():
+        label_score[lab] = sc
+    issue[members] = "duplicate_identity"
+    score[members] = label_score[labels[members]]
+    for i in members:
+        lab = labels[i]
+        reason[i] = (f"duplicate identity: {label_names[lab]} looks like {label_names[merged_into[lab]]} "
+                     f"({'; '.join(evidence[lab])})")
     return pd.DataFrame(out, columns=columns)

@@ -31,8 +31,9 @@ class KnnGraph:
 
     Attributes
     ----------
-    indices : ndarray of shape (n_samples, k), int64
-        Neighbour row numbers; -1 where the index returned fewer than k results.
+    indices : ndarray of shape (n_samples, k), int32
+        Neighbour row numbers; -1 where the index returned fewer than k results. int32 keeps
+        the graph at n·k·8 bytes with the similarities (sets beyond 2³¹ rows are refused).
     sims : ndarray of shape (n_samples, k), float32
         Cosine similarities, non-increasing along each row; -inf where ``indices`` is -1.
     info : dict
@@ -129,14 +130,21 @@ def _drop_self(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, k: int) -> tu
 
 
 def _search_index(index, x: np.ndarray, k: int, progress: Progress, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Query every row of ``x`` against ``index`` in chunks; ``index=None`` is exact search
+    straight over ``x`` (faiss.knn: no copy of the vectors into an index)."""
+    import faiss
+
     n, d = x.shape
     chunk = query_chunk_rows(d, k + 1)
-    indices = np.empty((n, k), dtype=np.int64)
+    indices = np.empty((n, k), dtype=np.int32)
     sims = np.empty((n, k), dtype=np.float32)
     with progress.task(label, total=n) as advance:
         for start in range(0, n, chunk):
             q = x[start:start + chunk]
-            s, i = index.search(q, k + 1)
+            if index is None:
+                s, i = faiss.knn(q, x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+            else:
+                s, i = index.search(q, k + 1)
             i, s = _drop_self(i, s, np.arange(start, start + len(q)), k)
             indices[start:start + len(q)] = i
             sims[start:start + len(q)] = s
@@ -152,7 +160,7 @@ def _knn_torch(x: np.ndarray, k: int, device: str, progress: Progress) -> tuple[
     dev = torch.device(device)
     base = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
     chunk = max(256, min(query_chunk_rows(d, k + 1), (1 << 28) // max(n, 1)))
-    indices = np.empty((n, k), dtype=np.int64)
+    indices = np.empty((n, k), dtype=np.int32)
     sims = np.empty((n, k), dtype=np.float32)
     with progress.task("kNN search (torch)", total=n) as advance, torch.no_grad():
         for start in range(0, n, chunk):
@@ -166,11 +174,12 @@ def _knn_torch(x: np.ndarray, k: int, device: str, progress: Progress) -> tuple[
 
 
 def _flat_index(x: np.ndarray, device: Device):
+    """A flat index on the GPU(s) for faiss-gpu; on the CPU none (faiss.knn searches x as is)."""
+    if device.backend != "faiss-gpu":
+        return None
     import faiss
 
-    index = faiss.IndexFlatIP(x.shape[1])
-    if device.backend == "faiss-gpu":
-        index = faiss.index_cpu_to_all_gpus(index)
+    index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(x.shape[1]))
     index.add(x)
     return index
 
@@ -280,7 +289,7 @@ def build_knn_graph(
         above; always exact on a GPU, where brute force is fastest)
     target_recall : IVF only: nprobe is the smallest power of two whose recall@k against exact
         search, on ``recall_queries`` sampled queries, reaches this
-    nlist : IVF lists; default 4·sqrt(n_samples)
+    nlist : IVF lists; default 4·sqrt(n_samples), at most n_samples / 39
     ef_search : HNSW search breadth; default max(2k, 64)
     recall_queries : queries used to measure recall@k of an approximate graph against exact
     cache_dir : when given, the graph is saved there under a fingerprint of ``x`` and the
@@ -295,6 +304,8 @@ def build_knn_graph(
     n = x.shape[0]
     if n < 2:
         raise ValueError("a kNN graph needs at least 2 samples")
+    if n >= 2**31 - 1:
+        raise ValueError("more than 2**31 - 2 samples: shard the set")
     k = int(min(k, n - 1))
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -305,7 +316,8 @@ def build_knn_graph(
         raise ValueError(f"method must be auto, exact, ivf or hnsw, got {method!r}")
     ef_search = int(ef_search or max(2 * k, 64))
     params = {"k": k, "method": method}
-    nlist = int(nlist or min(65536, max(8, round(4 * np.sqrt(n)))))
+    # 4·sqrt(n) lists, but at least 39 training points per list (FAISS's k-means minimum)
+    nlist = int(nlist or max(1, min(65536, round(4 * np.sqrt(n)), n // 39)))
     if method == "hnsw":
         params.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, seed=seed)
     elif method == "ivf":

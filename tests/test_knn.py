@@ -36,7 +36,7 @@ def _assert_matches_brute(graph, x, k):
 def test_exact_graph_equals_brute_force_topk():
     x = _unit(np.random.default_rng(0).standard_normal((700, 24)))
     graph = build_knn_graph(x, k=15, device="cpu", method="exact")
-    assert graph.indices.shape == (700, 15) and graph.indices.dtype == np.int64
+    assert graph.indices.shape == (700, 15) and graph.indices.dtype == np.int32
     assert graph.sims.dtype == np.float32
     _assert_matches_brute(graph, x, 15)
     assert graph.info["recall_at_k"] == 1.0
