@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import facecluster as fc
 from facecluster.metrics import issue_scores
@@ -187,3 +189,32 @@ def test_real_faces_known_noise_is_found(real_set):
     fallback = set(detection.path[detection.method == "fallback_median_box"])
     outliers = audit.path[audit.fc_issue == "outlier"]
     assert len(outliers) >= 50 and outliers.isin(fallback).mean() >= 0.8
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(8, 120), n_labels=st.integers(1, 12), dim=st.integers(2, 24), seed=st.integers(0, 10**6),
+       offset=st.sampled_from([0.0, 2.0]), copies=st.integers(0, 5),
+       policy=st.sampled_from(["conservative", "balanced", "aggressive"]))
+def test_audit_invariants_hold_on_any_set(n, n_labels, dim, seed, offset, copies, policy):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)) + offset
+    x[: copies] = x[n - copies:] if copies else x[:0]  # some exact duplicates
+    labels = np.array([f"L{v}" for v in rng.integers(0, n_labels, size=n)], dtype=object)
+    frame = pd.DataFrame({"path": [f"p{i}" for i in range(n)], "label": labels})
+    result = fc.clean(frame, x, k=min(10, n - 1), policy=policy)
+    audit = result.audit
+    assert len(audit) == n and audit.path.tolist() == frame.path.tolist()
+    gone = audit.fc_action.isin(["drop", "dedupe"])
+    assert (audit.fc_label[gone] == "").all() and (audit.fc_label[~gone] != "").all()
+    assert len(result.cleaned) == int((~gone).sum())
+    assert ((audit.fc_score >= 0) & (audit.fc_score <= 1)).all()
+    assert (audit.fc_action[audit.fc_issue == ""] == "keep").all() or policy != "conservative"
+    # every near-duplicate group has exactly one row not deduplicated (it may still be dropped
+    # as an outlier, and its copies with it)
+    group = result.signals.duplicates.group
+    deduped = (audit.fc_action == "dedupe").to_numpy()
+    for g in np.unique(group[group >= 0]):
+        assert (~deduped[group == g]).sum() == 1
+        assert (~gone.to_numpy()[group == g]).sum() <= 1
+    # relabels and merges only ever point at labels that exist in the input
+    assert set(audit.fc_label[~gone]) <= set(labels)
