@@ -1,7 +1,10 @@
-"""Scores of a cleaning run against ground truth (from :func:`facecluster.synth.inject_noise`).
+"""The field's metrics: clustering quality and cleaning quality against ground truth.
 
-Issue types in the truth map onto what the cleaner reports:
-flip → mislabeled, open_set → outlier, near_duplicate → near_duplicate,
+Clustering (pairwise precision/recall/F, BCubed precision/recall/F, NMI) works from the
+sparse contingency table of (true, predicted) ids: O(N) memory and O(N log N) time, fine at
+millions of samples. Cleaning scores compare a run's audit with the ground truth of
+:func:`facecluster.synth.inject_noise`; issue types in the truth map onto what the cleaner
+reports: flip → mislabeled, open_set → outlier, near_duplicate → near_duplicate,
 split → duplicate_identity.
 """
 
@@ -9,15 +12,81 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.sparse.csgraph import connected_components
+import scipy.sparse as sp
+from sklearn.metrics import normalized_mutual_info_score
 
 TRUTH_TO_ISSUE = {"flip": "mislabeled", "open_set": "outlier", "split": "duplicate_identity"}
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def _contingency(true: np.ndarray, pred: np.ndarray):
+    """Sizes of the non-empty (true, pred) cells, and of the true and predicted clusters."""
+    true = np.unique(np.asarray(true), return_inverse=True)[1].astype(np.int64)
+    pred = np.unique(np.asarray(pred), return_inverse=True)[1].astype(np.int64)
+    if true.shape != pred.shape:
+        raise ValueError(f"true and predicted labels differ in length: {true.shape} vs {pred.shape}")
+    key = true * (int(pred.max()) + 1) + pred
+    cells, cell_n = np.unique(key, return_counts=True)
+    cell_true, cell_pred = cells // (int(pred.max()) + 1), cells % (int(pred.max()) + 1)
+    return cell_n, cell_true, cell_pred, np.bincount(true), np.bincount(pred)
+
+
+def _f(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def pairwise_scores(true: np.ndarray, pred: np.ndarray) -> dict:
+    """Pairwise precision, recall and F-score of a clustering.
+
+    Precision: of the sample pairs put in one cluster, the share that are one identity;
+    recall: of the same-identity pairs, the share put in one cluster. Pairs are unordered;
+    singletons make no pairs (precision is 1 when no pair is predicted).
+    """
+    cell_n, _, _, a, b = _contingency(true, pred)
+    pairs = lambda n: (n.astype(np.float64) * (n - 1) / 2).sum()  # noqa: E731
+    tp, pred_pairs, true_pairs = pairs(cell_n), pairs(b), pairs(a)
+    p = tp / pred_pairs if pred_pairs else 1.0
+    r = tp / true_pairs if true_pairs else 1.0
+    return {"precision": float(p), "recall": float(r), "f": float(_f(p, r))}
+
+
+def bcubed_scores(true: np.ndarray, pred: np.ndarray) -> dict:
+    """BCubed precision, recall and F-score (Bagga & Baldwin 1998; Amigó et al. 2009).
+
+    Per sample: precision = share of its predicted cluster with its identity, recall = share
+    of its identity in its predicted cluster (the sample itself included); averaged.
+    """
+    cell_n, cell_true, cell_pred, a, b = _contingency(true, pred)
+    n = float(a.sum())
+    sq = cell_n.astype(np.float64) ** 2
+    p = float((sq / b[cell_pred]).sum() / n)
+    r = float((sq / a[cell_true]).sum() / n)
+    return {"precision": p, "recall": r, "f": float(_f(p, r))}
+
+
+def nmi(true: np.ndarray, pred: np.ndarray) -> float:
+    """Normalised mutual information (arithmetic mean normalisation, scikit-learn's default)."""
+    return float(normalized_mutual_info_score(true, pred))
+
+
+def clustering_scores(true: np.ndarray, pred: np.ndarray) -> dict:
+    """Pairwise and BCubed precision/recall/F, NMI and the number of clusters."""
+    pw, bc = pairwise_scores(true, pred), bcubed_scores(true, pred)
+    return {"pairwise_precision": pw["precision"], "pairwise_recall": pw["recall"], "pairwise_f": pw["f"],
+            "bcubed_precision": bc["precision"], "bcubed_recall": bc["recall"], "bcubed_f": bc["f"],
+            "nmi": nmi(true, pred), "n_clusters": int(len(np.unique(pred)))}
+
+
+# --------------------------------------------------------------------------- cleaning
 
 
 def _prf(tp: int, n_pred: int, n_true: int) -> dict:
     p = tp / n_pred if n_pred else 0.0
     r = tp / n_true if n_true else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4), "n_pred": int(n_pred),
+    return {"precision": float(p), "recall": float(r), "f1": float(_f(p, r)), "n_pred": int(n_pred),
             "n_true": int(n_true)}
 
 
@@ -51,17 +120,79 @@ def issue_scores(pred_issue: np.ndarray, truth: pd.DataFrame, *, acted: np.ndarr
     is_pred = pred == "near_duplicate"
     found = is_pred[copies] | is_pred[sources]
     nd = _prf(int((in_pair & is_pred).sum()), int(is_pred.sum()), len(copies))
-    nd["recall"] = round(float(found.mean()) if len(copies) else 0.0, 4)
-    p, r = nd["precision"], nd["recall"]
-    nd["f1"] = round(2 * p * r / (p + r), 4) if p + r else 0.0
+    nd["recall"] = float(found.mean()) if len(copies) else 0.0
+    nd["f1"] = float(_f(nd["precision"], nd["recall"]))
     out["near_duplicate"] = nd
     return out
 
 
-def relabel_accuracy(final_labels: np.ndarray, given_labels: np.ndarray, truth_labels: np.ndarray,
-                     relabelled: np.ndarray) -> float:
-    """Share of relabelled rows whose new label is their true label."""
-    relabelled = np.asarray(relabelled, dtype=bool)
-    if not relabelled.any():
-        return 0.0
-    return float((np.asarray(final_labels)[relabelled] == np.asarray(truth_labels)[relabelled]).mean())
+def merge_scores(suggested: pd.DataFrame | list, true_pairs: list) -> dict:
+    """Precision / recall of merge suggestions as unordered label pairs.
+
+    A suggestion (a → b) is right when a and b are one person in the truth (directly, or
+    through a chain of true pairs).
+    """
+    pairs = [tuple(map(str, p)) for p in (zip(suggested["label"], suggested["merged_into"])
+                                          if isinstance(suggested, pd.DataFrame) else suggested)]
+    truth = [tuple(map(str, p)) for p in true_pairs]
+    canon = _canonical(truth)
+    same = lambda a, b: canon.get(a, a) == canon.get(b, b)  # noqa: E731
+    tp = sum(same(a, b) for a, b in pairs)
+    found = sum(any(same(a, b) and {a, b} & {x, y} for a, b in pairs) for x, y in truth)
+    return {"precision": tp / len(pairs) if pairs else 0.0,
+            "recall": found / len(truth) if truth else 0.0,
+            "n_suggested": len(pairs), "n_true": len(truth)}
+
+
+def _canonical(pairs: list) -> dict:
+    """Map every label in ``pairs`` to one representative per connected group."""
+    names = sorted({x for p in pairs for x in p})
+    if not names:
+        return {}
+    index = {name: i for i, name in enumerate(names)}
+    rows = [index[a] for a, _ in pairs]
+    cols = [index[b] for _, b in pairs]
+    adj = sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(names), len(names)))
+    _, comp = connected_components(adj, directed=False)
+    first = {}
+    for name, c in zip(names, comp):
+        first.setdefault(c, name)
+    return {name: first[c] for name, c in zip(names, comp)}
+
+
+def cleaning_scores(audit: pd.DataFrame, truth_labels: np.ndarray, truth: pd.DataFrame,
+                    identities: pd.DataFrame, true_merges: list) -> dict:
+    """Everything a cleaning run is judged on.
+
+    Parameters
+    ----------
+    audit : the run's audit table (fc_action, fc_label, fc_issue)
+    truth_labels : (n,) the true label name of every row ("" for open-set people, who have none)
+    truth : the ground-truth table (issue, duplicate_of)
+    identities : the run's merge suggestions
+    true_merges : list of (label, label) pairs that are one person
+
+    Returns per-issue precision/recall/F1 (found and acted on), relabel accuracy, merge-pair
+    precision/recall, kept-label precision (share of rows kept for retraining whose final
+    label is right, labels of one person counted as one) and clean rows lost.
+    """
+    truth_labels = np.asarray(truth_labels).astype(str)
+    action = audit["fc_action"].to_numpy()
+    final = audit["fc_label"].to_numpy().astype(str)
+    canon = _canonical([tuple(map(str, p)) for p in true_merges])
+    unify = np.vectorize(lambda x: canon.get(x, x), otypes=[object])
+    right = (unify(final) == unify(truth_labels)) & (truth_labels != "") if len(final) else np.zeros(0, bool)
+    kept = np.isin(action, ["keep", "relabel", "merge"])
+    relabel = action == "relabel"
+    clean = truth["issue"].to_numpy().astype(str) == ""
+    return {
+        "found": issue_scores(audit["fc_issue"].to_numpy(), truth),
+        "acted_on": issue_scores(audit["fc_issue"].to_numpy(), truth, acted=action != "keep"),
+        "relabel_accuracy": float(right[relabel].mean()) if relabel.any() else 0.0,
+        "merges": merge_scores(identities, true_merges),
+        "kept_label_precision": float(right[kept].mean()) if kept.any() else 0.0,
+        "clean_rows_lost": int((~kept & clean).sum()),
+        "clean_rows_lost_share": float((~kept & clean).sum() / max(clean.sum(), 1)),
+        "rows_kept": int(kept.sum()),
+    }
+
