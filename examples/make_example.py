@@ -38,6 +38,7 @@ def build(n_samples: int = 3000, n_identities: int = 200, dim: int = 128, seed: 
         "issue": noisy.truth["issue"],
         "true_label": np.where(true >= 0, label_names(np.maximum(true, 0)), ""),
         "duplicate_of": noisy.truth["duplicate_of"],
+        "split_of": np.where(noisy.truth["split_of"] >= 0, label_names(np.maximum(noisy.truth["split_of"], 0)), ""),
     })
     merges = pd.DataFrame({"label": label_names(noisy.merge_pairs[:, 0]) if len(noisy.merge_pairs) else [],
                            "true_label": label_names(noisy.merge_pairs[:, 1]) if len(noisy.merge_pairs) else []})

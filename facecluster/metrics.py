@@ -103,7 +103,9 @@ def issue_scores(pred_issue: np.ndarray, truth: pd.DataFrame, *, acted: np.ndarr
     -----
     Near-duplicates are scored per true pair: a flagged row is right when it belongs to an
     injected (source, copy) pair, and a pair is found when either of its rows is flagged,
-    since which copy is kept does not matter.
+    since which copy is kept does not matter. Duplicate identities likewise: a flagged row is
+    right when it is in either half of a split identity (``truth.split_of``), and a split is
+    found when rows of either half are flagged, since which name survives does not matter.
     """
     pred = np.asarray(pred_issue).astype(str)
     if acted is not None:
@@ -123,6 +125,16 @@ def issue_scores(pred_issue: np.ndarray, truth: pd.DataFrame, *, acted: np.ndarr
     nd["recall"] = float(found.mean()) if len(copies) else 0.0
     nd["f1"] = float(_f(nd["precision"], nd["recall"]))
     out["near_duplicate"] = nd
+    if "split_of" in truth:
+        split_of = truth["split_of"].to_numpy().astype(str)  # ints from synth, names from a CSV
+        in_split = ~np.isin(split_of, ["", "-1", "nan"])
+        is_pred = pred == "duplicate_identity"
+        groups = np.unique(split_of[in_split])
+        hit = np.unique(split_of[is_pred & in_split])
+        di = _prf(int((is_pred & in_split).sum()), int(is_pred.sum()), len(groups))
+        di["recall"] = len(hit) / len(groups) if len(groups) else 0.0
+        di["f1"] = float(_f(di["precision"], di["recall"]))
+        out["duplicate_identity"] = di
     return out
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 ISSUES = ("flip", "open_set", "split", "near_duplicate")
 
@@ -93,7 +94,9 @@ class NoisySet:
     embeddings : (n_noisy, dim) float32
     labels : (n_noisy,) int64, the labels as a scraper would have filed them
     truth : DataFrame, one row per noisy row: ``issue`` (one of ISSUES or ""), ``true_label``
-        (int; -1 for open-set rows, whose person has no label), ``duplicate_of`` (row of the
+        (int; -1 for open-set rows, whose person has no label), ``true_person`` (the identity
+        really shown, open-set people included: the clustering ground truth), ``split_of`` (for
+        both halves of a split identity, its original label; else -1), ``duplicate_of`` (row of the
         original for near-duplicates, else -1), ``source_row`` (row in the clean input, -1 for
         appended rows)
     merge_pairs : (n_splits, 2) int64, (new label, original label) per split identity
@@ -138,59 +141,64 @@ def inject_noise(
     x = np.asarray(embeddings, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64).copy()
     n = len(y)
-    true = y.copy()
-    issue = np.array([""] * n, dtype=object)
+    person = y.copy()  # who is really in the picture, for clustering scores
+    true = y.copy()  # the right label (-1 for people outside the label set)
+    issue = np.full(n, "", dtype=object)
+    split_of = np.full(n, -1, dtype=np.int64)  # both halves of a split identity: its original label
     next_label = int(y.max()) + 1
-
-    # Split identities (before anything else, on clean labels).
     sizes = np.bincount(y)
+    order = np.argsort(y, kind="stable")
+    starts = np.r_[0, np.cumsum(sizes)]
+    members_of = lambda lab: order[starts[lab]:starts[lab + 1]]  # noqa: E731
+
+    # Split identities (before anything else, on clean labels): a random half gets a new name.
     splittable = np.flatnonzero(sizes >= min_split_size)
-    n_split = int(round(split * len(sizes)))
+    n_split = min(int(round(split * len(sizes))), len(splittable))
     merge_pairs = []
-    for lab in rng.permutation(splittable)[:n_split]:
-        members = np.flatnonzero(y == lab)
+    for lab in rng.choice(splittable, size=n_split, replace=False):
+        members = members_of(lab)
         half = rng.choice(members, size=len(members) // 2, replace=False)
         y[half] = next_label
         issue[half] = "split"
+        split_of[members] = lab
         merge_pairs.append((next_label, int(lab)))
         next_label += 1
 
-    # Open-set: hold out whole identities (not split ones) until the target row count is met.
+    # Open-set: hold out whole small identities (not split ones) until the target row count is
+    # met, and file their images under the labels of random remaining rows.
     target = int(round(open_set * n))
     if target:
-        split_labels = {int(b) for _, b in merge_pairs}
-        candidates = [lab for lab in rng.permutation(len(sizes)) if lab not in split_labels and sizes[lab] > 0]
-        held, count = [], 0
-        for lab in candidates:
-            if count >= target:
-                break
-            if sizes[lab] > open_set_max_images:
-                continue
-            held.append(lab)
-            count += sizes[lab]
-        held_rows = np.flatnonzero(np.isin(true, held) & (issue == ""))
-        keep_rows = np.flatnonzero(~np.isin(true, held))
+        split_labels = np.array([b for _, b in merge_pairs], dtype=np.int64)
+        candidates = rng.permutation(np.flatnonzero((sizes > 0) & (sizes <= open_set_max_images)))
+        candidates = candidates[~np.isin(candidates, split_labels)]
+        take = np.searchsorted(np.cumsum(sizes[candidates]), target) + 1
+        held = candidates[:take]
+        held_rows = np.flatnonzero(np.isin(person, held))
+        keep_rows = np.flatnonzero(~np.isin(person, held))
         y[held_rows] = y[rng.choice(keep_rows, size=len(held_rows))]
         true[held_rows] = -1
         issue[held_rows] = "open_set"
 
-    # Closed-set flips among rows still clean: take the label of another random row.
+    # Closed-set flips among rows still clean: each takes the label of another random
+    # (labelled) row, redrawn while it equals the row's own label.
     clean_rows = np.flatnonzero(issue == "")
-    n_flip = int(round(flip * n))
-    flipped = rng.choice(clean_rows, size=min(n_flip, len(clean_rows)), replace=False)
+    flipped = rng.choice(clean_rows, size=min(int(round(flip * n)), len(clean_rows)), replace=False)
     labelled = np.flatnonzero(true >= 0)
-    for row in flipped:
-        for _ in range(100):
-            new = y[labelled[rng.integers(len(labelled))]]
-            if new != y[row]:
-                y[row] = new
-                break
+    new = y[labelled[rng.integers(len(labelled), size=len(flipped))]]
+    for _ in range(100):
+        same = new == y[flipped]
+        if not same.any():
+            break
+        new[same] = y[labelled[rng.integers(len(labelled), size=int(same.sum()))]]
+    ok = new != y[flipped]
+    flipped, new = flipped[ok], new[ok]
+    y[flipped] = new
     issue[flipped] = "flip"
 
     # Near-duplicates appended at the end, same (possibly noisy) label as their source.
     n_dup = int(round(duplicates * n))
     src = np.sort(rng.choice(n, size=min(n_dup, n), replace=False))
-    scale = duplicate_noise * _median_centroid_distance(x, true)
+    scale = duplicate_noise * _median_centroid_distance(x, np.asarray(labels, dtype=np.int64))
     pert = rng.standard_normal((len(src), x.shape[1])).astype(np.float32)
     pert *= (scale / np.linalg.norm(pert, axis=1))[:, None]
     dup_x = _unit(x[src] + pert)
@@ -198,21 +206,24 @@ def inject_noise(
     all_x = np.vstack([x, dup_x]).astype(np.float32)
     all_y = np.concatenate([y, y[src]])
     truth = pd.DataFrame({
-        "issue": np.concatenate([issue, np.array(["near_duplicate"] * len(src), dtype=object)]),
+        "issue": np.concatenate([issue, np.full(len(src), "near_duplicate", dtype=object)]),
         "true_label": np.concatenate([true, true[src]]),
+        "true_person": np.concatenate([person, person[src]]),
+        "split_of": np.concatenate([split_of, split_of[src]]),
         "duplicate_of": np.concatenate([np.full(n, -1), src]).astype(np.int64),
         "source_row": np.concatenate([np.arange(n), np.full(len(src), -1)]).astype(np.int64),
     })
     return NoisySet(all_x, all_y, truth, np.asarray(merge_pairs, dtype=np.int64).reshape(-1, 2))
 
 
-def _median_centroid_distance(x: np.ndarray, labels: np.ndarray) -> float:
-    ok = labels >= 0
-    lab = labels[ok]
-    sums = np.zeros((lab.max() + 1, x.shape[1]), dtype=np.float64)
-    np.add.at(sums, lab, x[ok])
-    cent = sums / np.maximum(np.bincount(lab), 1)[:, None]
-    return float(np.median(np.linalg.norm(x[ok] - cent[lab], axis=1)))
+def _median_centroid_distance(x: np.ndarray, labels: np.ndarray, sample: int = 200_000) -> float:
+    """Median distance of a sample to its label's centroid (the set's within-identity scale)."""
+    n_labels = int(labels.max()) + 1
+    onehot = sp.csr_matrix((np.ones(len(labels), dtype=np.float32), (labels, np.arange(len(labels)))),
+                           shape=(n_labels, len(labels)))
+    cent = np.asarray(onehot @ x) / np.maximum(np.bincount(labels, minlength=n_labels), 1)[:, None]
+    rows = np.random.default_rng(0).choice(len(labels), size=min(sample, len(labels)), replace=False)
+    return float(np.median(np.linalg.norm(x[rows] - cent[labels[rows]], axis=1)))
 
 
 def label_names(labels: np.ndarray, prefix: str = "id") -> np.ndarray:
