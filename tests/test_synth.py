@@ -1,0 +1,86 @@
+"""The noisy-set generator: shapes, geometry, and ground truth that matches what was injected."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facecluster.synth import identity_sizes, inject_noise, make_faces
+
+
+def test_make_faces_is_seeded_unit_norm_and_long_tailed():
+    x, y = make_faces(5000, 400, 64, seed=1)
+    x2, y2 = make_faces(5000, 400, 64, seed=1)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    assert x.shape == (5000, 64) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    sizes = np.bincount(y)
+    assert len(sizes) == 400 and sizes.min() >= 1
+    assert (sizes <= 5).mean() > 0.2 and sizes.max() > 5 * np.median(sizes)
+
+
+@pytest.mark.parametrize("offset,same_range,diff_range", [
+    (0.0, (0.45, 0.75), (-0.05, 0.05)),   # ArcFace-like: different people near 0
+    (2.2, (0.88, 0.97), (0.78, 0.88)),    # dlib-like: all cosines compressed near 1
+])
+def test_cosine_geometry_matches_the_targeted_face_model(offset, same_range, diff_range):
+    x, y = make_faces(4000, 200, 128, offset=offset, seed=2)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, len(y), (2, 200_000))
+    cos = np.einsum("ij,ij->i", x[a], x[b])
+    same, diff = cos[(y[a] == y[b]) & (a != b)], cos[y[a] != y[b]]
+    assert same_range[0] < np.median(same) < same_range[1]
+    assert diff_range[0] < np.median(diff) < diff_range[1]
+
+
+def test_injected_counts_and_truth_are_consistent():
+    x, y = make_faces(6000, 400, 64, seed=3)
+    noisy = inject_noise(x, y, flip=0.05, open_set=0.02, split=0.02, duplicates=0.03, seed=3)
+    t = noisy.truth
+    n = len(y)
+    assert len(noisy.labels) == len(t) == len(noisy.embeddings) == n + round(0.03 * n)
+    counts = t.issue.value_counts()
+    assert counts["flip"] == round(0.05 * n)
+    assert counts["near_duplicate"] == round(0.03 * n)
+    assert round(0.02 * n) <= counts["open_set"] <= round(0.02 * n) + 5  # whole identities, each <= 5 images
+    assert len(noisy.merge_pairs) == round(0.02 * 400)
+    orig = t.source_row.to_numpy() >= 0
+    # true labels recoverable: clean rows keep theirs, flips lost it, open-set people have none
+    clean = (t.issue == "").to_numpy()
+    np.testing.assert_array_equal(noisy.labels[clean], y[t.source_row[clean]])
+    flips = (t.issue == "flip").to_numpy()
+    assert (noisy.labels[flips] != t.true_label[flips]).all()
+    np.testing.assert_array_equal(t.true_label[flips], y[t.source_row[flips]])
+    open_set = (t.issue == "open_set").to_numpy()
+    assert (t.true_label[open_set] == -1).all()
+    assert not np.isin(t.true_person[open_set], noisy.labels[~open_set & orig]).any(), "held-out people have no label"
+    # splits: the new label's split rows are all one original identity, and the pair is recorded
+    # (open-set images and flips may also be filed under the new name, like under any label)
+    for new, old in noisy.merge_pairs:
+        rows = (noisy.labels[:n] == new) & (t.issue[:n] == "split").to_numpy()
+        assert rows.sum() >= 4
+        assert (t.true_label[:n][rows] == old).all() and (t.split_of[:n][rows] == old).all()
+    # near-duplicates: very close to their source, same label
+    dup = np.flatnonzero(t.issue == "near_duplicate")
+    src = t.duplicate_of.to_numpy()[dup]
+    cos = np.einsum("ij,ij->i", noisy.embeddings[dup], noisy.embeddings[src])
+    assert (cos > 0.99).all() and (noisy.labels[dup] == noisy.labels[src]).all()
+    np.testing.assert_array_equal(t.true_person.to_numpy()[dup], t.true_person.to_numpy()[src])
+
+
+def test_noise_lands_in_proportion_to_class_size():
+    x, y = make_faces(20000, 1000, 32, seed=4)
+    noisy = inject_noise(x, y, flip=0.1, open_set=0.0, split=0.0, duplicates=0.0, seed=4)
+    flips = (noisy.truth.issue == "flip").to_numpy()
+    sizes = np.bincount(y)
+    big = sizes[noisy.labels[flips]]
+    # the label a flipped row receives is drawn from rows, so it favours big classes
+    assert np.median(big) > np.median(sizes)
+
+
+def test_identity_sizes_sum_and_floor():
+    sizes = identity_sizes(1000, 300, rng=np.random.default_rng(0))
+    assert sizes.sum() == 1000 and sizes.min() == 1
+    with pytest.raises(ValueError):
+        identity_sizes(10, 20, rng=np.random.default_rng(0))
