@@ -81,6 +81,102 @@ def clean(
         _print_summary(result.summary(), None if dry_run else out)
 
 
+@app.command()
+def bench(
+    size: Annotated[int, typer.Option(min=100, help="Rows of the generated clean set (noise is added on top).")] = 10_000,
+    dim: Annotated[int, typer.Option(min=2, help="Embedding dimension of the generated set.")] = 512,
+    offset: Annotated[float, typer.Option(help="Shared mean direction: 0 = ArcFace-like, 2.2 = dlib-like.")] = 0.0,
+    manifest: Annotated[Optional[Path], typer.Option(help="Bench on your own clean labelled set instead (noise is injected into it).")] = None,
+    embeddings: Annotated[Optional[Path], typer.Option(help="Embeddings for --manifest (default: its sibling .npy).")] = None,
+    peers: Annotated[str, typer.Option(help="Comma-separated peers: cleanlab,hdbscan,finch,agglomerative,kmeans,infomap, or none.")] = ",".join(("cleanlab", "hdbscan", "finch", "agglomerative", "kmeans", "infomap")),
+    k: Annotated[int, typer.Option(min=1, help="Neighbours per sample.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed for generation, noise and every method.")] = 0,
+    scaling: Annotated[Optional[str], typer.Option(help="Also time our pipeline alone at these sizes, e.g. 10000,100000.")] = None,
+    memory_budget_gb: Annotated[float, typer.Option(help="Skip a peer whose known memory need exceeds this.")] = 8.0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all results as JSON here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run our pipeline and the peers on the same noisy set; print quality, time and peak memory side by side."""
+    import json
+    from dataclasses import asdict
+
+    from facecluster import InputError
+    from facecluster.bench import PEERS, bench_set, run_bench
+    from facecluster.bench import scaling as run_scaling
+    from facecluster.progress import NullProgress, RichProgress
+
+    chosen = [] if peers.strip().lower() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
+    unknown = sorted(set(chosen) - set(PEERS))
+    if unknown:
+        _fail(ValueError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}"))
+    try:
+        sizes = [int(v) for v in scaling.split(",")] if scaling else []
+    except ValueError:
+        _fail(ValueError(f"--scaling must be comma-separated integers, got {scaling!r}"))
+    progress = NullProgress() if quiet else RichProgress(err_console)
+    try:
+        with progress.task("generate and inject noise", total=None):
+            noisy = bench_set(size, dim=dim, offset=offset, seed=seed, manifest=manifest, embeddings=embeddings)
+    except InputError as exc:
+        _fail(exc)
+    rows = run_bench(noisy, peers=chosen, k=k, seed=seed, memory_budget_gb=memory_budget_gb, progress=progress)
+    scale_rows = run_scaling(sizes, dim=dim, offset=offset, k=k, seed=seed, progress=progress) if sizes else []
+    _print_bench(rows, scale_rows, noisy)
+    if json_out:
+        payload = {"set": {"rows": int(len(noisy.labels)), "dim": int(noisy.embeddings.shape[1]), "offset": offset,
+                           "source": str(manifest) if manifest else "synth", "seed": seed,
+                           "injected": noisy.truth["issue"].replace("", "clean").value_counts().to_dict()},
+                   "results": [asdict(r) for r in rows], "scaling": scale_rows}
+        json_out.write_text(json.dumps(payload, indent=2, default=float))
+        out_console.print(f"results written to {json_out}")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _print_bench(rows, scale_rows, noisy) -> None:
+    injected = noisy.truth["issue"].replace("", "clean").value_counts().to_dict()
+    out_console.print(f"bench set: {len(noisy.labels):,} rows × {noisy.embeddings.shape[1]} dims; injected {injected}")
+    cleaners = Table(title="Cleaning (acted on; merges as suggested pairs)", header_style="bold")
+    cols = ["method", "time s", "peak MB", "mislabeled P/R", "outlier P/R", "near-dup P/R", "merge P/R",
+            "relabel acc", "kept-label prec", "clean lost"]
+    for c in cols:
+        cleaners.add_column(c, justify="left" if c == "method" else "right")
+    clusterers = Table(title="Clustering (vs the identity shown)", header_style="bold")
+    for c in ["method", "time s", "peak MB", "pairwise P/R/F", "BCubed P/R/F", "NMI", "clusters"]:
+        clusterers.add_column(c, justify="left" if c == "method" else "right")
+    notes = []
+    for r in rows:
+        s = r.scores
+        pr = lambda a: f"{s[a + '_p']:.3f}/{s[a + '_r']:.3f}" if a + "_p" in s else "–"  # noqa: E731
+        if r.kind in ("cleaner", "stage"):
+            cleaners.add_row(r.method, _fmt(r.seconds), _fmt(r.peak_mb), pr("mislabeled"), pr("outlier"),
+                             pr("near_duplicate"), pr("merge"), _fmt(s.get("relabel_acc")),
+                             _fmt(s.get("kept_label_precision")), _fmt(s.get("clean_rows_lost_share")))
+        elif r.kind == "clusterer" and s:
+            clusterers.add_row(r.method, _fmt(r.seconds), _fmt(r.peak_mb),
+                               f"{s['pairwise_precision']:.3f}/{s['pairwise_recall']:.3f}/{s['pairwise_f']:.3f}",
+                               f"{s['bcubed_precision']:.3f}/{s['bcubed_recall']:.3f}/{s['bcubed_f']:.3f}",
+                               f"{s['nmi']:.3f}", str(s["n_clusters"]))
+        if r.note:
+            notes.append(f"{r.method}: {r.note}")
+    out_console.print(cleaners)
+    out_console.print(clusterers)
+    for note in notes:
+        out_console.print(f"  note: {note}", highlight=False)
+    if scale_rows:
+        scale = Table(title="Scaling: facecluster clean alone", header_style="bold")
+        for c in ["rows", "time s", "peak MB", "mislabeled F1", "near-dup F1", "kept-label prec"]:
+            scale.add_column(c, justify="right")
+        for r in scale_rows:
+            scale.add_row(f"{r['n']:,}", _fmt(r["seconds"]), _fmt(r["peak_mb"]), _fmt(r["mislabeled_f1"]),
+                          _fmt(r["near_duplicate_f1"]), _fmt(r["kept_label_precision"]))
+        out_console.print(scale)
+
+
 def _print_summary(summary: dict, out: Path | None) -> None:
     table = Table(title="facecluster clean", show_header=True, header_style="bold")
     table.add_column("what")

@@ -31,8 +31,18 @@ def faiss_gpu_count() -> int:
         return 0
 
 
+def _nvidia_present() -> bool:
+    """Cheap check for an NVIDIA driver, so a CPU-only machine never pays torch's import."""
+    import os
+    import shutil
+
+    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+
+
 @lru_cache(maxsize=1)
 def torch_cuda_available() -> bool:
+    if not _nvidia_present():
+        return False
     try:
         import torch
 
@@ -61,7 +71,7 @@ def resolve_device(requested: str = "auto") -> Device:
     return Device("cpu", "faiss-cpu", why if requested == "auto" else f"cuda requested but {why}; using cpu")
 
 
-def query_chunk_rows(n_features: int, k: int, budget_bytes: int = 256 << 20) -> int:
+def query_chunk_rows(n_features: int, k: int, budget_bytes: int = 64 << 20) -> int:
     """Rows per kNN query chunk so one chunk's scratch (queries + k results) stays in budget."""
     per_row = 4 * (n_features + 2 * k) + 8 * k
     return int(max(1024, min(1 << 17, budget_bytes // max(per_row, 1))))

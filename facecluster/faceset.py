@@ -256,9 +256,11 @@ def _check_array(path: Path, array: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- vectors
 
 
-def _normalise_checked(path: Path, raw: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """float32 L2-normalised copy of ``raw``, checking NaN/Inf and zero rows chunk by chunk."""
+def _normalise_checked(path: Path, raw: np.ndarray, chunk_bytes: int = 32 << 20) -> np.ndarray:
+    """float32 L2-normalised copy of ``raw``, checking NaN/Inf and zero rows chunk by chunk
+    (float64 chunks of ``chunk_bytes``, so a memmapped input is never held twice)."""
     n, d = raw.shape
+    chunk = max(1, chunk_bytes // (8 * d))
     out = np.empty((n, d), dtype=np.float32)
     for start in range(0, n, chunk):
         block = np.asarray(raw[start:start + chunk], dtype=np.float64)
@@ -296,7 +298,11 @@ def centring_decision(unit: np.ndarray, *, seed: int = 0, n_pairs: int = 200_000
     a, b = a[keep], b[keep]
     if len(a) < 2:
         return {"centre": False, "random_pair_mean": 0.0, "random_pair_std": 0.0, "mean_norm": 0.0, "n_pairs": 0}
-    cos = np.einsum("ij,ij->i", unit[a], unit[b], dtype=np.float64)
+    cos = np.empty(len(a), dtype=np.float64)
+    step = 8192  # pairs per block: the gathered rows stay a few MB whatever the dimension
+    for start in range(0, len(a), step):
+        sl = slice(start, start + step)
+        cos[sl] = np.einsum("ij,ij->i", unit[a[sl]], unit[b[sl]], dtype=np.float64)
     mean, std = float(cos.mean()), float(cos.std())
     mean_norm = float(np.linalg.norm(unit.mean(axis=0, dtype=np.float64)))
     return {
@@ -322,7 +328,7 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
     if do_centre:
         mean = unit.mean(axis=0, dtype=np.float64).astype(np.float32)
         unit -= mean
-        norms = np.linalg.norm(unit, axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", unit, unit))  # no (n, d) temporary
         # A sample equal to the mean direction has nothing left after centring.
         degenerate = norms <= 1e-6
         if degenerate.any():

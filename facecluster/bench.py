@@ -1,0 +1,301 @@
+"""``facecluster bench``: our pipeline, its stages and the peers a user would pick instead, on
+the same noisy set, in one process, with quality, wall time and peak memory side by side.
+
+Cleaners (scored on the injected issues): facecluster ``clean``, and cleanlab Datalab with
+``features=`` (label, outlier and near_duplicate issues). Clusterers (scored against the
+identity really shown, open-set people included): HDBSCAN, FINCH, scikit-learn average-linkage
+agglomerative, FAISS spherical k-means and Infomap on the kNN graph. k-means and
+agglomerative are given the true number of identities (oracle K) and FINCH's level closest to
+it, so these figures are upper bounds for them. A peer that cannot run at the size asked for
+(memory it would need, or a documented complexity limit) is skipped with a note, never
+silently.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .knn import build_knn_graph
+from .metrics import cleaning_scores, clustering_scores
+from .pipeline import CleanConfig, clean
+from .progress import NullProgress, Progress
+from .synth import NoisySet, inject_noise, label_names, make_faces
+
+PEERS = ("cleanlab", "hdbscan", "finch", "agglomerative", "kmeans", "infomap")
+
+# Sizes above which a peer is skipped: each is where its memory or time stops being
+# reasonable on one machine (agglomerative keeps an n² distance matrix; HDBSCAN's core
+# distances in high dimension are brute force).
+PEER_LIMITS = {"agglomerative": 30_000, "hdbscan": 60_000}
+
+
+@dataclass
+class BenchRow:
+    """One method's outcome on the bench set."""
+
+    method: str
+    kind: str  # "cleaner", "clusterer" or "stage"
+    seconds: float | None = None
+    peak_mb: float | None = None
+    scores: dict = field(default_factory=dict)
+    note: str = ""
+
+
+class PeakMemory:
+    """Peak resident memory above the starting level while the block runs (sampled every 10 ms).
+
+    Works in one process for allocations from C libraries (FAISS, BLAS) too, which
+    tracemalloc does not see. Linux /proc; elsewhere reports None.
+    """
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.peak_mb: float | None = None
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self):
+        self._base = self._rss()
+        self._peak = self._base or 0
+        self._stop = threading.Event()
+
+        def watch():
+            while not self._stop.is_set():
+                rss = self._rss() or 0
+                self._peak = max(self._peak, rss)
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._rss() or 0)
+        if self._base is not None:
+            self.peak_mb = round((self._peak - self._base) / 2**20, 1)
+        return False
+
+
+def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, mean_images: float = 15.0,
+              seed: int = 0, manifest: str | Path | None = None, embeddings: str | Path | None = None,
+              label_col: str = "label") -> NoisySet:
+    """The noisy set to bench on: generated, or a user's labelled set with noise injected.
+
+    A user's set is taken as clean (its own label noise then counts against every method
+    alike); the injected noise is the ground truth.
+    """
+    if manifest is not None:
+        from .faceset import load_faceset
+
+        fs = load_faceset(manifest, embeddings, label_col=label_col)
+        x, y = fs.embeddings, fs.labels
+    else:
+        x, y = make_faces(size, max(2, int(round(size / mean_images))), dim, offset=offset, seed=seed)
+    return inject_noise(x, y, seed=seed)
+
+
+def _true_label_names(noisy: NoisySet) -> np.ndarray:
+    true = noisy.truth["true_label"].to_numpy()
+    return np.where(true >= 0, label_names(np.maximum(true, 0)), "")
+
+
+def _merge_truth(noisy: NoisySet) -> list:
+    return [(str(a), str(b)) for a, b in zip(label_names(noisy.merge_pairs[:, 0]), label_names(noisy.merge_pairs[:, 1]))]
+
+
+def _flat_cleaning(scores: dict) -> dict:
+    out = {}
+    for issue, s in scores["acted_on"].items():
+        out[f"{issue}_p"], out[f"{issue}_r"], out[f"{issue}_f1"] = s["precision"], s["recall"], s["f1"]
+    out.update(merge_p=scores["merges"]["precision"], merge_r=scores["merges"]["recall"],
+               relabel_acc=scores["relabel_accuracy"], kept_label_precision=scores["kept_label_precision"],
+               clean_rows_lost_share=scores["clean_rows_lost_share"])
+    return out
+
+
+def _timed(fn):
+    with PeakMemory() as mem:
+        t = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - t
+    return out, round(seconds, 2), mem.peak_mb
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _run_facecluster(noisy: NoisySet, k: int, seed: int, policy: str) -> list[BenchRow]:
+    names = label_names(noisy.labels)
+    manifest = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(len(names))], "label": names})
+    result, seconds, peak = _timed(lambda: clean(manifest, noisy.embeddings, CleanConfig(k=k, seed=seed, policy=policy)))
+    scores = cleaning_scores(result.audit, _true_label_names(noisy), noisy.truth, result.identities, _merge_truth(noisy))
+    t = result.report["timings"]
+    rows = [BenchRow(f"facecluster clean ({policy})", "cleaner", seconds, peak, _flat_cleaning(scores))]
+    knn = result.graph.info
+    rows.append(BenchRow("  stage: kNN graph", "stage", round(t["knn"], 2), None,
+                         {"recall_at_k": knn["recall_at_k"], "method": knn["method"]}))
+    rows.append(BenchRow("  stage: kNN findings", "stage", round(t["findings"], 2), None, {}))
+    return rows
+
+
+def _run_cleanlab(noisy: NoisySet, k: int, seed: int, memory_budget_gb: float) -> BenchRow:
+    n_classes = int(noisy.labels.max()) + 1
+    need_gb = len(noisy.labels) * n_classes * 8 * 3 / 2**30  # pred_probs + one-hot + a working copy
+    if need_gb > memory_budget_gb:
+        return BenchRow("cleanlab Datalab", "cleaner", note=f"skipped: its N×K pred_probs would need ~{need_gb:.0f} GiB "
+                                                            f"({len(noisy.labels)} × {n_classes}), over {memory_budget_gb:.0f}")
+    import logging
+
+    from cleanlab import Datalab
+
+    logging.getLogger("cleanlab").setLevel(logging.ERROR)
+    names = label_names(noisy.labels)
+
+    def run():
+        lab = Datalab(data={"label": names}, label_name="label", verbosity=0)
+        lab.find_issues(features=noisy.embeddings, issue_types={"label": {"k": k}, "outlier": {"k": k},
+                                                               "near_duplicate": {"k": k}})
+        return lab
+
+    lab, seconds, peak = _timed(run)
+    issues = lab.get_issues()
+    label_table = lab.get_issues("label")
+    dup_table = lab.get_issues("near_duplicate")
+    n = len(names)
+    issue = np.full(n, "", dtype=object)
+    action = np.full(n, "keep", dtype=object)
+    final = names.astype(object).copy()
+    label_issue = issues["is_label_issue"].to_numpy()
+    predicted = label_table["predicted_label"].to_numpy().astype(str)
+    issue[label_issue], action[label_issue], final[label_issue] = "mislabeled", "relabel", predicted[label_issue]
+    out = issues["is_outlier_issue"].to_numpy() & ~label_issue
+    issue[out], action[out], final[out] = "outlier", "drop", ""
+    # a user keeps one row of each near-duplicate set: the first
+    is_dup = issues["is_near_duplicate_issue"].to_numpy()
+    sets = dup_table["near_duplicate_sets"].to_numpy()
+    for i in np.flatnonzero(is_dup):
+        if len(sets[i]) and min(sets[i]) < i:
+            issue[i], action[i], final[i] = "near_duplicate", "dedupe", ""
+    audit = pd.DataFrame({"fc_action": action, "fc_label": final, "fc_issue": issue})
+    scores = cleaning_scores(audit, _true_label_names(noisy), noisy.truth,
+                             pd.DataFrame(columns=["label", "merged_into"]), _merge_truth(noisy))
+    return BenchRow("cleanlab Datalab", "cleaner", seconds, peak, _flat_cleaning(scores),
+                    note="no duplicate-identity detection")
+
+
+def _cluster_row(name: str, fn, true_person: np.ndarray, note: str = "") -> BenchRow:
+    pred, seconds, peak = _timed(fn)
+    return BenchRow(name, "clusterer", seconds, peak, clustering_scores(true_person, pred), note)
+
+
+def _run_clusterer(peer: str, x: np.ndarray, true_person: np.ndarray, k: int, seed: int) -> BenchRow:
+    n = len(x)
+    n_true = int(len(np.unique(true_person)))
+    limit = PEER_LIMITS.get(peer)
+    if limit is not None and n > limit:
+        return BenchRow(peer, "clusterer", note=f"skipped: above {limit:,} samples ({'n² memory' if peer == 'agglomerative' else 'brute-force core distances'})")
+    if peer == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+
+        def fn():
+            pred = HDBSCAN(min_cluster_size=2, metric="euclidean").fit_predict(x)
+            noise = pred < 0  # HDBSCAN's noise points are singletons
+            pred[noise] = pred.max() + 1 + np.arange(noise.sum())
+            return pred
+        return _cluster_row("HDBSCAN (sklearn, min_cluster_size=2)", fn, true_person)
+    if peer == "finch":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from finch import FINCH
+
+        def fn():
+            c, num, _ = FINCH(x, distance="cosine", verbose=False, random_state=seed)
+            level = int(np.argmin(np.abs(np.asarray(num) - n_true)))
+            return c[:, level]
+        return _cluster_row("FINCH (level closest to true K)", fn, true_person, "oracle K used to pick the level")
+    if peer == "agglomerative":
+        from sklearn.cluster import AgglomerativeClustering
+
+        fn = lambda: AgglomerativeClustering(n_clusters=n_true, metric="cosine", linkage="average").fit_predict(x)  # noqa: E731
+        return _cluster_row("agglomerative (sklearn, average, oracle K)", fn, true_person, "oracle K")
+    if peer == "kmeans":
+        import faiss
+
+        def fn():
+            km = faiss.Kmeans(x.shape[1], n_true, niter=20, spherical=True, seed=seed, verbose=False,
+                              min_points_per_centroid=1)
+            km.train(x)
+            return km.index.search(x, 1)[1][:, 0]
+        return _cluster_row("FAISS k-means (spherical, oracle K)", fn, true_person, "oracle K")
+    if peer == "infomap":
+        from infomap import Infomap
+
+        def fn():
+            graph = build_knn_graph(x, k=k, device="cpu", seed=seed)
+            im = Infomap(f"--two-level --silent --seed {seed + 1}")
+            rows = np.repeat(np.arange(n), graph.k)
+            keep = (graph.indices.ravel() >= 0) & (graph.sims.ravel() > 0)
+            im.add_links(zip(rows[keep].tolist(), graph.indices.ravel()[keep].tolist(),
+                             graph.sims.ravel()[keep].astype(float).tolist()))
+            im.add_nodes(range(n))
+            im.run()
+            modules = im.get_modules()
+            return np.array([modules.get(i, -1 - i) for i in range(n)])
+        return _cluster_row(f"Infomap (kNN graph, k={k})", fn, true_person, "includes its kNN graph build")
+    raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+
+
+def run_bench(noisy: NoisySet, *, peers=PEERS, k: int = 30, seed: int = 0, policy: str = "conservative",
+              memory_budget_gb: float = 8.0, progress: Progress | None = None) -> list[BenchRow]:
+    """Run our pipeline and each peer on ``noisy``; a failing peer becomes a row with its error."""
+    progress = progress or NullProgress()
+    rows: list[BenchRow] = []
+    true_person = noisy.truth["true_person"].to_numpy()
+    with progress.task("facecluster clean", total=None):
+        rows += _run_facecluster(noisy, k, seed, policy)
+    for peer in peers:
+        with progress.task(f"peer: {peer}", total=None):
+            try:
+                if peer == "cleanlab":
+                    rows.append(_run_cleanlab(noisy, k, seed, memory_budget_gb))
+                else:
+                    rows.append(_run_clusterer(peer, noisy.embeddings, true_person, k, seed))
+            except ImportError as exc:
+                rows.append(BenchRow(peer, "peer", note=f"skipped: not installed ({exc.name}); pip install '.[bench]'"))
+            except Exception as exc:  # a peer's failure is a result to report, not a crash
+                rows.append(BenchRow(peer, "peer", note=f"failed: {type(exc).__name__}: {exc}"[:300]))
+                traceback.print_exc()
+    return rows
+
+
+def scaling(sizes, *, dim: int = 512, offset: float = 0.0, k: int = 30, seed: int = 0,
+            progress: Progress | None = None) -> list[dict]:
+    """Our pipeline alone at each size: wall time per stage, peak memory, headline quality."""
+    progress = progress or NullProgress()
+    out = []
+    for size in sizes:
+        with progress.task(f"scaling: {size:,} rows", total=None):
+            noisy = bench_set(size, dim=dim, offset=offset, seed=seed)
+            row = _run_facecluster(noisy, k, seed, "conservative")[0]
+        out.append({"n": int(len(noisy.labels)), "seconds": row.seconds, "peak_mb": row.peak_mb,
+                    "mislabeled_f1": row.scores["mislabeled_f1"], "near_duplicate_f1": row.scores["near_duplicate_f1"],
+                    "kept_label_precision": row.scores["kept_label_precision"]})
+    return out
