@@ -138,8 +138,10 @@ def _fmt(value) -> str:
 
 
 def _print_bench(rows, scale_rows, noisy) -> None:
+    # the tables are wide: when stdout is a file or a pipe, do not wrap them at 80 columns
+    console = out_console if out_console.is_terminal else Console(width=200)
     injected = noisy.truth["issue"].replace("", "clean").value_counts().to_dict()
-    out_console.print(f"bench set: {len(noisy.labels):,} rows × {noisy.embeddings.shape[1]} dims; injected {injected}")
+    console.print(f"bench set: {len(noisy.labels):,} rows × {noisy.embeddings.shape[1]} dims; injected {injected}")
     cleaners = Table(title="Cleaning (acted on; merges as suggested pairs)", header_style="bold")
     cols = ["method", "time s", "peak MB", "mislabeled P/R", "outlier P/R", "near-dup P/R", "merge P/R",
             "relabel acc", "kept-label prec", "clean lost"]
@@ -163,10 +165,10 @@ def _print_bench(rows, scale_rows, noisy) -> None:
                                f"{s['nmi']:.3f}", str(s["n_clusters"]))
         if r.note:
             notes.append(f"{r.method}: {r.note}")
-    out_console.print(cleaners)
-    out_console.print(clusterers)
+    console.print(cleaners)
+    console.print(clusterers)
     for note in notes:
-        out_console.print(f"  note: {note}", highlight=False)
+        console.print(f"  note: {note}", highlight=False)
     if scale_rows:
         scale = Table(title="Scaling: facecluster clean alone", header_style="bold")
         for c in ["rows", "time s", "peak MB", "mislabeled F1", "near-dup F1", "kept-label prec"]:
@@ -174,7 +176,7 @@ def _print_bench(rows, scale_rows, noisy) -> None:
         for r in scale_rows:
             scale.add_row(f"{r['n']:,}", _fmt(r["seconds"]), _fmt(r["peak_mb"]), _fmt(r["mislabeled_f1"]),
                           _fmt(r["near_duplicate_f1"]), _fmt(r["kept_label_precision"]))
-        out_console.print(scale)
+        console.print(scale)
 
 
 def _print_summary(summary: dict, out: Path | None) -> None:

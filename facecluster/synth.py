@@ -228,4 +228,4 @@ def _median_centroid_distance(x: np.ndarray, labels: np.ndarray, sample: int = 2
 
 def label_names(labels: np.ndarray, prefix: str = "id") -> np.ndarray:
     """Readable label strings for integer labels (``id00042``)."""
-    return np.char.add(prefix, np.char.zfill(np.asarray(labels).astype(str), 5))
+    return np.array([f"{prefix}{int(v):05d}" for v in np.asarray(labels).ravel()], dtype=str)

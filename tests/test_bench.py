@@ -1,0 +1,75 @@
+"""`facecluster bench`: every peer runs (or says why not) on a small set, in one process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from facecluster import bench
+from facecluster.bench import PEERS, PeakMemory, bench_set, run_bench
+
+
+@pytest.fixture(scope="module")
+def small_bench():
+    noisy = bench_set(1500, dim=64, seed=5)
+    return noisy, run_bench(noisy, peers=PEERS, k=15, seed=5)
+
+
+def test_every_peer_reports_quality_time_and_memory(small_bench):
+    noisy, rows = small_bench
+    by_name = {r.method.split(" ")[0]: r for r in rows}
+    assert {"facecluster", "cleanlab", "HDBSCAN", "FINCH", "agglomerative", "FAISS", "Infomap"} <= set(by_name)
+    for row in rows:
+        assert not row.note.startswith("failed"), row.note
+        assert row.seconds is not None and row.seconds >= 0
+    ours = by_name["facecluster"]
+    assert ours.kind == "cleaner" and ours.peak_mb is not None
+    for key in ("mislabeled_f1", "near_duplicate_f1", "merge_p", "kept_label_precision", "clean_rows_lost_share"):
+        assert 0.0 <= ours.scores[key] <= 1.0
+    assert ours.scores["mislabeled_f1"] > 0.8 and ours.scores["near_duplicate_f1"] > 0.9
+    cleanlab = by_name["cleanlab"]
+    assert 0.0 <= cleanlab.scores["mislabeled_f1"] <= 1.0
+    for name in ("HDBSCAN", "FINCH", "agglomerative", "FAISS", "Infomap"):
+        scores = by_name[name].scores
+        assert 0.0 < scores["pairwise_f"] <= 1.0 and 0.0 < scores["bcubed_f"] <= 1.0
+        assert scores["n_clusters"] >= 1
+
+
+def test_peers_beyond_their_limits_are_skipped_with_a_note(monkeypatch):
+    noisy = bench_set(600, dim=32, seed=1)
+    monkeypatch.setitem(bench.PEER_LIMITS, "agglomerative", 100)
+    rows = run_bench(noisy, peers=["agglomerative", "cleanlab"], k=10, memory_budget_gb=1e-6)
+    notes = {r.method: r.note for r in rows}
+    assert notes["agglomerative"].startswith("skipped: above 100")
+    assert notes["cleanlab Datalab"].startswith("skipped: its N×K pred_probs")
+
+
+def test_peak_memory_sees_an_allocation():
+    import numpy as np
+
+    with PeakMemory() as mem:
+        block = np.ones((64, 1 << 20), dtype=np.uint8)  # 64 MiB
+        block[0, 0] = 2
+    assert mem.peak_mb is None or mem.peak_mb >= 50
+
+
+def test_cli_bench_prints_tables_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--size", "800", "--dim", "32", "--peers", "kmeans,finch",
+                                      "--scaling", "500,900", "--json", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "Cleaning" in result.stdout and "Clustering" in result.stdout and "Scaling" in result.stdout
+    payload = json.loads(out.read_text())
+    assert payload["set"]["rows"] > 800 and len(payload["scaling"]) == 2
+    assert {r["method"].split(" ")[0] for r in payload["results"]} >= {"facecluster", "FINCH", "FAISS"}
+    bad = CliRunner().invoke(app, ["bench", "--size", "800", "--peers", "nope"])
+    assert bad.exit_code == 2
+
+
+def test_bench_on_a_user_set(tmp_path, small_set):
+    result = CliRunner().invoke(app, ["bench", "--manifest", str(small_set), "--peers", "none", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "facecluster clean" in result.stdout
