@@ -86,6 +86,7 @@ def bench(
     size: Annotated[int, typer.Option(min=100, help="Rows of the generated clean set (noise is added on top).")] = 10_000,
     dim: Annotated[int, typer.Option(min=2, help="Embedding dimension of the generated set.")] = 512,
     offset: Annotated[float, typer.Option(help="Shared mean direction: 0 = ArcFace-like, 2.2 = dlib-like.")] = 0.0,
+    effective_dim: Annotated[Optional[float], typer.Option(help="Identity centres' effective dimension (12 with --dim 128 --offset 2.2 matches dlib); default isotropic.")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="Bench on your own clean labelled set instead (noise is injected into it).")] = None,
     embeddings: Annotated[Optional[Path], typer.Option(help="Embeddings for --manifest (default: its sibling .npy).")] = None,
     peers: Annotated[str, typer.Option(help="Comma-separated peers: cleanlab,hdbscan,finch,agglomerative,kmeans,infomap, or none.")] = ",".join(("cleanlab", "hdbscan", "finch", "agglomerative", "kmeans", "infomap")),
@@ -116,14 +117,17 @@ def bench(
     progress = NullProgress() if quiet else RichProgress(err_console)
     try:
         with progress.task("generate and inject noise", total=None):
-            noisy = bench_set(size, dim=dim, offset=offset, seed=seed, manifest=manifest, embeddings=embeddings)
+            noisy = bench_set(size, dim=dim, offset=offset, effective_dim=effective_dim, seed=seed, manifest=manifest,
+                              embeddings=embeddings)
     except InputError as exc:
         _fail(exc)
     rows = run_bench(noisy, peers=chosen, k=k, seed=seed, memory_budget_gb=memory_budget_gb, progress=progress)
-    scale_rows = run_scaling(sizes, dim=dim, offset=offset, k=k, seed=seed, progress=progress) if sizes else []
+    scale_rows = (run_scaling(sizes, dim=dim, offset=offset, effective_dim=effective_dim, k=k, seed=seed,
+                              progress=progress) if sizes else [])
     _print_bench(rows, scale_rows, noisy)
     if json_out:
         payload = {"set": {"rows": int(len(noisy.labels)), "dim": int(noisy.embeddings.shape[1]), "offset": offset,
+                           "effective_dim": effective_dim,
                            "source": str(manifest) if manifest else "synth", "seed": seed,
                            "injected": noisy.truth["issue"].replace("", "clean").value_counts().to_dict()},
                    "results": [asdict(r) for r in rows], "scaling": scale_rows}

@@ -92,8 +92,8 @@ class PeakMemory:
         return False
 
 
-def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, mean_images: float = 15.0,
-              seed: int = 0, manifest: str | Path | None = None, embeddings: str | Path | None = None,
+def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, effective_dim: float | None = None,
+              mean_images: float = 15.0, seed: int = 0, manifest: str | Path | None = None, embeddings: str | Path | None = None,
               label_col: str = "label") -> NoisySet:
     """The noisy set to bench on: generated, or a user's labelled set with noise injected.
 
@@ -106,7 +106,8 @@ def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, mean_i
         fs = load_faceset(manifest, embeddings, label_col=label_col)
         x, y = fs.embeddings, fs.labels
     else:
-        x, y = make_faces(size, max(2, int(round(size / mean_images))), dim, offset=offset, seed=seed)
+        x, y = make_faces(size, max(2, int(round(size / mean_images))), dim, offset=offset,
+                          effective_dim=effective_dim, seed=seed)
     return inject_noise(x, y, seed=seed)
 
 
@@ -286,14 +287,14 @@ def run_bench(noisy: NoisySet, *, peers=PEERS, k: int = 30, seed: int = 0, polic
     return rows
 
 
-def scaling(sizes, *, dim: int = 512, offset: float = 0.0, k: int = 30, seed: int = 0,
-            progress: Progress | None = None) -> list[dict]:
+def scaling(sizes, *, dim: int = 512, offset: float = 0.0, effective_dim: float | None = None, k: int = 30,
+            seed: int = 0, progress: Progress | None = None) -> list[dict]:
     """Our pipeline alone at each size: wall time per stage, peak memory, headline quality."""
     progress = progress or NullProgress()
     out = []
     for size in sizes:
         with progress.task(f"scaling: {size:,} rows", total=None):
-            noisy = bench_set(size, dim=dim, offset=offset, seed=seed)
+            noisy = bench_set(size, dim=dim, offset=offset, effective_dim=effective_dim, seed=seed)
             row = _run_facecluster(noisy, k, seed, "conservative")[0]
         out.append({"n": int(len(noisy.labels)), "seconds": row.seconds, "peak_mb": row.peak_mb,
                     "mislabeled_f1": row.scores["mislabeled_f1"], "near_duplicate_f1": row.scores["near_duplicate_f1"],

@@ -35,6 +35,20 @@ def identity_sizes(n_samples: int, n_identities: int, *, tail: float = 1.0, rng:
     return (extra + 1).astype(np.int64)
 
 
+def _spectrum(dim: int, effective_dim: float | None) -> np.ndarray:
+    """Per-dimension scales whose variances follow a power law with participation ratio
+    (Σλ)²/Σλ² = ``effective_dim``; isotropic (all ones) when None or ≥ dim."""
+    if effective_dim is None or effective_dim >= dim:
+        return np.ones(dim)
+    j = np.arange(1, dim + 1, dtype=np.float64)
+    ratio = lambda a: (j ** -a).sum() ** 2 / (j ** (-2 * a)).sum()  # noqa: E731
+    lo, hi = 0.0, 8.0
+    for _ in range(60):  # ratio falls as the exponent grows: bisect
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ratio(mid) > effective_dim else (lo, mid)
+    return np.sqrt(j ** -((lo + hi) / 2))
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
@@ -48,6 +62,7 @@ def make_faces(
     spread_jitter: float = 0.15,
     hard_fraction: float = 0.05,
     offset: float = 0.0,
+    effective_dim: float | None = None,
     tail: float = 1.0,
     seed: int = 0,
     chunk: int = 65536,
@@ -60,6 +75,10 @@ def make_faces(
     spread_jitter : log-sd of the per-identity spread (some people vary more)
     hard_fraction : share of samples drawn with twice the noise (profile, blur, occlusion)
     offset : length of a shared mean direction added before normalising (0 = centred)
+    effective_dim : identity centres spread over this many effective dimensions (a power-law
+        spectrum) instead of all of them: real models use a low-dimensional part of their
+        space, which widens the different-identity cosine distribution (dlib's centred
+        spread of 0.18 corresponds to ~30). None = isotropic
     tail : log-sd of the identity-size weights
 
     Returns
@@ -71,7 +90,8 @@ def make_faces(
     sizes = identity_sizes(n_samples, n_identities, tail=tail, rng=rng)
     labels = np.repeat(np.arange(n_identities, dtype=np.int64), sizes)
     labels = labels[rng.permutation(n_samples)]
-    centres = _unit(rng.standard_normal((n_identities, dim)))
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0] if effective_dim else np.eye(dim)
+    centres = _unit((rng.standard_normal((n_identities, dim)) * _spectrum(dim, effective_dim)) @ basis.T)
     id_spread = spread * np.exp(spread_jitter * rng.standard_normal(n_identities))
     mean_dir = _unit(rng.standard_normal(dim))
     out = np.empty((n_samples, dim), dtype=np.float32)
