@@ -1,0 +1,409 @@
+"""Hierarchical clustering on the kNN graph: graph average linkage and FINCH.
+
+Graph average linkage: the similarity of two clusters is the mean similarity of the graph
+edges between them (on a complete graph, exactly UPGMA average linkage). Average linkage is
+reducible, so every reciprocal best pair can be merged at once: each round finds every
+cluster's best neighbour, merges all reciprocal best pairs whose similarity reaches the
+threshold, and contracts the graph (parallel edges summed). Each round is a few passes over
+the edges in compiled code (scipy.sparse), never a Python loop over edges; there are
+O(log n) rounds on typical data. The merge history is kept as a dendrogram (child, child,
+similarity, size), so any cut is cheap.
+
+FINCH (Sarfraz, Sharma & Stiefelhagen, "Efficient Parameter-free Clustering Using First
+Neighbor Relations", CVPR 2019): link every sample to its first neighbour, take connected
+components, then repeat on the clusters with their first neighbour by average linkage on the
+same graph (the paper uses cluster means; on the graph we use the edges), giving a hierarchy
+of partitions with no parameter.
+
+References
+----------
+Sumengen et al., "Scaling Hierarchical Agglomerative Clustering to Billion-sized Datasets"
+(RAC), arXiv 2105.11653 — reciprocal-pair rounds for reducible linkages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from sklearn.base import BaseEstimator, ClusterMixin
+
+from .knn import KnnGraph, build_knn_graph
+from .metrics import pairwise_scores
+
+# --------------------------------------------------------------------------- graph machinery
+
+
+def _edge_list(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected edges (a < b) of the kNN graph with their similarity, each edge once."""
+    mat = graph.to_csr(symmetric=True)
+    upper = sp.triu(mat, k=1).tocoo()
+    return upper.row.astype(np.int64), upper.col.astype(np.int64), upper.data.astype(np.float64)
+
+
+def _contract(a, b, wsum, count, new_id, m):
+    """Relabel edge endpoints, drop edges inside a cluster, sum parallel edges.
+
+    Weight sums and edge counts ride together as one complex number so that a single
+    sum-duplicates pass (scipy's COO→CSR) adds both and keeps them aligned.
+    """
+    a, b = new_id[a], new_id[b]
+    keep = a != b
+    a, b, wsum, count = a[keep], b[keep], wsum[keep], count[keep]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    mat = sp.coo_matrix((wsum + 1j * count, (lo, hi)), shape=(m, m)).tocsr()
+    mat.sum_duplicates()
+    coo = mat.tocoo()
+    return coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data.real.copy(), coo.data.imag.copy()
+
+
+def _best_neighbours(a, b, sim, m):
+    """Each node's most similar neighbour (ties: smaller index) and that similarity; -1 if none."""
+    mat = sp.csr_matrix((np.concatenate([sim, sim]), (np.concatenate([a, b]), np.concatenate([b, a]))),
+                        shape=(m, m))
+    mat.sort_indices()
+    best = np.full(m, -1, dtype=np.int64)
+    best_sim = np.full(m, -np.inf)
+    nnz = np.diff(mat.indptr)
+    has = np.flatnonzero(nnz)
+    if not len(has):
+        return best, best_sim
+    row_max = np.full(m, -np.inf)
+    row_max[has] = np.maximum.reduceat(mat.data, mat.indptr[has])
+    entry_row = np.repeat(np.arange(m), nnz)
+    pos = np.flatnonzero(mat.data == row_max[entry_row])
+    first = pos[np.r_[True, entry_row[pos][1:] != entry_row[pos][:-1]]]  # smallest column per row
+    best[entry_row[first]] = mat.indices[first]
+    best_sim[entry_row[first]] = mat.data[first]
+    return best, best_sim
+
+
+# --------------------------------------------------------------------------- dendrogram
+
+
+@dataclass(frozen=True)
+class Dendrogram:
+    """Merge history of an agglomerative clustering, in the order the merges were made.
+
+    children : (n_merges, 2) int64, the two nodes merged; nodes < n_samples are samples, node
+        n_samples + i is the cluster made by merge i (scikit-learn's ``children_`` convention)
+    similarity : (n_merges,) float64, average edge similarity at which the merge was made
+    size : (n_merges,) int64, samples in the merged cluster
+    monotone_similarity : (n_merges,) similarity made non-increasing towards the root (a merge
+        is never higher than the merges below it); cuts use it. Equal to ``similarity`` when the
+        graph is complete; sparse graphs can have rare inversions.
+    n_samples : int
+    """
+
+    children: np.ndarray
+    similarity: np.ndarray
+    size: np.ndarray
+    monotone_similarity: np.ndarray
+    n_samples: int
+    rounds: int = 0
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_merges(self) -> int:
+        return int(len(self.similarity))
+
+    def cut(self, threshold: float) -> np.ndarray:
+        """Cluster id per sample (0..n_clusters-1, by first sample) joining merges with similarity ≥ threshold."""
+        n = self.n_samples
+        take = self.monotone_similarity >= threshold
+        leaf = self._representative_leaves()
+        ca, cb = leaf[self.children[take, 0]], leaf[self.children[take, 1]]
+        adj = sp.coo_matrix((np.ones(len(ca)), (ca, cb)), shape=(n, n))
+        _, comp = connected_components(adj, directed=False)
+        return _relabel_by_first(comp)
+
+    def _representative_leaves(self) -> np.ndarray:
+        """For every node, one sample inside it (the first child's representative, recursively)."""
+        n = self.n_samples
+        rep = np.empty(n + self.n_merges, dtype=np.int64)
+        rep[:n] = np.arange(n)
+        # merges only refer to earlier nodes: fill in merge order, vectorised per round
+        for lo, hi in self.stats.get("round_bounds", [(0, self.n_merges)]):
+            rep[n + lo:n + hi] = rep[self.children[lo:hi, 0]]
+        return rep
+
+    def to_scipy(self) -> np.ndarray:
+        """scipy.cluster.hierarchy linkage matrix (distance = 1 − similarity), merges sorted by
+        height; valid when heights are monotone (complete graphs, or after ``monotone``)."""
+        n = self.n_samples
+        order = np.argsort(-self.monotone_similarity, kind="stable")
+        new_index = np.empty(self.n_merges, dtype=np.int64)
+        new_index[order] = np.arange(self.n_merges)
+        remap = np.concatenate([np.arange(n), n + new_index])
+        z = np.empty((self.n_merges, 4))
+        z[:, :2] = np.sort(remap[self.children[order]], axis=1)
+        z[:, 2] = 1.0 - self.monotone_similarity[order]
+        z[:, 3] = self.size[order]
+        return z
+
+
+def _relabel_by_first(labels: np.ndarray) -> np.ndarray:
+    """Renumber cluster ids 0.. in order of each cluster's first sample (deterministic)."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse]
+
+
+def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: int = 10_000) -> Dendrogram:
+    """Graph average-linkage agglomeration by rounds of reciprocal best pairs.
+
+    Parameters
+    ----------
+    graph : KnnGraph (made symmetric: an edge found from either end is used)
+    threshold : stop merging below this average similarity (-inf: merge while edges remain)
+
+    Returns
+    -------
+    Dendrogram
+    """
+    n = graph.n_samples
+    a, b, wsum = _edge_list(graph)
+    count = np.ones_like(wsum)
+    m = n
+    node = np.arange(n, dtype=np.int64)  # dendrogram node of each current cluster
+    size = np.ones(n, dtype=np.int64)
+    children, sims, sizes, bounds = [], [], [], []
+    n_merges = 0
+    rounds = 0
+    while len(a) and rounds < max_rounds:
+        sim = wsum / count
+        best, best_sim = _best_neighbours(a, b, sim, m)
+        idx = np.arange(m)
+        mutual = (best >= 0) & (best > idx)
+        mutual[mutual] = best[best[mutual]] == idx[mutual]
+        mutual &= best_sim >= threshold
+        left = np.flatnonzero(mutual)
+        if not len(left):
+            break
+        right = best[left]
+        rounds += 1
+        k = len(left)
+        children.append(np.stack([node[left], node[right]], axis=1))
+        sims.append(best_sim[left])
+        sizes.append(size[left] + size[right])
+        bounds.append((n_merges, n_merges + k))
+        # new cluster index: merged pairs take the left index; then compact
+        target = idx.copy()
+        target[right] = left
+        keep = np.ones(m, dtype=bool)
+        keep[right] = False
+        compact = np.cumsum(keep) - 1
+        new_id = compact[target]
+        new_node = node[keep].copy()
+        new_size = np.bincount(new_id, weights=size, minlength=int(keep.sum())).astype(np.int64)
+        new_node[compact[left]] = n + n_merges + np.arange(k)
+        n_merges += k
+        m = int(keep.sum())
+        a, b, wsum, count = _contract(a, b, wsum, count, new_id, m)
+        node, size = new_node, new_size
+    children_arr = np.concatenate(children) if children else np.zeros((0, 2), dtype=np.int64)
+    sim_arr = np.concatenate(sims) if sims else np.zeros(0)
+    size_arr = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
+    mono = _monotone(children_arr, sim_arr, n, bounds)
+    return Dendrogram(children_arr, sim_arr, size_arr, mono, n, rounds,
+                      {"round_bounds": bounds, "threshold": float(threshold), "n_merges": int(n_merges),
+                       "inversions": int((mono < sim_arr).sum())})
+
+
+def _monotone(children: np.ndarray, sim: np.ndarray, n: int, bounds) -> np.ndarray:
+    """min(own similarity, children's monotone similarity), computed round by round."""
+    mono = np.empty(len(sim))
+    node_mono = np.full(n + len(sim), np.inf)
+    for lo, hi in bounds:
+        ch = children[lo:hi]
+        val = np.minimum(sim[lo:hi], np.minimum(node_mono[ch[:, 0]], node_mono[ch[:, 1]]))
+        mono[lo:hi] = val
+        node_mono[n + lo:n + hi] = val
+    return mono
+
+
+# --------------------------------------------------------------------------- FINCH
+
+
+def finch(graph: KnnGraph, *, max_levels: int = 64) -> list[np.ndarray]:
+    """FINCH partitions on the graph, finest first; each is a cluster id per sample.
+
+    Level 1 links every sample to its nearest neighbour; each next level links every cluster
+    to its most similar cluster by average linkage over the graph's edges. Stops when one
+    cluster remains or no cluster has a neighbour left.
+    """
+    n = graph.n_samples
+    first = graph.indices[:, 0].astype(np.int64)
+    ok = first >= 0
+    adj = sp.coo_matrix((np.ones(int(ok.sum())), (np.flatnonzero(ok), first[ok])), shape=(n, n))
+    _, labels = connected_components(adj, directed=False)
+    labels = _relabel_by_first(labels)
+    levels = [labels]
+    a, b, wsum = _edge_list(graph)
+    count = np.ones_like(wsum)
+    a, b, wsum, count = _contract(a, b, wsum, count, labels, int(labels.max()) + 1)
+    while len(levels) < max_levels:
+        m = int(levels[-1].max()) + 1
+        if m <= 1 or not len(a):
+            break
+        best, _ = _best_neighbours(a, b, wsum / count, m)
+        has = best >= 0
+        adj = sp.coo_matrix((np.ones(int(has.sum())), (np.flatnonzero(has), best[has])), shape=(m, m))
+        _, merged = connected_components(adj, directed=False)
+        merged = _relabel_by_first(merged)
+        if merged.max() + 1 == m:
+            break
+        levels.append(merged[levels[-1]])
+        a, b, wsum, count = _contract(a, b, wsum, count, merged, int(merged.max()) + 1)
+    return levels
+
+
+# --------------------------------------------------------------------------- choosing the cut
+
+
+def choose_threshold(dendrogram: Dendrogram, labels: np.ndarray, *, n_candidates: int = 64) -> tuple[float, list]:
+    """The cut that best agrees (pairwise F) with given, mostly right labels.
+
+    Candidates are quantiles of the merge similarities; returns the best threshold and the
+    curve [(threshold, pairwise F, n_clusters), ...].
+    """
+    heights = np.unique(dendrogram.monotone_similarity[np.isfinite(dendrogram.monotone_similarity)])
+    if not len(heights):
+        return float("inf"), []
+    cands = np.unique(np.quantile(heights, np.linspace(0.0, 1.0, n_candidates)))
+    curve = []
+    for t in cands:
+        part = dendrogram.cut(float(t))
+        curve.append((float(t), pairwise_scores(labels, part)["f"], int(part.max()) + 1))
+    best = max(curve, key=lambda row: (row[1], row[0]))
+    return best[0], curve
+
+
+def unsupervised_threshold(graph: KnnGraph, *, seed: int = 0, max_edges: int = 1_000_000) -> tuple[float, dict]:
+    """A cut for unlabelled faces: where same-person and different-person kNN edges are equally likely.
+
+    A two-component Gaussian mixture on the kNN edge similarities (a sample of at most
+    ``max_edges``): the upper component is same-person edges, the lower different-person
+    edges; the threshold is the similarity between their means where the posterior is 1/2.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    sims = graph.sims[graph.indices >= 0].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    if len(sims) > max_edges:
+        sims = rng.choice(sims, size=max_edges, replace=False)
+    gm = GaussianMixture(2, random_state=seed).fit(sims[:, None])
+    means = gm.means_.ravel()
+    hi = int(np.argmax(means))
+    grid = np.linspace(means.min(), means.max(), 2001)
+    post = gm.predict_proba(grid[:, None])[:, hi]
+    t = float(grid[np.argmax(post >= 0.5)])
+    return t, {"method": "gaussian_mixture", "means": means.tolist(), "weights": gm.weights_.tolist(),
+               "threshold": t}
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+def _as_graph(X, k: int, device: str, seed: int) -> KnnGraph:
+    if isinstance(X, KnnGraph):
+        return X
+    from .faceset import prepare_embeddings
+
+    unit, _, _ = prepare_embeddings(np.asarray(X), centre="auto", seed=seed)
+    return build_knn_graph(unit, k=k, device=device, seed=seed)
+
+
+class GraphAverageLinkage(ClusterMixin, BaseEstimator):
+    """Average-linkage agglomerative clustering on a kNN graph (scikit-learn estimator).
+
+    Parameters
+    ----------
+    threshold : float or None
+        Cut at this average cosine similarity. None: chosen from ``y`` (the cut that best
+        agrees with the labels) when ``fit`` is given labels, else from the data
+        (:func:`unsupervised_threshold`).
+    k : int
+        Neighbours per sample when ``fit`` is given vectors.
+    device : "auto", "cpu" or "cuda" for the kNN search.
+    seed : int
+
+    Attributes
+    ----------
+    labels_ : (n_samples,) int64 cluster id per sample
+    children_ : (n_merges, 2) merged nodes (samples < n_samples), scikit-learn's convention
+    similarities_ : (n_merges,) merge similarities
+    distances_ : (n_merges,) 1 − similarities_
+    threshold_ : the cut used; threshold_curve_ : [(threshold, pairwise F, n_clusters)] when chosen from labels
+    dendrogram_ : Dendrogram
+
+    Examples
+    --------
+    >>> from facecluster.synth import make_faces
+    >>> X, y = make_faces(300, 20, 32, seed=0)
+    >>> GraphAverageLinkage(threshold=0.3, k=10).fit_predict(X).shape
+    (300,)
+    """
+
+    def __init__(self, threshold: float | None = None, k: int = 30, device: str = "auto", seed: int = 0):
+        self.threshold = threshold
+        self.k = k
+        self.device = device
+        self.seed = seed
+
+    def fit(self, X, y=None):
+        graph = _as_graph(X, self.k, self.device, self.seed)
+        self.dendrogram_ = average_linkage(graph)
+        self.threshold_curve_ = []
+        if self.threshold is not None:
+            self.threshold_ = float(self.threshold)
+        elif y is not None:
+            self.threshold_, self.threshold_curve_ = choose_threshold(self.dendrogram_, np.asarray(y))
+        else:
+            self.threshold_, _ = unsupervised_threshold(graph, seed=self.seed)
+        self.labels_ = self.dendrogram_.cut(self.threshold_)
+        self.children_ = self.dendrogram_.children
+        self.similarities_ = self.dendrogram_.similarity
+        self.distances_ = 1.0 - self.similarities_
+        return self
+
+
+class FINCH(ClusterMixin, BaseEstimator):
+    """FINCH first-neighbour clustering on a kNN graph (scikit-learn estimator).
+
+    Parameters
+    ----------
+    level : int or None
+        Which partition to return as ``labels_`` (0 = finest). None: the level that best
+        agrees (pairwise F) with ``y`` when given, else the finest level.
+    k, device, seed : as in :class:`GraphAverageLinkage`
+
+    Attributes
+    ----------
+    partitions_ : list of (n_samples,) arrays, finest first
+    n_clusters_ : clusters per level
+    labels_ : the chosen level's partition; level_ : its index
+    """
+
+    def __init__(self, level: int | None = None, k: int = 30, device: str = "auto", seed: int = 0):
+        self.level = level
+        self.k = k
+        self.device = device
+        self.seed = seed
+
+    def fit(self, X, y=None):
+        graph = _as_graph(X, self.k, self.device, self.seed)
+        self.partitions_ = finch(graph)
+        self.n_clusters_ = [int(p.max()) + 1 for p in self.partitions_]
+        if self.level is not None:
+            self.level_ = min(int(self.level), len(self.partitions_) - 1)
+        elif y is not None:
+            scores = [pairwise_scores(np.asarray(y), p)["f"] for p in self.partitions_]
+            self.level_ = int(np.argmax(scores))
+        else:
+            self.level_ = 0
+        self.labels_ = self.partitions_[self.level_]
+        return self
