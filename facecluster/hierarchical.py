@@ -264,7 +264,7 @@ def finch(graph: KnnGraph, *, max_levels: int = 64) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- choosing the cut
 
 
-def choose_threshold(dendrogram: Dendrogram, labels: np.ndarray, *, n_candidates: int = 64) -> tuple[float, list]:
+def choose_threshold(dendrogram: Dendrogram, labels: np.ndarray, *, n_candidates: int = 200) -> tuple[float, list]:
     """The cut that best agrees (pairwise F) with given, mostly right labels.
 
     Candidates are quantiles of the merge similarities; returns the best threshold and the

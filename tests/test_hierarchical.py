@@ -1,0 +1,111 @@
+"""Hierarchical stage: exact against scipy on complete graphs, FINCH, cuts, estimators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from facecluster import build_knn_graph
+from facecluster.hierarchical import (FINCH, GraphAverageLinkage, average_linkage, choose_threshold, finch,
+                                      unsupervised_threshold)
+from facecluster.metrics import clustering_scores, pairwise_scores
+from facecluster.synth import make_faces
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("n,d,seed", [(150, 4, 0), (300, 16, 1), (250, 64, 2)])
+def test_complete_graph_equals_scipy_average_linkage(n, d, seed):
+    x = _unit(np.random.default_rng(seed).standard_normal((n, d)))
+    dendrogram = average_linkage(build_knn_graph(x, k=n - 1, device="cpu"))
+    z = linkage(x.astype(np.float64), method="average", metric="cosine")
+    assert dendrogram.n_merges == n - 1 and dendrogram.stats["inversions"] == 0
+    np.testing.assert_allclose(np.sort(1 - dendrogram.similarity), np.sort(z[:, 2]), atol=1e-5)
+    np.testing.assert_allclose(dendrogram.to_scipy()[:, 2], z[:, 2], atol=1e-5)
+    # the partition at every merge height (midway between consecutive heights) is scipy's
+    heights = np.sort(z[:, 2])
+    for t in (heights[:-1] + heights[1:]) / 2:
+        ours = dendrogram.cut(1 - t)
+        theirs = fcluster(z, t, criterion="distance")
+        assert pairwise_scores(theirs, ours)["f"] == 1.0 or len(np.unique(theirs)) == n
+        assert len(np.unique(ours)) == len(np.unique(theirs))
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(3, 60), k=st.integers(1, 12), seed=st.integers(0, 10_000), t=st.floats(-0.5, 0.9))
+def test_dendrogram_invariants_on_sparse_graphs(n, k, seed, t):
+    x = _unit(np.random.default_rng(seed).standard_normal((n, 6)))
+    dendrogram = average_linkage(build_knn_graph(x, k=k, device="cpu"))
+    # merges refer only to earlier nodes; sizes add up; monotone heights never exceed raw ones
+    for i, (a, b) in enumerate(dendrogram.children):
+        assert a < n + i and b < n + i
+    assert (dendrogram.monotone_similarity <= dendrogram.similarity + 1e-12).all()
+    part = dendrogram.cut(t)
+    assert part.shape == (n,) and part.min() == 0
+    # a higher threshold never merges more: partitions refine as the threshold rises
+    finer = dendrogram.cut(t + 0.1)
+    assert len(np.unique(finer)) >= len(np.unique(part))
+    pairs = {(int(f), int(p)) for f, p in zip(finer, part)}
+    assert len({f for f, _ in pairs}) == len(pairs), "each finer cluster sits inside one coarser cluster"
+
+
+def test_threshold_stops_merging():
+    x, y = make_faces(600, 30, 32, seed=4)
+    graph = build_knn_graph(x, k=15, device="cpu")
+    full = average_linkage(graph)
+    stopped = average_linkage(graph, threshold=0.5)
+    assert stopped.n_merges < full.n_merges and (stopped.similarity >= 0.5).all()
+    np.testing.assert_array_equal(stopped.cut(0.5), full.cut(0.5))
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.2])
+def test_cut_chosen_from_labels_recovers_identities(offset):
+    x, y = make_faces(2000, 120, 64, offset=offset, seed=5)
+    est = GraphAverageLinkage(k=20).fit(x, y)
+    scores = clustering_scores(y, est.labels_)
+    assert scores["pairwise_f"] > 0.9 and scores["bcubed_f"] > 0.9
+    assert est.threshold_curve_ and max(f for _, f, _ in est.threshold_curve_) == pytest.approx(
+        pairwise_scores(y, est.labels_)["f"])
+    # without labels the data-derived cut is still good
+    unsup = GraphAverageLinkage(k=20).fit(x)
+    assert clustering_scores(y, unsup.labels_)["bcubed_f"] > 0.8
+
+
+def test_finch_levels_coarsen_and_one_fits_the_identities():
+    x, y = make_faces(1500, 100, 64, seed=6)
+    graph = build_knn_graph(x, k=20, device="cpu")
+    levels = finch(graph)
+    counts = [int(p.max()) + 1 for p in levels]
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) == len(counts)
+    for fine, coarse in zip(levels, levels[1:]):
+        assert len({(a, b) for a, b in zip(fine, coarse)}) == int(fine.max()) + 1  # nested
+    est = FINCH(k=20).fit(graph, y)
+    assert clustering_scores(y, est.labels_)["pairwise_f"] > 0.8
+    assert est.labels_ is est.partitions_[est.level_]
+
+
+def test_unsupervised_threshold_sits_between_same_and_different_people():
+    for offset in (0.0, 2.2):
+        x, y = make_faces(2000, 120, 64, offset=offset, seed=7)
+        graph = build_knn_graph(x, k=20, device="cpu")
+        t, info = unsupervised_threshold(graph)
+        same = graph.sims[y[graph.indices] == y[:, None]]
+        diff = graph.sims[y[graph.indices] != y[:, None]]
+        assert np.median(diff) < t < np.median(same)
+
+
+def test_estimators_follow_the_sklearn_contract():
+    from sklearn.base import clone
+
+    x, y = make_faces(400, 25, 32, seed=8)
+    est = GraphAverageLinkage(threshold=0.3, k=10)
+    assert clone(est).get_params() == est.get_params()
+    labels = est.fit_predict(x)
+    assert labels.shape == (400,) and est.children_.shape[1] == 2
+    np.testing.assert_allclose(est.distances_, 1 - est.similarities_)
+    assert FINCH(k=10).fit_predict(x).shape == (400,)
