@@ -81,6 +81,60 @@ def clean(
         _print_summary(result.summary(), None if dry_run else out)
 
 
+class ClusterMethod(str, Enum):
+    average = "average"
+    finch = "finch"
+
+
+@app.command()
+def cluster(
+    manifest: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet manifest: one row per image; a label column is optional.")],
+    embeddings: Annotated[Optional[Path], typer.Option(help="Row-aligned embeddings (.npy/.npz/.parquet). Default: <manifest stem>.npy.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder for clusters.csv and report.json.")] = Path("facecluster-clusters"),
+    path_col: Annotated[str, typer.Option(help="Manifest column with the image path.")] = "path",
+    label_col: Annotated[Optional[str], typer.Option(help="Optional label column: when given, the cut that best agrees with it is chosen.")] = None,
+    method: Annotated[ClusterMethod, typer.Option(help="average: graph average linkage; finch: parameter-free FINCH.")] = ClusterMethod.average,
+    threshold: Annotated[Optional[float], typer.Option(help="Average-linkage cut (cosine). Default: from the labels, or from the data.")] = None,
+    level: Annotated[Optional[int], typer.Option(help="FINCH level (0 = finest). Default: from the labels, or the finest.")] = None,
+    k: Annotated[int, typer.Option(min=1, help="Neighbours per sample in the kNN graph.")] = 30,
+    device: Annotated[DeviceChoice, typer.Option(help="Where to search: auto uses a GPU when one is usable.")] = DeviceChoice.auto,
+    knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto.")] = KnnChoice.auto,
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Cluster and print the summary; write nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary.")] = False,
+) -> None:
+    """Cluster faces by identity (labels optional); write clusters.csv and report.json."""
+    from facecluster import ClusterConfig, InputError
+    from facecluster import cluster as run_cluster
+    from facecluster.progress import NullProgress, RichProgress
+
+    try:
+        config = ClusterConfig(method=method.value, threshold=threshold, level=level, k=k, device=device.value,
+                               knn_method=knn.value, path_col=path_col, label_col=label_col, seed=seed)
+        result = run_cluster(manifest, embeddings, config, out_dir=None if dry_run else out,
+                             progress=NullProgress() if quiet else RichProgress(err_console))
+    except InputError as exc:
+        _fail(exc)
+    if not quiet:
+        stage = result.report["stages"]["clustering"]
+        table = Table(title="facecluster cluster", header_style="bold")
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        table.add_row("rows", str(result.faceset.n_samples))
+        table.add_row("clusters", str(stage["n_clusters"]))
+        table.add_row("singletons", str(stage["singletons"]))
+        table.add_row("largest cluster", str(stage["largest"]))
+        if "threshold" in stage:
+            table.add_row("threshold", f"{stage['threshold']:.4f} ({stage['threshold_source']})")
+        if "level" in stage:
+            table.add_row("FINCH level", f"{stage['level']} of {len(stage['clusters_per_level'])}")
+        if "agreement_with_labels" in stage:
+            table.add_row("pairwise F vs labels", f"{stage['agreement_with_labels']['pairwise_f']:.3f}")
+        table.add_row("time (s)", f"{result.report['timings']['total']:.1f}")
+        out_console.print(table)
+        out_console.print(f"outputs written to {out}" if not dry_run else "dry run: nothing written")
+
+
 @app.command()
 def bench(
     size: Annotated[int, typer.Option(min=100, help="Rows of the generated clean set (noise is added on top).")] = 10_000,

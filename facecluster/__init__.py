@@ -10,11 +10,13 @@ from .knn import KnnGraph, build_knn_graph
 from .findings import (Findings, LabelAgreement, NearDuplicates, Signals, calibrate_same_identity, compute_signals,
                        find_issues, find_near_duplicates, knn_label_agreement)
 from .relabel import POLICIES, Policy, cleaned_manifest, decide_actions, write_outputs
-from .pipeline import CleanConfig, CleanResult, clean
+from .pipeline import CleanConfig, CleanResult, ClusterConfig, ClusterResult, clean, cluster
+from .hierarchical import FINCH, Dendrogram, GraphAverageLinkage, average_linkage, finch
 
 __all__ = [
     "__version__", "InputError", "FaceSet", "load_faceset", "read_embeddings", "read_manifest", "Device",
     "resolve_device", "KnnGraph", "build_knn_graph", "Findings", "LabelAgreement", "NearDuplicates", "Signals",
     "calibrate_same_identity", "compute_signals", "find_issues", "find_near_duplicates", "knn_label_agreement",
     "POLICIES", "Policy", "cleaned_manifest", "decide_actions", "write_outputs", "CleanConfig", "CleanResult", "clean",
+    "ClusterConfig", "ClusterResult", "cluster", "FINCH", "Dendrogram", "GraphAverageLinkage", "average_linkage", "finch",
 ]

@@ -48,7 +48,7 @@ class FaceSet:
     embeddings: np.ndarray
     centred: bool
     path_col: str
-    label_col: str
+    label_col: str | None
     source: dict = field(default_factory=dict)
     centring_stats: dict = field(default_factory=dict)
 
@@ -150,8 +150,9 @@ def _check_ragged_rows(path: Path, sep: str, n_cols: int) -> None:
                 )
 
 
-def _check_columns(path: Path, frame: pd.DataFrame, path_col: str, label_col: str) -> None:
-    for col, flag in ((path_col, "--path-col"), (label_col, "--label-col")):
+def _check_columns(path: Path, frame: pd.DataFrame, path_col: str, label_col: str | None) -> None:
+    wanted = [(path_col, "--path-col")] + ([(label_col, "--label-col")] if label_col is not None else [])
+    for col, flag in wanted:
         if col not in frame.columns:
             have = ", ".join(map(repr, frame.columns))
             raise InputError(
@@ -161,6 +162,8 @@ def _check_columns(path: Path, frame: pd.DataFrame, path_col: str, label_col: st
     if path_col == label_col:
         raise InputError(path, "the path and label columns must differ", column=label_col)
     for col, what in ((label_col, "label"), (path_col, "path")):
+        if col is None:
+            continue
         empty = frame[col].str.strip() == ""
         if empty.any():
             first = int(np.flatnonzero(empty.to_numpy())[0]) + 1
@@ -344,7 +347,7 @@ def load_faceset(
     embeddings: str | Path | np.ndarray | None = None,
     *,
     path_col: str = "path",
-    label_col: str = "label",
+    label_col: str | None = "label",
     centre: bool | str = "auto",
     seed: int = 0,
 ) -> FaceSet:
@@ -355,7 +358,8 @@ def load_faceset(
     manifest : path to a CSV/TSV/Parquet file, or a DataFrame already in memory
     embeddings : path (.npy/.npz/.parquet), an array of shape (n_samples, n_features), or
         None for the manifest's sibling ``<stem>.npy``
-    path_col, label_col : manifest columns holding the image path and the identity label
+    path_col, label_col : manifest columns holding the image path and the identity label;
+        ``label_col=None`` for unlabelled faces (every row then gets label code 0, name "")
     centre : "auto" (decide from the data, see :func:`centring_decision`), True or False
 
     Raises
@@ -394,7 +398,10 @@ def load_faceset(
             row=min(raw.shape[0], len(frame)) + 1,
         )
     unit, centred, stats = prepare_embeddings(raw, centre=centre, file=emb_path, seed=seed)
-    codes, names = pd.factorize(frame[label_col], sort=False)
+    if label_col is None:
+        codes, names = np.zeros(len(frame), dtype=np.int64), np.array([""], dtype=object)
+    else:
+        codes, names = pd.factorize(frame[label_col], sort=False)
     return FaceSet(
         manifest=frame,
         labels=codes.astype(np.int64),

@@ -184,6 +184,157 @@ def clean(
     return result
 
 
+CLUSTER_FILES = ("clusters.csv", "report.json")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Settings of one clustering run of (possibly unlabelled) faces.
+
+    method : "average" (graph average linkage) or "finch"
+    threshold : average-linkage cut (cosine, in the processed space); None = chosen from the
+        labels when ``label_col`` is given, else from the data (two-component mixture)
+    level : FINCH level (None = best agreement with the labels when given, else finest)
+    label_col : None for unlabelled faces
+    """
+
+    method: str = "average"
+    threshold: float | None = None
+    level: int | None = None
+    k: int = 30
+    device: str = "auto"
+    knn_method: str = "auto"
+    exact_max: int = 200_000
+    centre: str | bool = "auto"
+    path_col: str = "path"
+    label_col: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in {"average", "finch"}:
+            raise ValueError(f"method must be average or finch, got {self.method!r}")
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+
+
+@dataclass
+class ClusterResult:
+    """A clustering run: the table (input columns + fc_cluster, fc_cluster_size, fc_score) and report."""
+
+    faceset: FaceSet
+    graph: KnnGraph
+    labels: np.ndarray
+    clusters: pd.DataFrame
+    report: dict = field(default_factory=dict)
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        check_output_dir(out_dir, list(self.faceset.source.values()), CLUSTER_FILES)
+        return write_outputs(out_dir, {"clusters.csv": self.clusters}, self.report)
+
+
+def cohesion(graph: KnnGraph, labels: np.ndarray) -> np.ndarray:
+    """Share of each sample's positive kNN similarity that falls inside its own cluster, in [0, 1]."""
+    valid = graph.indices >= 0
+    w = np.where(valid, np.clip(graph.sims, 0, None), 0.0).astype(np.float64)
+    inside = labels[np.where(valid, graph.indices, 0)] == labels[:, None]
+    total = w.sum(axis=1)
+    return np.where(total > 0, (w * inside).sum(axis=1) / np.maximum(total, 1e-12), 0.0)
+
+
+def cluster(
+    manifest: str | Path | pd.DataFrame,
+    embeddings: str | Path | np.ndarray | None = None,
+    config: ClusterConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    **overrides,
+) -> ClusterResult:
+    """Cluster faces by identity, with or without labels.
+
+    Returns
+    -------
+    ClusterResult
+        ``clusters`` holds the input columns plus ``fc_cluster`` (id, numbered by first
+        appearance), ``fc_cluster_size`` and ``fc_score`` (cohesion: share of the sample's
+        positive kNN similarity inside its cluster; 0 for singletons).
+    """
+    from .hierarchical import average_linkage, choose_threshold, finch, unsupervised_threshold
+    from .metrics import pairwise_scores
+
+    config = replace(config or ClusterConfig(), **overrides)
+    progress = progress or NullProgress()
+    timings: dict[str, float] = {}
+    t_all = t = time.perf_counter()
+    if out_dir is not None and not isinstance(manifest, pd.DataFrame):
+        check_output_dir(out_dir, [manifest, embeddings], CLUSTER_FILES)
+    with progress.task("load and validate", total=None):
+        faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
+                               centre=config.centre, seed=config.seed)
+    timings["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    graph = build_knn_graph(faceset.embeddings, k=config.k, device=config.device, method=config.knn_method,
+                            exact_max=config.exact_max, cache_dir=out_dir, seed=config.seed, progress=progress)
+    timings["knn"] = time.perf_counter() - t
+    t = time.perf_counter()
+    has_labels = config.label_col is not None
+    stage: dict = {"method": config.method}
+    with progress.task(f"clustering ({config.method})", total=None):
+        if config.method == "average":
+            dendrogram = average_linkage(graph)
+            if config.threshold is not None:
+                threshold, source = float(config.threshold), "user"
+            elif has_labels:
+                threshold, curve = choose_threshold(dendrogram, faceset.labels)
+                source = "best pairwise F against the given labels"
+                stage["threshold_curve"] = [{"threshold": round(a, 5), "pairwise_f": round(b, 5), "n_clusters": c}
+                                            for a, b, c in curve]
+            else:
+                threshold, info = unsupervised_threshold(graph, seed=config.seed)
+                source = "two-component mixture of kNN similarities"
+                stage["mixture"] = info
+            labels = dendrogram.cut(threshold)
+            stage.update(threshold=threshold, threshold_source=source, rounds=dendrogram.rounds,
+                         merges=dendrogram.n_merges, inversions=dendrogram.stats["inversions"])
+        else:
+            levels = finch(graph)
+            if config.level is not None:
+                level = min(int(config.level), len(levels) - 1)
+            elif has_labels:
+                level = int(np.argmax([pairwise_scores(faceset.labels, p)["f"] for p in levels]))
+            else:
+                level = 0
+            labels = levels[level]
+            stage.update(level=level, clusters_per_level=[int(p.max()) + 1 for p in levels])
+    timings["cluster"] = time.perf_counter() - t
+    sizes = np.bincount(labels)
+    table = faceset.manifest.copy()
+    table["fc_cluster"] = labels
+    table["fc_cluster_size"] = sizes[labels]
+    table["fc_score"] = np.round(np.where(sizes[labels] > 1, cohesion(graph, labels), 0.0), 4)
+    timings["total"] = time.perf_counter() - t_all
+    stage.update(n_clusters=int(len(sizes)), singletons=int((sizes == 1).sum()), largest=int(sizes.max()))
+    if has_labels:
+        from .metrics import clustering_scores
+
+        stage["agreement_with_labels"] = clustering_scores(faceset.labels, labels)
+    report = {
+        "facecluster_version": __version__,
+        "versions": _versions(),
+        "inputs": dict(faceset.source, rows=faceset.n_samples, dim=faceset.dim, path_col=faceset.path_col,
+                       label_col=faceset.label_col),
+        "parameters": asdict(config),
+        "stages": {"embeddings": dict(faceset.centring_stats, centred=faceset.centred), "knn": graph.info,
+                   "clustering": stage},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    result = ClusterResult(faceset, graph, labels, table, report)
+    if out_dir is not None:
+        with progress.task("write outputs", total=None):
+            result.write(out_dir)
+    return result
+
+
 def _size_summary(sizes: np.ndarray) -> dict:
     return {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max()),
             "singletons": int((sizes == 1).sum()), "pairs": int((sizes == 2).sum())}

@@ -134,12 +134,12 @@ def action_counts(audit: pd.DataFrame) -> dict:
 # --------------------------------------------------------------------------- writing
 
 
-def check_output_dir(out_dir: str | Path, inputs: list[str | Path]) -> Path:
+def check_output_dir(out_dir: str | Path, inputs: list[str | Path], names=OUTPUT_FILES) -> Path:
     """Refuse an output folder whose files would overwrite an input."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "output path exists and is not a folder")
-    targets = {(out_dir / name).resolve() for name in OUTPUT_FILES}
+    targets = {(out_dir / name).resolve() for name in names}
     for path in inputs:
         if path is not None and Path(path).resolve() in targets:
             raise InputError(path, f"input would be overwritten by an output in {out_dir}; choose another --out")
