@@ -1,0 +1,71 @@
+"""`facecluster cluster`: unlabelled faces in, clusters.csv + report.json out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import facecluster as fc
+from cli.main import app
+from facecluster.metrics import clustering_scores
+from facecluster.synth import make_faces
+
+from .conftest import write_set
+
+
+@pytest.fixture
+def unlabelled(tmp_path):
+    x, y = make_faces(900, 60, 48, seed=9)
+    path = write_set(tmp_path / "in", x, y)
+    frame = pd.read_csv(path, dtype=str).drop(columns=["label"])
+    frame["camera"] = "c1"
+    frame.to_csv(path, index=False)
+    return path, y
+
+
+def test_cluster_writes_the_table_and_report(tmp_path, unlabelled):
+    path, y = unlabelled
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["cluster", str(path), "--out", str(out), "--k", "15"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "clusters.csv", dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["path", "camera", "fc_cluster", "fc_cluster_size", "fc_score"]
+    assert table.path.tolist() == pd.read_csv(path, dtype=str).path.tolist()
+    clusters = table.fc_cluster.astype(int).to_numpy()
+    sizes = np.bincount(clusters)
+    assert (table.fc_cluster_size.astype(int).to_numpy() == sizes[clusters]).all()
+    score = table.fc_score.astype(float)
+    assert ((score >= 0) & (score <= 1)).all() and (score[sizes[clusters] == 1] == 0).all()
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["clustering"]["threshold_source"].startswith("two-component")
+    assert clustering_scores(y, clusters)["bcubed_f"] > 0.8
+
+
+def test_labels_guide_the_cut_when_given(small_set):
+    result = fc.cluster(small_set, label_col="label", k=15)
+    stage = result.report["stages"]["clustering"]
+    assert stage["threshold_source"].startswith("best pairwise F") and stage["threshold_curve"]
+    assert stage["agreement_with_labels"]["pairwise_f"] > 0.9
+
+
+def test_finch_method_and_level(small_set):
+    result = fc.cluster(small_set, method="finch", k=15)
+    stage = result.report["stages"]["clustering"]
+    assert stage["level"] == 0 and stage["clusters_per_level"][0] == stage["n_clusters"]
+    coarse = fc.cluster(small_set, method="finch", level=1, k=15)
+    assert coarse.report["stages"]["clustering"]["n_clusters"] < stage["n_clusters"]
+
+
+def test_cluster_bad_input_exits_2_and_writes_nothing(tmp_path, unlabelled):
+    path, _ = unlabelled
+    np.save(path.with_suffix(".npy"), np.zeros((900, 48), dtype=np.float32))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["cluster", str(path), "--out", str(out), "-q"])
+    assert result.exit_code == 2 and "all-zero" in result.output
+    assert not out.exists()
+    missing = CliRunner().invoke(app, ["cluster", str(path), "--label-col", "person", "-q"])
+    assert missing.exit_code == 2 and "missing column 'person'" in missing.output
