@@ -256,6 +256,8 @@ class Findings:
     review : (n,) bool, samples the evidence cannot judge ("cannot tell"), kept for a person
     reason : (n,) object, short text naming the evidence
     merges : DataFrame with columns label, merged_into, score, evidence (duplicate identities)
+    corroborated : (n,) bool, mislabeled findings whose suggested label the hierarchical
+        partition also gives (an independent stage agreeing)
     stats : dict of thresholds and counts for the report
     """
 
@@ -268,6 +270,7 @@ class Findings:
     review: np.ndarray
     reason: np.ndarray
     merges: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["label", "merged_into", "score", "evidence"]))
+    corroborated: np.ndarray | None = None
     stats: dict = field(default_factory=dict)
 
     def counts(self) -> dict:
@@ -279,19 +282,96 @@ class Findings:
 
 
 @dataclass(frozen=True)
+class ClusterEvidence:
+    """What a partition says about each sample's label.
+
+    partition : (n,) cluster id per sample
+    majority : (n,) int64, the most frequent label among the OTHER members of the sample's
+        cluster (-1 for singletons)
+    majority_share : (n,) share of the other members carrying ``majority``
+    own_share : (n,) share of the other members carrying the sample's own label
+    stats : the stage's own report (threshold, curve, agreement with the labels)
+    """
+
+    partition: np.ndarray
+    majority: np.ndarray
+    majority_share: np.ndarray
+    own_share: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+
+def cluster_evidence(partition: np.ndarray, labels: np.ndarray, stats: dict | None = None) -> ClusterEvidence:
+    """Per-sample majority label of its cluster's other members, vectorised over (cluster, label) cells."""
+    n = len(labels)
+    n_labels = int(labels.max()) + 1
+    key = partition.astype(np.int64) * n_labels + labels
+    cells, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    cell_cluster, cell_label = cells // n_labels, cells % n_labels
+    # the two largest cells of every cluster (ties: smaller label)
+    order = np.lexsort((cell_label, -counts, cell_cluster))
+    c_sorted = cell_cluster[order]
+    first = np.r_[True, c_sorted[1:] != c_sorted[:-1]]
+    second = np.r_[False, first[:-1]] & ~first
+    n_clusters = int(partition.max()) + 1
+    top_label = np.full(n_clusters, -1, dtype=np.int64)
+    top_count = np.zeros(n_clusters, dtype=np.int64)
+    sec_label = np.full(n_clusters, -1, dtype=np.int64)
+    sec_count = np.zeros(n_clusters, dtype=np.int64)
+    top_label[c_sorted[first]], top_count[c_sorted[first]] = cell_label[order][first], counts[order][first]
+    sec_label[c_sorted[second]], sec_count[c_sorted[second]] = cell_label[order][second], counts[order][second]
+    size = np.bincount(partition, minlength=n_clusters)[partition]
+    own_others = counts[inv] - 1
+    c = partition
+    is_top = top_label[c] == labels
+    # among the other members: if the sample carries the top label, compare its remaining count
+    # with the runner-up; otherwise the top label stays the majority
+    own_wins = is_top & (own_others >= sec_count[c])
+    majority = np.where(is_top, np.where(own_wins, labels, sec_label[c]), top_label[c])
+    maj_count = np.where(is_top, np.where(own_wins, own_others, sec_count[c]), top_count[c])
+    others = np.maximum(size - 1, 1)
+    majority = np.where(size > 1, majority, -1)
+    return ClusterEvidence(
+        partition=partition,
+        majority=majority.astype(np.int64),
+        majority_share=np.where(size > 1, maj_count / others, 0.0).astype(np.float32),
+        own_share=np.where(size > 1, own_others / others, 0.0).astype(np.float32),
+        stats=stats or {},
+    )
+
+
+@dataclass(frozen=True)
 class Signals:
     """Per-sample evidence from every stage that has run; stages add fields as they land."""
 
     calibration: SameIdentityCalibration
     agreement: LabelAgreement
     duplicates: NearDuplicates
+    hierarchical: ClusterEvidence | None = None
 
 
-def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int, *, seed: int = 0) -> Signals:
+def hierarchical_signal(graph: KnnGraph, labels: np.ndarray) -> ClusterEvidence:
+    """Graph average linkage cut where it best agrees with the (mostly right) labels."""
+    from .hierarchical import average_linkage, choose_threshold
+    from .metrics import clustering_scores
+
+    dendrogram = average_linkage(graph)
+    threshold, curve = choose_threshold(dendrogram, labels)
+    partition = dendrogram.cut(threshold)
+    stats = {"threshold": threshold, "rounds": dendrogram.rounds, "inversions": dendrogram.stats["inversions"],
+             "n_clusters": int(partition.max()) + 1,
+             "agreement_with_labels": clustering_scores(labels, partition),
+             "threshold_curve": [{"threshold": round(t, 5), "pairwise_f": round(f, 5), "n_clusters": c}
+                                 for t, f, c in curve]}
+    return cluster_evidence(partition, labels, stats)
+
+
+def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int, *, seed: int = 0,
+                    hierarchical: bool = True) -> Signals:
     calibration = calibrate_same_identity(graph, labels, seed=seed)
     duplicates = find_near_duplicates(graph)
     agreement = knn_label_agreement(graph, labels, calibration, dup_group=duplicates.group, n_labels=n_labels)
-    return Signals(calibration=calibration, agreement=agreement, duplicates=duplicates)
+    hier = hierarchical_signal(graph, labels) if hierarchical else None
+    return Signals(calibration=calibration, agreement=agreement, duplicates=duplicates, hierarchical=hier)
 
 
 def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
@@ -328,9 +408,23 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     issue[is_mis], score[is_mis] = "mislabeled", mis[is_mis]
     suggested[is_mis] = agr.best_other[is_mis]
     issue[is_out], score[is_out] = "outlier", out[is_out]
+    hier = signals.hierarchical
+    corroborated = np.zeros(n, dtype=bool)
     for i in np.flatnonzero(is_mis):
         reason[i] = (f"kNN: {b[i]:.1f} reliable votes for {label_names[agr.best_other[i]]} "
                      f"vs {g[i]:.1f} for its label")
+        if hier is not None and hier.majority[i] == agr.best_other[i]:
+            corroborated[i] = True
+            reason[i] += f"; hierarchical: {hier.majority_share[i]:.0%} of its cluster is {label_names[hier.majority[i]]}"
+    if hier is not None:
+        # the partition alone: a sample whose cluster (of at least 3 others) is mostly another
+        # label, that the kNN vote did not flag, is reported for review, not acted on
+        alone = (~is_mis & (hier.majority >= 0) & (hier.majority != labels) & (hier.majority_share >= 0.5)
+                 & (np.bincount(hier.partition)[hier.partition] >= 4) & (sizes >= 2))
+        for i in np.flatnonzero(alone & ~review):
+            review[i] = True
+            reason[i] = (reason[i] + "; " if reason[i] else "") + (
+                f"review: hierarchical cluster is {hier.majority_share[i]:.0%} {label_names[hier.majority[i]]}")
     for i in np.flatnonzero(is_out):
         reason[i] = f"kNN: no label supported (P(no same-person neighbour)={out[i]:.2f})"
 
@@ -374,9 +468,24 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         for i in dropped:
             reason[i] = f"near-duplicate of row {keep_of_group[i] + 1} (closest partner row {dup.partner[i] + 1})"
 
-    stats = {"report_floor": report_floor, "near_duplicates": dup.stats}
+    if hier is not None and len(merges):
+        merges["evidence"] = [ev + "; " + _shared_clusters(hier, labels, label_names, lab, into)
+                              for ev, lab, into in zip(merges.evidence, merges.label, merges.merged_into)]
+    stats = {"report_floor": report_floor, "near_duplicates": dup.stats,
+             "mislabeled_corroborated_by_hierarchical": int(corroborated.sum())}
     return Findings(issue=issue, score=score, mislabel_score=mis, outlier_score=out, suggested=suggested,
-                    keep_of_group=keep_of_group, review=review, reason=reason, merges=merges, stats=stats)
+                    keep_of_group=keep_of_group, review=review, reason=reason, merges=merges,
+                    corroborated=corroborated, stats=stats)
+
+
+def _shared_clusters(hier: ClusterEvidence, labels, label_names, lab_name, into_name) -> str:
+    """How much of label ``lab_name`` sits in hierarchical clusters that also hold ``into_name``."""
+    index = {name: i for i, name in enumerate(label_names)}
+    a, b = index[lab_name], index[into_name]
+    clusters_b = np.unique(hier.partition[labels == b])
+    rows_a = labels == a
+    share = float(np.isin(hier.partition[rows_a], clusters_b).mean()) if rows_a.any() else 0.0
+    return f"hierarchical: {share:.0%} of {lab_name}'s images share a cluster with {into_name}"
 
 
 def _duplicate_identity_guard(labels, label_names, given, other, best_other, issue, score, reason) -> pd.DataFrame:

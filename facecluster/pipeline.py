@@ -172,6 +172,7 @@ def clean(
             "knn": graph.info,
             "calibration": signals.calibration.summary(graph.sims),
             "near_duplicates": signals.duplicates.stats,
+            "hierarchical": signals.hierarchical.stats if signals.hierarchical is not None else None,
             "findings": {k: v for k, v in findings.stats.items() if k != "near_duplicates"},
         },
         "label_sizes": _size_summary(faceset.label_sizes()),
