@@ -1,0 +1,426 @@
+"""Correlation clustering on a calibrated signed kNN graph.
+
+Each kNN edge gets a weight: the log-odds that its two faces are the same person given their
+cosine, calibrated on the set's own labelled kNN pairs (or on a two-component mixture of the
+similarities when there are no labels), plus a ``bias`` towards merging (> 0) or splitting
+(< 0). Correlation clustering then looks for the partition with the least total weight of
+disagreements: positive edges cut plus negative edges kept inside a cluster. It needs no
+number of clusters.
+
+Solver: greedy additive edge contraction (GAEC: contract the most positive edge, summing
+parallel edges, until no edge is positive; Keuper et al., ICCV 2015) with a heap over the
+sparse adjacency, then Kernighan–Lin-style local moves: a node moves to the neighbouring
+cluster (or to a cluster of its own) that lowers the objective most, and clusters whose edges
+between them sum positive are joined, until nothing improves. A Pivot (KwikCluster; Ailon,
+Charikar & Newman, 2008) solution refined the same way is also computed and the better of the
+two kept, so the result is never worse than the Pivot baseline on the same graph. Components
+of the positive-edge graph are solved independently (threads; the numba kernels release the
+GIL), since no optimal partition joins nodes with no positive path between them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from numba import njit, types
+from numba.typed import Dict, List
+from scipy.sparse.csgraph import connected_components
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.isotonic import IsotonicRegression
+
+from .knn import KnnGraph
+
+# --------------------------------------------------------------------------- signed graph
+
+
+@dataclass(frozen=True)
+class SignedGraph:
+    """Undirected signed graph: edge (a[i], b[i]) with weight w[i] (> 0: same person)."""
+
+    n: int
+    a: np.ndarray
+    b: np.ndarray
+    w: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def _undirected(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    upper = sp.triu(graph.to_csr(symmetric=True), k=1).tocoo()
+    return upper.row.astype(np.int64), upper.col.astype(np.int64), upper.data.astype(np.float64)
+
+
+def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: float = 0.0,
+                 reliable: np.ndarray | None = None, seed: int = 0, max_pairs: int = 2_000_000) -> SignedGraph:
+    """Edge weights = log-odds of "same person" given the cosine, plus ``bias``.
+
+    With labels: isotonic regression of "same label" on cosine over the labelled kNN pairs.
+    Robustness to the label noise it is meant to find: pairs touching a sample whose own label
+    is not backed by its neighbours (``reliable`` False: flips, open-set images) are left out
+    of the fit, and isotonic regression bounds what any remaining wrong pair can do to the
+    curve (it only moves the plateau, not where the curve rises). Probabilities are clipped
+    to [1/(m+2), 1 − 1/(m+2)] for m fitted pairs, so weights stay finite.
+
+    Without labels (the documented prior): a two-component Gaussian mixture of the edge
+    similarities; p = posterior of the upper (same-person) component.
+    """
+    a, b, s = _undirected(graph)
+    info: dict = {"bias": float(bias), "n_edges": int(len(s))}
+    if labels is not None:
+        labels = np.asarray(labels)
+        use = np.ones(len(s), dtype=bool) if reliable is None else (reliable[a] & reliable[b])
+        fa, fb, fs = a[use], b[use], s[use]
+        if len(fs) > max_pairs:
+            pick = np.random.default_rng(seed).choice(len(fs), size=max_pairs, replace=False)
+            fa, fb, fs = fa[pick], fb[pick], fs[pick]
+        same = (labels[fa] == labels[fb]).astype(np.float64)
+        model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(fs, same)
+        eps = 1.0 / (len(fs) + 2)
+        p = np.clip(model.predict(s), eps, 1 - eps)
+        info.update(calibration="isotonic on labelled kNN pairs", fitted_pairs=int(len(fs)),
+                    left_out_unreliable=int((~use).sum()))
+    else:
+        from sklearn.mixture import GaussianMixture
+
+        sample = s if len(s) <= max_pairs else np.random.default_rng(seed).choice(s, max_pairs, replace=False)
+        gm = GaussianMixture(2, random_state=seed).fit(sample[:, None])
+        hi = int(np.argmax(gm.means_.ravel()))
+        p = np.clip(gm.predict_proba(s[:, None])[:, hi], 1e-6, 1 - 1e-6)
+        info.update(calibration="prior: two-component Gaussian mixture of kNN similarities",
+                    means=gm.means_.ravel().tolist())
+    w = np.log(p) - np.log1p(-p) + bias
+    info["positive_edges"] = int((w > 0).sum())
+    return SignedGraph(graph.n_samples, a, b, w, info)
+
+
+def objective(a: np.ndarray, b: np.ndarray, w: np.ndarray, labels: np.ndarray) -> float:
+    """Total weight of disagreements: positive edges cut plus |negative| edges not cut."""
+    cut = labels[a] != labels[b]
+    return float(w[cut & (w > 0)].sum() - w[~cut & (w < 0)].sum())
+
+
+# --------------------------------------------------------------------------- kernels (numba)
+
+
+@njit(cache=True, nogil=True)
+def _find(parent, i):
+    root = i
+    while parent[root] != root:
+        root = parent[root]
+    while parent[i] != root:
+        nxt = parent[i]
+        parent[i] = root
+        i = nxt
+    return root
+
+
+@njit(cache=True, nogil=True)
+def _gaec(n, a, b, w):
+    """Greedy additive edge contraction; returns a root id per node."""
+    adj = List()
+    for _ in range(n):
+        adj.append(Dict.empty(types.int64, types.float64))
+    for i in range(len(a)):
+        u, v, x = a[i], b[i], w[i]
+        if u == v:
+            continue
+        adj[u][v] = adj[u].get(v, 0.0) + x
+        adj[v][u] = adj[v].get(u, 0.0) + x
+    heap = [(0.0, np.int64(0), np.int64(0))]
+    heap.pop()
+    for u in range(n):
+        for v, x in adj[u].items():
+            if u < v and x > 0:
+                heapq.heappush(heap, (-x, np.int64(u), np.int64(v)))
+    parent = np.arange(n)
+    while len(heap):
+        negx, u, v = heapq.heappop(heap)
+        if parent[u] != u or parent[v] != v or v not in adj[u]:
+            continue
+        x = adj[u][v]
+        if x != -negx or x <= 0:
+            continue
+        keep, gone = (u, v) if len(adj[u]) >= len(adj[v]) else (v, u)
+        parent[gone] = keep
+        del adj[keep][gone]
+        for y, wy in adj[gone].items():
+            if y == keep:
+                continue
+            del adj[y][gone]
+            nw = adj[keep].get(y, 0.0) + wy
+            adj[keep][y] = nw
+            adj[y][keep] = nw
+            if nw > 0:
+                heapq.heappush(heap, (-nw, np.int64(min(keep, y)), np.int64(max(keep, y))))
+        adj[gone].clear()
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        out[i] = _find(parent, i)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _node_moves(n, indptr, indices, weights, labels, max_sweeps):
+    """Move single nodes to the neighbouring cluster (or a new one) that lowers the objective.
+
+    labels must be ids in [0, n). Returns the number of moves made.
+    """
+    size = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        size[labels[i]] += 1
+    free = [np.int64(0)]
+    free.pop()
+    for c in range(n):
+        if size[c] == 0:
+            free.append(np.int64(c))
+    acc = np.zeros(n)
+    touched = np.empty(n, dtype=np.int64)
+    moves = 0
+    for _ in range(max_sweeps):
+        moved = 0
+        for i in range(n):
+            own = labels[i]
+            nt = 0
+            for p in range(indptr[i], indptr[i + 1]):
+                c = labels[indices[p]]
+                if acc[c] == 0.0:
+                    touched[nt] = c
+                    nt += 1
+                acc[c] += weights[p]
+            w_own = acc[own]
+            best_c = -1
+            best_gain = 1e-12
+            for t in range(nt):
+                c = touched[t]
+                if c != own:
+                    gain = acc[c] - w_own
+                    if gain > best_gain:
+                        best_gain = gain
+                        best_c = c
+            # a cluster of its own: gain -w_own (only when it is not alone already)
+            if size[own] > 1 and -w_own > best_gain and len(free) > 0:
+                best_gain = -w_own
+                best_c = -2
+            for t in range(nt):
+                acc[touched[t]] = 0.0
+            if best_c == -1:
+                continue
+            if best_c == -2:
+                best_c = free.pop()
+            size[own] -= 1
+            if size[own] == 0:
+                free.append(own)
+            labels[i] = best_c
+            size[best_c] += 1
+            moved += 1
+        moves += moved
+        if moved == 0:
+            break
+    return moves
+
+
+@njit(cache=True, nogil=True)
+def _pivot(n, indptr, indices, weights, order):
+    """KwikCluster: each unassigned pivot (in ``order``) takes its unassigned positive neighbours."""
+    labels = np.full(n, -1, dtype=np.int64)
+    c = 0
+    for p in order:
+        if labels[p] >= 0:
+            continue
+        labels[p] = c
+        for q in range(indptr[p], indptr[p + 1]):
+            j = indices[q]
+            if labels[j] < 0 and weights[q] > 0:
+                labels[j] = c
+        c += 1
+    return labels
+
+
+# --------------------------------------------------------------------------- solver
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inv]
+
+
+def _csr(n, a, b, w):
+    mat = sp.csr_matrix((np.concatenate([w, w]), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n, n))
+    mat.sum_duplicates()
+    return mat.indptr.astype(np.int64), mat.indices.astype(np.int64), mat.data.astype(np.float64)
+
+
+def _refine(n, a, b, w, labels, max_rounds: int = 50, max_sweeps: int = 100):
+    """Alternate node moves and joins of clusters with positive total weight until neither helps."""
+    indptr, indices, weights = _csr(n, a, b, w)
+    labels = _compact(labels).astype(np.int64)
+    for _ in range(max_rounds):
+        moves = _node_moves(n, indptr, indices, weights, labels, max_sweeps)
+        labels = _compact(labels)
+        # join clusters: GAEC on the cluster graph (contracts every positive cluster pair)
+        m = int(labels.max()) + 1
+        ca, cb = labels[a], labels[b]
+        keep = ca != cb
+        joined = _gaec(m, ca[keep], cb[keep], w[keep]) if keep.any() else np.arange(m)
+        joins = int((joined != np.arange(m)).sum())
+        labels = _compact(joined[labels])
+        if moves == 0 and joins == 0:
+            break
+    return labels
+
+
+def _solve_component(n, a, b, w, refine: bool, seed: int) -> tuple[np.ndarray, dict]:
+    greedy = _compact(_gaec(n, a, b, w))
+    obj_greedy = objective(a, b, w, greedy)
+    if not refine:
+        return greedy, {"gaec": obj_greedy, "refined": obj_greedy, "pivot": None, "chosen": "gaec"}
+    refined = _refine(n, a, b, w, greedy)
+    indptr, indices, weights = _csr(n, a, b, w)
+    order = np.random.default_rng(seed).permutation(n)
+    piv = _refine(n, a, b, w, _pivot(n, indptr, indices, weights, order))
+    o_ref, o_piv = objective(a, b, w, refined), objective(a, b, w, piv)
+    best, chosen = (refined, "gaec+moves") if o_ref <= o_piv else (piv, "pivot+moves")
+    return best, {"gaec": obj_greedy, "refined": min(o_ref, o_piv), "pivot_refined": o_piv,
+                  "gaec_refined": o_ref, "chosen": chosen}
+
+
+@dataclass(frozen=True)
+class CorrelationResult:
+    """labels : (n,) cluster ids; objective_* : total disagreement weight at each step."""
+
+    labels: np.ndarray
+    objective_gaec: float
+    objective_refined: float
+    objective_pivot_refined: float | None
+    stats: dict = field(default_factory=dict)
+
+
+def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: int = 0,
+                           n_jobs: int | None = None) -> CorrelationResult:
+    """Solve correlation clustering on ``signed``, component by component of positive edges."""
+    n, a, b, w = signed.n, signed.a, signed.b, signed.w
+    pos = w > 0
+    adj = sp.coo_matrix((np.ones(int(pos.sum())), (a[pos], b[pos])), shape=(n, n))
+    n_comp, comp = connected_components(adj, directed=False)
+    inside = comp[a] == comp[b]
+    # group the inside edges and the nodes by component
+    e_order = np.argsort(comp[a[inside]], kind="stable")
+    ea, eb, ew = a[inside][e_order], b[inside][e_order], w[inside][e_order]
+    e_bounds = np.searchsorted(comp[ea], np.arange(n_comp + 1))
+    n_order = np.argsort(comp, kind="stable")
+    n_bounds = np.searchsorted(comp[n_order], np.arange(n_comp + 1))
+    local = np.empty(n, dtype=np.int64)
+    local[n_order] = np.arange(n) - n_bounds[comp[n_order]]
+    big = [c for c in range(n_comp) if n_bounds[c + 1] - n_bounds[c] > 1]
+
+    def solve(c):
+        nodes = n_order[n_bounds[c]:n_bounds[c + 1]]
+        sl = slice(e_bounds[c], e_bounds[c + 1])
+        lab, st = _solve_component(len(nodes), local[ea[sl]], local[eb[sl]], ew[sl], refine, seed + c)
+        return nodes, lab, st
+
+    labels = np.empty(n, dtype=np.int64)
+    labels[:] = -1
+    totals = {"gaec": 0.0, "refined": 0.0, "pivot_refined": 0.0}
+    chosen = {"gaec+moves": 0, "pivot+moves": 0, "gaec": 0}
+    offset = 0
+    workers = n_jobs or min(os.cpu_count() or 1, 8)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for nodes, lab, st in pool.map(solve, big):
+            labels[nodes] = lab + offset
+            offset += int(lab.max()) + 1
+            for key in totals:
+                totals[key] += st.get(key) or 0.0
+            chosen[st["chosen"]] += 1
+    single = labels < 0
+    labels[single] = offset + np.arange(int(single.sum()))
+    labels = _compact(labels)
+    # edges between components are all negative and all cut: they add nothing to any solution
+    stats = {"components": int(n_comp), "components_solved": len(big), "chosen": chosen,
+             "n_clusters": int(labels.max()) + 1, "threads": workers}
+    final = objective(a, b, w, labels)
+    return CorrelationResult(labels, totals["gaec"], final, totals["pivot_refined"] if refine else None, stats)
+
+
+def choose_bias(signed: SignedGraph, labels: np.ndarray, *, grid=(-4.0, -3.0, -2.0, -1.0, 0.0, 1.0),
+                seed: int = 0) -> tuple[float, list]:
+    """The bias whose partition best agrees (pairwise F) with given, mostly right labels.
+
+    The kNN graph is sparse: a pair that is not in each other's neighbour lists carries no
+    edge, so nothing in the objective resists joining two clusters joined by a few confident
+    edges. How much to lean towards splitting depends on the set (identity sizes against k),
+    so it is measured, like the hierarchical cut, against the labels. Returns the best bias and
+    the curve [(bias, pairwise F, n_clusters, objective)].
+    """
+    from .metrics import pairwise_scores
+
+    curve = []
+    for bias in grid:
+        shifted = SignedGraph(signed.n, signed.a, signed.b, signed.w + bias, signed.info)
+        result = correlation_clustering(shifted, seed=seed)
+        curve.append((float(bias), pairwise_scores(labels, result.labels)["f"], int(result.labels.max()) + 1,
+                      result.objective_refined))
+    best = max(curve, key=lambda row: (row[1], -abs(row[0])))
+    return best[0], curve
+
+
+class CorrelationClustering(ClusterMixin, BaseEstimator):
+    """Correlation clustering of faces on a calibrated signed kNN graph (scikit-learn estimator).
+
+    Parameters
+    ----------
+    bias : float or None, default None
+        Added to every edge's log-odds: > 0 merges more, < 0 splits more. None: chosen from
+        ``y`` when given (:func:`choose_bias`), else 0.
+    k : int, neighbours per sample when ``fit`` is given vectors
+    refine : bool, run the local-move refinement after GAEC
+    device, seed : as elsewhere
+
+    Attributes
+    ----------
+    labels_ : (n_samples,) cluster ids
+    objective_gaec_, objective_ : disagreement weight after GAEC and after refinement
+    signed_graph_ : SignedGraph
+
+    Examples
+    --------
+    >>> from facecluster.synth import make_faces
+    >>> X, y = make_faces(300, 20, 32, seed=0)
+    >>> CorrelationClustering(k=10).fit(X, y).labels_.shape
+    (300,)
+    """
+
+    def __init__(self, bias: float | None = None, k: int = 30, refine: bool = True, device: str = "auto",
+                 seed: int = 0):
+        self.bias = bias
+        self.k = k
+        self.refine = refine
+        self.device = device
+        self.seed = seed
+
+    def fit(self, X, y=None):
+        from .hierarchical import _as_graph
+
+        graph = _as_graph(X, self.k, self.device, self.seed)
+        y = None if y is None else np.asarray(y)
+        base = signed_graph(graph, y, bias=0.0, seed=self.seed)
+        self.bias_curve_ = []
+        if self.bias is not None:
+            self.bias_ = float(self.bias)
+        elif y is not None:
+            self.bias_, self.bias_curve_ = choose_bias(base, y, seed=self.seed)
+        else:
+            self.bias_ = 0.0
+        self.signed_graph_ = SignedGraph(base.n, base.a, base.b, base.w + self.bias_, dict(base.info, bias=self.bias_))
+        result = correlation_clustering(self.signed_graph_, refine=self.refine, seed=self.seed)
+        self.labels_ = result.labels
+        self.objective_gaec_ = result.objective_gaec
+        self.objective_ = result.objective_refined
+        self.stats_ = result.stats
+        return self

@@ -1,0 +1,91 @@
+"""Correlation clustering solver: against the exact optimum on small graphs, and against Pivot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facecluster.correlation import (CorrelationClustering, SignedGraph, _csr, _pivot, correlation_clustering,
+                                     objective, signed_graph)
+from facecluster import build_knn_graph
+from facecluster.synth import make_faces
+
+
+def _partitions(n):
+    """All set partitions of range(n) as restricted growth strings."""
+    labels = [0] * n
+
+    def rec(i, m):
+        if i == n:
+            yield np.array(labels)
+            return
+        for c in range(m + 1):
+            labels[i] = c
+            yield from rec(i + 1, max(m, c + 1))
+
+    yield from rec(1, 1) if n else iter(())
+
+
+def _random_signed(n, density, rng):
+    a, b = np.triu_indices(n, 1)
+    keep = rng.random(len(a)) < density
+    a, b = a[keep].astype(np.int64), b[keep].astype(np.int64)
+    w = rng.normal(0, 1, len(a)) + rng.choice([-0.5, 0.5], len(a))
+    return SignedGraph(n, a, b, w)
+
+
+def test_exact_optimum_comparison_on_small_graphs():
+    rng = np.random.default_rng(0)
+    hits, gaps, trials = 0, [], 120
+    for t in range(trials):
+        n = int(rng.integers(3, 10))
+        g = _random_signed(n, rng.uniform(0.4, 1.0), rng)
+        best = min(objective(g.a, g.b, g.w, p) for p in _partitions(n))
+        ours = correlation_clustering(g, seed=t)
+        value = objective(g.a, g.b, g.w, ours.labels)
+        assert value == pytest.approx(ours.objective_refined)
+        assert value >= best - 1e-9
+        hits += value <= best + 1e-9
+        gaps.append((value - best) / max(best, 1e-9))
+        # never worse than Pivot (KwikCluster) on the same graph, over several pivot orders
+        indptr, indices, weights = _csr(n, g.a, g.b, g.w)
+        for s in range(5):
+            piv = _pivot(n, indptr, indices, weights, np.random.default_rng(s).permutation(n))
+            assert value <= objective(g.a, g.b, g.w, piv) + 1e-9
+        # refinement never makes GAEC worse
+        assert ours.objective_refined <= ours.objective_gaec + 1e-9
+    # measured on this seed: the optimum in most trials, small worst gap (see the issue note)
+    assert hits / trials >= 0.8 and max(gaps) < 0.5
+
+
+def test_components_of_positive_edges_are_solved_apart():
+    # two positive triangles joined by a negative edge stay two clusters
+    a = np.array([0, 0, 1, 3, 3, 4, 2], dtype=np.int64)
+    b = np.array([1, 2, 2, 4, 5, 5, 3], dtype=np.int64)
+    w = np.array([1, 1, 1, 1, 1, 1, -2.0])
+    result = correlation_clustering(SignedGraph(6, a, b, w))
+    assert result.labels.tolist() == [0, 0, 0, 1, 1, 1] and result.objective_refined == 0.0
+    assert result.stats["components"] == 2
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.2])
+def test_signed_weights_follow_similarity_and_the_estimator_runs(offset):
+    x, y = make_faces(800, 50, 48, offset=offset, seed=3)
+    from facecluster.faceset import prepare_embeddings
+
+    unit, _, _ = prepare_embeddings(x)
+    graph = build_knn_graph(unit, k=15, device="cpu")
+    g = signed_graph(graph, y)
+    order = np.argsort(_sims(graph, g))
+    assert (np.diff(g.w[order]) >= -1e-9).all(), "weights rise with similarity"
+    same = y[g.a] == y[g.b]
+    assert np.median(g.w[same]) > 0 > np.median(g.w[~same])
+    prior = signed_graph(graph)  # no labels: the mixture prior
+    assert np.median(prior.w[same]) > 0 > np.median(prior.w[~same])
+    est = CorrelationClustering(k=15).fit(unit, y)
+    assert est.labels_.shape == (800,) and est.objective_ <= est.objective_gaec_ + 1e-9
+
+
+def _sims(graph, g):
+    mat = graph.to_csr(symmetric=True)
+    return np.asarray(mat[g.a, g.b]).ravel()
