@@ -33,6 +33,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.isotonic import IsotonicRegression
 
+from .hierarchical import _edge_list, _relabel_by_first
 from .knn import KnnGraph
 
 # --------------------------------------------------------------------------- signed graph
@@ -49,11 +50,6 @@ class SignedGraph:
     info: dict = field(default_factory=dict)
 
 
-def _undirected(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    upper = sp.triu(graph.to_csr(symmetric=True), k=1).tocoo()
-    return upper.row.astype(np.int64), upper.col.astype(np.int64), upper.data.astype(np.float64)
-
-
 def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: float = 0.0,
                  reliable: np.ndarray | None = None, seed: int = 0, max_pairs: int = 2_000_000) -> SignedGraph:
     """Edge weights = log-odds of "same person" given the cosine, plus ``bias``.
@@ -68,7 +64,7 @@ def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: flo
     Without labels (the documented prior): a two-component Gaussian mixture of the edge
     similarities; p = posterior of the upper (same-person) component.
     """
-    a, b, s = _undirected(graph)
+    a, b, s = _edge_list(graph)
     info: dict = {"bias": float(bias), "n_edges": int(len(s))}
     if labels is not None:
         labels = np.asarray(labels)
@@ -243,13 +239,6 @@ def _pivot(n, indptr, indices, weights, order):
 # --------------------------------------------------------------------------- solver
 
 
-def _compact(labels: np.ndarray) -> np.ndarray:
-    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inv]
-
-
 def _csr(n, a, b, w):
     mat = sp.csr_matrix((np.concatenate([w, w]), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n, n))
     mat.sum_duplicates()
@@ -259,24 +248,24 @@ def _csr(n, a, b, w):
 def _refine(n, a, b, w, labels, max_rounds: int = 50, max_sweeps: int = 100):
     """Alternate node moves and joins of clusters with positive total weight until neither helps."""
     indptr, indices, weights = _csr(n, a, b, w)
-    labels = _compact(labels).astype(np.int64)
+    labels = _relabel_by_first(labels).astype(np.int64)
     for _ in range(max_rounds):
         moves = _node_moves(n, indptr, indices, weights, labels, max_sweeps)
-        labels = _compact(labels)
+        labels = _relabel_by_first(labels)
         # join clusters: GAEC on the cluster graph (contracts every positive cluster pair)
         m = int(labels.max()) + 1
         ca, cb = labels[a], labels[b]
         keep = ca != cb
         joined = _gaec(m, ca[keep], cb[keep], w[keep]) if keep.any() else np.arange(m)
         joins = int((joined != np.arange(m)).sum())
-        labels = _compact(joined[labels])
+        labels = _relabel_by_first(joined[labels])
         if moves == 0 and joins == 0:
             break
     return labels
 
 
 def _solve_component(n, a, b, w, refine: bool, seed: int) -> tuple[np.ndarray, dict]:
-    greedy = _compact(_gaec(n, a, b, w))
+    greedy = _relabel_by_first(_gaec(n, a, b, w))
     obj_greedy = objective(a, b, w, greedy)
     if not refine:
         return greedy, {"gaec": obj_greedy, "refined": obj_greedy, "pivot": None, "chosen": "gaec"}
@@ -340,7 +329,7 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
             chosen[st["chosen"]] += 1
     single = labels < 0
     labels[single] = offset + np.arange(int(single.sum()))
-    labels = _compact(labels)
+    labels = _relabel_by_first(labels)
     # edges between components are all negative and all cut: they add nothing to any solution
     stats = {"components": int(n_comp), "components_solved": len(big), "chosen": chosen,
              "n_clusters": int(labels.max()) + 1, "threads": workers}

@@ -18,7 +18,7 @@ from .faceset import FaceSet, load_faceset
 from .findings import Findings, Signals, compute_signals, find_issues
 from .knn import KnnGraph, build_knn_graph
 from .progress import NullProgress, Progress
-from .relabel import (action_counts, check_output_dir, cleaned_manifest, decide_actions, get_policy,
+from .relabel import (OUTPUT_FILES, action_counts, check_output_dir, cleaned_manifest, decide_actions, get_policy,
                       write_outputs)
 
 
@@ -92,6 +92,23 @@ def _versions() -> dict:
             "faiss": getattr(faiss, "__version__", "unknown")}
 
 
+def _load_and_graph(manifest, embeddings, config, out_dir, output_names, progress: Progress,
+                    timings: dict) -> tuple[FaceSet, KnnGraph]:
+    """The first two boxes of every flow: validated FaceSet, then its (cached) kNN graph."""
+    t = time.perf_counter()
+    if out_dir is not None and not isinstance(manifest, pd.DataFrame):
+        check_output_dir(out_dir, [manifest, embeddings], output_names)
+    with progress.task("load and validate", total=None):
+        faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
+                               centre=config.centre, seed=config.seed)
+    timings["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    graph = build_knn_graph(faceset.embeddings, k=config.k, device=config.device, method=config.knn_method,
+                            exact_max=config.exact_max, cache_dir=out_dir, seed=config.seed, progress=progress)
+    timings["knn"] = time.perf_counter() - t
+    return faceset, graph
+
+
 def clean(
     manifest: str | Path | pd.DataFrame,
     embeddings: str | Path | np.ndarray | None = None,
@@ -130,19 +147,8 @@ def clean(
     config = replace(config or CleanConfig(), **overrides)
     progress = progress or NullProgress()
     timings: dict[str, float] = {}
-    t_all = t = time.perf_counter()
-
-    if out_dir is not None and not isinstance(manifest, pd.DataFrame):
-        check_output_dir(out_dir, [manifest, embeddings])
-    with progress.task("load and validate", total=None):
-        faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
-                               centre=config.centre, seed=config.seed)
-    timings["load"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    graph = build_knn_graph(faceset.embeddings, k=config.k, device=config.device, method=config.knn_method,
-                            exact_max=config.exact_max, cache_dir=out_dir, seed=config.seed, progress=progress)
-    timings["knn"] = time.perf_counter() - t
+    t_all = time.perf_counter()
+    faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES, progress, timings)
 
     t = time.perf_counter()
     with progress.task("findings", total=None):
@@ -266,17 +272,8 @@ def cluster(
     config = replace(config or ClusterConfig(), **overrides)
     progress = progress or NullProgress()
     timings: dict[str, float] = {}
-    t_all = t = time.perf_counter()
-    if out_dir is not None and not isinstance(manifest, pd.DataFrame):
-        check_output_dir(out_dir, [manifest, embeddings], CLUSTER_FILES)
-    with progress.task("load and validate", total=None):
-        faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
-                               centre=config.centre, seed=config.seed)
-    timings["load"] = time.perf_counter() - t
-    t = time.perf_counter()
-    graph = build_knn_graph(faceset.embeddings, k=config.k, device=config.device, method=config.knn_method,
-                            exact_max=config.exact_max, cache_dir=out_dir, seed=config.seed, progress=progress)
-    timings["knn"] = time.perf_counter() - t
+    t_all = time.perf_counter()
+    faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, CLUSTER_FILES, progress, timings)
     t = time.perf_counter()
     has_labels = config.label_col is not None
     stage: dict = {"method": config.method}
