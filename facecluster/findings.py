@@ -358,11 +358,31 @@ def hierarchical_signal(graph: KnnGraph, labels: np.ndarray) -> ClusterEvidence:
     threshold, curve = choose_threshold(dendrogram, labels)
     partition = dendrogram.cut(threshold)
     stats = {"threshold": threshold, "rounds": dendrogram.rounds, "inversions": dendrogram.stats["inversions"],
-             "n_clusters": int(partition.max()) + 1,
+             "n_clusters": int(partition.max()) + 1, "spread_labels": spread_labels(partition, labels),
              "agreement_with_labels": clustering_scores(labels, partition),
              "threshold_curve": [{"threshold": round(t, 5), "pairwise_f": round(f, 5), "n_clusters": c}
                                  for t, f, c in curve]}
     return cluster_evidence(partition, labels, stats)
+
+
+def spread_labels(partition: np.ndarray, labels: np.ndarray, *, max_main_share: float = 0.5, top: int = 20) -> dict:
+    """Labels whose images do not gather in one cluster: the label's largest cluster holds
+    less than ``max_main_share`` of its images (a mixed identity, or one name for several
+    people). Labels with fewer than 4 images are not judged. Returns the count and the worst
+    ``top`` as label code → share of images outside the largest cluster."""
+    n_labels = int(labels.max()) + 1
+    n_clusters = int(partition.max()) + 1
+    key = labels.astype(np.int64) * n_clusters + partition
+    cells, counts = np.unique(key, return_counts=True)
+    cell_label = cells // n_clusters
+    largest = np.zeros(n_labels, dtype=np.int64)
+    np.maximum.at(largest, cell_label, counts)
+    sizes = np.bincount(labels, minlength=n_labels)
+    outside = 1.0 - largest / np.maximum(sizes, 1)
+    spread = np.flatnonzero((outside > 1.0 - max_main_share) & (sizes >= 4))
+    worst = spread[np.argsort(-outside[spread], kind="stable")][:top]
+    return {"count": int(len(spread)), "max_main_share": max_main_share,
+            "worst": {int(lab): round(float(outside[lab]), 3) for lab in worst}}
 
 
 def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int, *, seed: int = 0,

@@ -178,7 +178,8 @@ def clean(
             "knn": graph.info,
             "calibration": signals.calibration.summary(graph.sims),
             "near_duplicates": signals.duplicates.stats,
-            "hierarchical": signals.hierarchical.stats if signals.hierarchical is not None else None,
+            "hierarchical": _named_spread(signals.hierarchical.stats, faceset.label_names)
+            if signals.hierarchical is not None else None,
             "findings": {k: v for k, v in findings.stats.items() if k != "near_duplicates"},
         },
         "label_sizes": _size_summary(faceset.label_sizes()),
@@ -331,6 +332,12 @@ def cluster(
         with progress.task("write outputs", total=None):
             result.write(out_dir)
     return result
+
+
+def _named_spread(stats: dict, names: np.ndarray) -> dict:
+    """The hierarchical stats with label codes in ``spread_labels`` replaced by label names."""
+    spread = dict(stats["spread_labels"], worst={str(names[k]): v for k, v in stats["spread_labels"]["worst"].items()})
+    return dict(stats, spread_labels=spread)
 
 
 def _size_summary(sizes: np.ndarray) -> dict:
