@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
 
@@ -59,25 +60,28 @@ def _contract(a, b, wsum, count, new_id, m):
     return coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data.real.copy(), coo.data.imag.copy()
 
 
-def _best_neighbours(a, b, sim, m):
-    """Each node's most similar neighbour (ties: smaller index) and that similarity; -1 if none."""
-    mat = sp.csr_matrix((np.concatenate([sim, sim]), (np.concatenate([a, b]), np.concatenate([b, a]))),
-                        shape=(m, m))
-    mat.sort_indices()
+@njit(cache=True, nogil=True)
+def _best_neighbours_kernel(a, b, sim, m):
     best = np.full(m, -1, dtype=np.int64)
     best_sim = np.full(m, -np.inf)
-    nnz = np.diff(mat.indptr)
-    has = np.flatnonzero(nnz)
-    if not len(has):
-        return best, best_sim
-    row_max = np.full(m, -np.inf)
-    row_max[has] = np.maximum.reduceat(mat.data, mat.indptr[has])
-    entry_row = np.repeat(np.arange(m), nnz)
-    pos = np.flatnonzero(mat.data == row_max[entry_row])
-    first = pos[np.r_[True, entry_row[pos][1:] != entry_row[pos][:-1]]]  # smallest column per row
-    best[entry_row[first]] = mat.indices[first]
-    best_sim[entry_row[first]] = mat.data[first]
+    for i in range(len(a)):
+        u, v, x = a[i], b[i], sim[i]
+        if x > best_sim[u] or (x == best_sim[u] and v < best[u]):
+            best_sim[u] = x
+            best[u] = v
+        if x > best_sim[v] or (x == best_sim[v] and u < best[v]):
+            best_sim[v] = x
+            best[v] = u
     return best, best_sim
+
+
+def _best_neighbours(a, b, sim, m):
+    """Each node's most similar neighbour (ties: smaller index) and that similarity; -1 if none.
+
+    One pass over the edges (numba): the per-row argmax needs no sorted sparse structure.
+    """
+    return _best_neighbours_kernel(np.ascontiguousarray(a, dtype=np.int64), np.ascontiguousarray(b, dtype=np.int64),
+                                   np.ascontiguousarray(sim, dtype=np.float64), int(m))
 
 
 # --------------------------------------------------------------------------- dendrogram
@@ -152,13 +156,18 @@ def _relabel_by_first(labels: np.ndarray) -> np.ndarray:
     return rank[inverse]
 
 
-def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: int = 10_000) -> Dendrogram:
+def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: int = 1_000_000,
+                    incremental: bool = True) -> Dendrogram:
     """Graph average-linkage agglomeration by rounds of reciprocal best pairs.
 
     Parameters
     ----------
     graph : KnnGraph (made symmetric: an edge found from either end is used)
     threshold : stop merging below this average similarity (-inf: merge while edges remain)
+    incremental : recompute best neighbours only for clusters next to a merge, and re-sort only
+        the edges that touch one (the rest keep their order under the compaction map, which is
+        monotone). Same result as recomputing everything each round; much faster in the long
+        tail of rounds that merge few pairs. ``False`` is the plain version, kept for tests.
 
     Returns
     -------
@@ -173,9 +182,8 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
     children, sims, sizes, bounds = [], [], [], []
     n_merges = 0
     rounds = 0
+    best, best_sim = _best_neighbours(a, b, wsum / count, m)
     while len(a) and rounds < max_rounds:
-        sim = wsum / count
-        best, best_sim = _best_neighbours(a, b, sim, m)
         idx = np.arange(m)
         mutual = (best >= 0) & (best > idx)
         mutual[mutual] = best[best[mutual]] == idx[mutual]
@@ -190,20 +198,52 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
         sims.append(best_sim[left])
         sizes.append(size[left] + size[right])
         bounds.append((n_merges, n_merges + k))
-        # new cluster index: merged pairs take the left index; then compact
+        # new cluster index: merged pairs take the left index; then compact (order-preserving)
         target = idx.copy()
         target[right] = left
         keep = np.ones(m, dtype=bool)
         keep[right] = False
         compact = np.cumsum(keep) - 1
         new_id = compact[target]
+        m_new = int(keep.sum())
         new_node = node[keep].copy()
-        new_size = np.bincount(new_id, weights=size, minlength=int(keep.sum())).astype(np.int64)
+        new_size = np.bincount(new_id, weights=size, minlength=m_new).astype(np.int64)
         new_node[compact[left]] = n + n_merges + np.arange(k)
         n_merges += k
-        m = int(keep.sum())
-        a, b, wsum, count = _contract(a, b, wsum, count, new_id, m)
-        node, size = new_node, new_size
+        if not incremental:
+            a, b, wsum, count = _contract(a, b, wsum, count, new_id, m_new)
+            m, node, size = m_new, new_node, new_size
+            best, best_sim = _best_neighbours(a, b, wsum / count, m)
+            continue
+        merged_old = np.zeros(m, dtype=bool)
+        merged_old[left] = merged_old[right] = True
+        touch = merged_old[a] | merged_old[b]
+        ta, tb, tw, tc = _contract(a[touch], b[touch], wsum[touch], count[touch], new_id, m_new)
+        stay = ~touch
+        a = np.concatenate([new_id[a[stay]], ta])
+        b = np.concatenate([new_id[b[stay]], tb])
+        wsum = np.concatenate([wsum[stay], tw])
+        count = np.concatenate([count[stay], tc])
+        # clusters whose neighbourhood changed: the merged ones and everything they touch
+        affected = np.zeros(m_new, dtype=bool)
+        affected[compact[left]] = True
+        affected[ta] = affected[tb] = True
+        new_best = np.full(m_new, -1, dtype=np.int64)
+        new_best_sim = np.full(m_new, -np.inf)
+        kept_old = np.flatnonzero(keep)
+        old_best = best[kept_old]
+        has = old_best >= 0
+        new_best[compact[kept_old[has]]] = new_id[old_best[has]]
+        new_best_sim[compact[kept_old]] = best_sim[kept_old]
+        sub = affected[a] | affected[b]
+        if sub.any():
+            sb, ss = _best_neighbours(a[sub], b[sub], wsum[sub] / count[sub], m_new)
+            new_best[affected] = sb[affected]
+            new_best_sim[affected] = ss[affected]
+        else:
+            new_best[affected] = -1
+            new_best_sim[affected] = -np.inf
+        m, node, size, best, best_sim = m_new, new_node, new_size, new_best, new_best_sim
     children_arr = np.concatenate(children) if children else np.zeros((0, 2), dtype=np.int64)
     sim_arr = np.concatenate(sims) if sims else np.zeros(0)
     size_arr = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)

@@ -109,3 +109,15 @@ def test_estimators_follow_the_sklearn_contract():
     assert labels.shape == (400,) and est.children_.shape[1] == 2
     np.testing.assert_allclose(est.distances_, 1 - est.similarities_)
     assert FINCH(k=10).fit_predict(x).shape == (400,)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(3, 300), k=st.integers(1, 15), seed=st.integers(0, 10_000))
+def test_incremental_rounds_give_the_same_dendrogram_as_full_recomputation(n, k, seed):
+    x, _ = make_faces(n, max(1, n // 10), 16, seed=seed)
+    graph = build_knn_graph(x, k=k, device="cpu")
+    full = average_linkage(graph, incremental=False)
+    fast = average_linkage(graph)
+    np.testing.assert_array_equal(full.children, fast.children)
+    np.testing.assert_array_equal(full.similarity, fast.similarity)
+    assert full.rounds == fast.rounds
