@@ -32,12 +32,15 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.5,
                         help="within-identity spread; 0.5 keeps 32-d identities about as separable as 512-d at 0.8")
     parser.add_argument("--json", type=str, default=None)
+    parser.add_argument("--cache", type=str, default=None,
+                        help="folder to keep each size's kNN graph in, so a re-run skips the build")
     args = parser.parse_args()
     rows = []
     for n in args.sizes:
         x, y = make_faces(n, n // 15, args.dim, spread=args.spread, seed=0)
         t = time.perf_counter()
-        graph = build_knn_graph(x, k=args.k, device="cpu", method="ivf" if n > 50_000 else "exact")
+        cache = None if args.cache is None else f"{args.cache}/n{n}_k{args.k}_d{args.dim}_s{args.spread}"
+        graph = build_knn_graph(x, k=args.k, device="cpu", method="ivf" if n > 50_000 else "exact", cache_dir=cache)
         t_graph = time.perf_counter() - t
         del x
         graph_mb = graph.indices.nbytes / 2**20 + graph.sims.nbytes / 2**20
