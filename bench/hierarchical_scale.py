@@ -15,7 +15,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 
 from facecluster.bench import PeakMemory
 from facecluster.hierarchical import average_linkage, choose_threshold, finch

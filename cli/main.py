@@ -209,12 +209,14 @@ def _print_bench(rows, scale_rows, noisy) -> None:
     for c in ["method", "time s", "peak MB", "pairwise P/R/F", "BCubed P/R/F", "NMI", "clusters"]:
         clusterers.add_column(c, justify="left" if c == "method" else "right")
     notes = []
+    def pr(s: dict, a: str) -> str:
+        return f"{s[a + '_p']:.3f}/{s[a + '_r']:.3f}" if a + "_p" in s else "–"
+
     for r in rows:
         s = r.scores
-        pr = lambda a: f"{s[a + '_p']:.3f}/{s[a + '_r']:.3f}" if a + "_p" in s else "–"  # noqa: E731
         if r.kind in ("cleaner", "stage"):
-            cleaners.add_row(r.method, _fmt(r.seconds), _fmt(r.peak_mb), pr("mislabeled"), pr("outlier"),
-                             pr("near_duplicate"), pr("merge"), _fmt(s.get("relabel_acc")),
+            cleaners.add_row(r.method, _fmt(r.seconds), _fmt(r.peak_mb), pr(s, "mislabeled"), pr(s, "outlier"),
+                             pr(s, "near_duplicate"), pr(s, "merge"), _fmt(s.get("relabel_acc")),
                              _fmt(s.get("kept_label_precision")), _fmt(s.get("clean_rows_lost_share")))
         elif r.kind == "clusterer" and s:
             clusterers.add_row(r.method, _fmt(r.seconds), _fmt(r.peak_mb),

@@ -302,7 +302,6 @@ class ClusterEvidence:
 
 def cluster_evidence(partition: np.ndarray, labels: np.ndarray, stats: dict | None = None) -> ClusterEvidence:
     """Per-sample majority label of its cluster's other members, vectorised over (cluster, label) cells."""
-    n = len(labels)
     n_labels = int(labels.max()) + 1
     key = partition.astype(np.int64) * n_labels + labels
     cells, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
