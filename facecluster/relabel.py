@@ -109,7 +109,6 @@ def decide_actions(manifest: pd.DataFrame, labels: np.ndarray, label_names: np.n
         reason[i] = f"{reason[i]} [kept: below {policy.name} threshold]"
 
     audit = manifest.copy()
-    audit[label_col] = manifest[label_col]
     audit["fc_action"] = action
     audit["fc_label"] = final
     audit["fc_issue"] = issue
