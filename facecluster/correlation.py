@@ -41,18 +41,44 @@ from .knn import KnnGraph
 
 @dataclass(frozen=True)
 class SignedGraph:
-    """Undirected signed graph: edge (a[i], b[i]) with weight w[i] (> 0: same person)."""
+    """Undirected signed graph: edge (a[i], b[i]) with weight w[i] (> 0: same person).
+
+    ``u`` (optional, per node, all <= 0) weighs the pairs that carry no edge: the pair (i, j)
+    without an edge counts (u[i] + u[j]) / 2. None means those pairs are neutral (0), the
+    classic sparse formulation. ``kth`` keeps the unshifted log-odds at each node's k-th
+    neighbour so that :meth:`with_bias` can shift ``u`` consistently with ``w``.
+    """
 
     n: int
     a: np.ndarray
     b: np.ndarray
     w: np.ndarray
     info: dict = field(default_factory=dict)
+    u: np.ndarray | None = None
+    kth: np.ndarray | None = None
+
+    def with_bias(self, bias: float) -> "SignedGraph":
+        """The same graph with every log-odds shifted by ``bias`` (relative to the current one)."""
+        total = float(self.info.get("bias", 0.0)) + bias
+        u = None if self.kth is None else np.minimum(self.kth + total, 0.0)
+        return SignedGraph(self.n, self.a, self.b, self.w + bias, dict(self.info, bias=total), u, self.kth)
 
 
 def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: float = 0.0,
-                 reliable: np.ndarray | None = None, seed: int = 0, max_pairs: int = 2_000_000) -> SignedGraph:
+                 reliable: np.ndarray | None = None, non_edges: str = "bound", seed: int = 0,
+                 max_pairs: int = 2_000_000) -> SignedGraph:
     """Edge weights = log-odds of "same person" given the cosine, plus ``bias``.
+
+    Pairs without an edge (``non_edges``): a kNN graph leaves out every pair that is not in
+    either's neighbour list, and treating those pairs as neutral lets two people merge on a
+    handful of confident edges, since nothing in the objective resists it. What the graph
+    does say about such a pair is that its similarity is below both faces' k-th neighbour
+    similarity. ``"bound"`` (default) scores it at that bound: u[i] = min(0, log-odds at the
+    k-th neighbour's similarity of i), the pair counting (u[i] + u[j]) / 2, the most generous
+    value the graph allows, capped at neutral. A face whose k-th neighbour is still clearly
+    the same person (an identity larger than k) gets u ≈ 0, so large identities are not cut
+    apart; a face whose k-th neighbour is already another person makes merging its cluster
+    with a loosely linked one cost what it should. ``"neutral"``: the classic sparse objective.
 
     With labels: isotonic regression of "same label" on cosine over the labelled kNN pairs.
     Robustness to the label noise it is meant to find: pairs touching a sample whose own label
@@ -88,15 +114,47 @@ def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: flo
         p = np.clip(gm.predict_proba(s[:, None])[:, hi], 1e-6, 1 - 1e-6)
         info.update(calibration="prior: two-component Gaussian mixture of kNN similarities",
                     means=gm.means_.ravel().tolist())
-    w = np.log(p) - np.log1p(-p) + bias
+    logit = np.log(p) - np.log1p(-p)
+    w = logit + bias
     info["positive_edges"] = int((w > 0).sum())
-    return SignedGraph(graph.n_samples, a, b, w, info)
+    if non_edges not in ("bound", "neutral"):
+        raise ValueError(f"non_edges must be 'bound' or 'neutral', not {non_edges!r}")
+    info["non_edges"] = non_edges
+    if non_edges == "neutral":
+        return SignedGraph(graph.n_samples, a, b, w, info)
+    # log-odds at each node's k-th neighbour similarity (the last valid one)
+    valid = graph.indices >= 0
+    last = np.where(valid.any(axis=1), valid.sum(axis=1) - 1, 0)
+    s_k = graph.sims[np.arange(graph.n_samples), last].astype(np.float64)
+    s_k = np.where(valid.any(axis=1), s_k, -1.0)
+    kth = _logit_at(s_k, s, logit)
+    u = np.minimum(kth + bias, 0.0)
+    info["non_edge_weight_median"] = float(np.median(u))
+    return SignedGraph(graph.n_samples, a, b, w, info, u, kth)
 
 
-def objective(a: np.ndarray, b: np.ndarray, w: np.ndarray, labels: np.ndarray) -> float:
-    """Total weight of disagreements: positive edges cut plus |negative| edges not cut."""
+def _logit_at(x: np.ndarray, s: np.ndarray, logit: np.ndarray) -> np.ndarray:
+    """The (monotone) edge log-odds curve read at similarities ``x``, by interpolation."""
+    order = np.argsort(s, kind="stable")
+    return np.interp(x, s[order], logit[order])
+
+
+def objective(a: np.ndarray, b: np.ndarray, w: np.ndarray, labels: np.ndarray, u: np.ndarray | None = None) -> float:
+    """Total weight of disagreements: positive edges cut plus |negative| pairs not cut.
+
+    With ``u`` the pairs without an edge count too: (u[i] + u[j]) / 2 each, all <= 0, so they
+    disagree only when kept inside a cluster.
+    """
     cut = labels[a] != labels[b]
-    return float(w[cut & (w > 0)].sum() - w[~cut & (w < 0)].sum())
+    value = float(w[cut & (w > 0)].sum() - w[~cut & (w < 0)].sum())
+    if u is not None:
+        ids, lab = np.unique(labels, return_inverse=True)
+        size = np.bincount(lab, minlength=len(ids)).astype(np.float64)
+        usum = np.bincount(lab, weights=u, minlength=len(ids))
+        all_pairs = float(((size - 1) * usum).sum()) / 2  # sum over same-cluster pairs of (u_i+u_j)/2
+        on_edges = float(((u[a] + u[b]) / 2)[~cut].sum())
+        value -= all_pairs - on_edges
+    return value
 
 
 # --------------------------------------------------------------------------- kernels (numba)
@@ -115,44 +173,68 @@ def _find(parent, i):
 
 
 @njit(cache=True, nogil=True)
-def _gaec(n, a, b, w):
-    """Greedy additive edge contraction; returns a root id per node."""
+def _gaec(n, a, b, x, size, usum):
+    """Greedy additive edge contraction; returns a root id per node.
+
+    ``x`` is each edge's weight less its non-edge share, (u_a + u_b) / 2; ``size`` and ``usum``
+    are the node sizes and sums of u (nodes may be clusters). Joining A and B gains
+    X(A, B) + (|B|·U(A) + |A|·U(B)) / 2: the edges between them plus every pair between them
+    without an edge. With u = 0 this is plain GAEC. Heap entries are checked against the
+    current gain when popped, so stale ones are skipped.
+    """
+    size = size.copy()
+    usum = usum.copy()
+    lifted = False
+    for i in range(n):
+        if usum[i] != 0.0:
+            lifted = True
+            break
     adj = List()
     for _ in range(n):
         adj.append(Dict.empty(types.int64, types.float64))
     for i in range(len(a)):
-        u, v, x = a[i], b[i], w[i]
+        u, v, xi = a[i], b[i], x[i]
         if u == v:
             continue
-        adj[u][v] = adj[u].get(v, 0.0) + x
-        adj[v][u] = adj[v].get(u, 0.0) + x
+        adj[u][v] = adj[u].get(v, 0.0) + xi
+        adj[v][u] = adj[v].get(u, 0.0) + xi
     heap = [(0.0, np.int64(0), np.int64(0))]
     heap.pop()
     for u in range(n):
-        for v, x in adj[u].items():
-            if u < v and x > 0:
-                heapq.heappush(heap, (-x, np.int64(u), np.int64(v)))
+        for v, xv in adj[u].items():
+            if u < v:
+                g = xv + (size[v] * usum[u] + size[u] * usum[v]) / 2
+                if g > 0:
+                    heapq.heappush(heap, (-g, np.int64(u), np.int64(v)))
     parent = np.arange(n)
     while len(heap):
-        negx, u, v = heapq.heappop(heap)
+        negg, u, v = heapq.heappop(heap)
         if parent[u] != u or parent[v] != v or v not in adj[u]:
             continue
-        x = adj[u][v]
-        if x != -negx or x <= 0:
+        g = adj[u][v] + (size[v] * usum[u] + size[u] * usum[v]) / 2
+        if g != -negg or g <= 0:
             continue
         keep, gone = (u, v) if len(adj[u]) >= len(adj[v]) else (v, u)
         parent[gone] = keep
+        size[keep] += size[gone]
+        usum[keep] += usum[gone]
         del adj[keep][gone]
-        for y, wy in adj[gone].items():
+        for y, xy in adj[gone].items():
             if y == keep:
                 continue
             del adj[y][gone]
-            nw = adj[keep].get(y, 0.0) + wy
-            adj[keep][y] = nw
-            adj[y][keep] = nw
-            if nw > 0:
-                heapq.heappush(heap, (-nw, np.int64(min(keep, y)), np.int64(max(keep, y))))
+            nx = adj[keep].get(y, 0.0) + xy
+            adj[keep][y] = nx
+            adj[y][keep] = nx
+            if not lifted:
+                if nx > 0:
+                    heapq.heappush(heap, (-nx, np.int64(min(keep, y)), np.int64(max(keep, y))))
         adj[gone].clear()
+        if lifted:  # the size of keep changed: every gain around it changed
+            for y, xy in adj[keep].items():
+                g = xy + (size[y] * usum[keep] + size[keep] * usum[y]) / 2
+                if g > 0:
+                    heapq.heappush(heap, (-g, np.int64(min(keep, y)), np.int64(max(keep, y))))
     out = np.empty(n, dtype=np.int64)
     for i in range(n):
         out[i] = _find(parent, i)
@@ -160,20 +242,26 @@ def _gaec(n, a, b, w):
 
 
 @njit(cache=True, nogil=True)
-def _node_moves(n, indptr, indices, weights, labels, max_sweeps):
+def _node_moves(n, indptr, indices, xs, u, labels, max_sweeps):
     """Move single nodes to the neighbouring cluster (or a new one) that lowers the objective.
 
+    ``xs`` are edge weights less their non-edge share (see :func:`_gaec`); node i joining
+    cluster C gains X(i, C) + (|C|·u[i] + U(C)) / 2. A cluster with no edge to i gains at most
+    0, no better than a cluster of its own, so only neighbouring clusters are candidates.
     labels must be ids in [0, n). Returns the number of moves made.
     """
     size = np.zeros(n, dtype=np.int64)
+    usum = np.zeros(n)
     for i in range(n):
         size[labels[i]] += 1
+        usum[labels[i]] += u[i]
     free = [np.int64(0)]
     free.pop()
     for c in range(n):
         if size[c] == 0:
             free.append(np.int64(c))
     acc = np.zeros(n)
+    seen = np.zeros(n, dtype=np.bool_)
     touched = np.empty(n, dtype=np.int64)
     moves = 0
     for _ in range(max_sweeps):
@@ -183,17 +271,19 @@ def _node_moves(n, indptr, indices, weights, labels, max_sweeps):
             nt = 0
             for p in range(indptr[i], indptr[i + 1]):
                 c = labels[indices[p]]
-                if acc[c] == 0.0:
+                if not seen[c]:
+                    seen[c] = True
                     touched[nt] = c
                     nt += 1
-                acc[c] += weights[p]
-            w_own = acc[own]
+                acc[c] += xs[p]
+            # what i gains by staying (its pairs inside its own cluster)
+            w_own = acc[own] + ((size[own] - 1) * u[i] + usum[own] - u[i]) / 2
             best_c = -1
             best_gain = 1e-12
             for t in range(nt):
                 c = touched[t]
                 if c != own:
-                    gain = acc[c] - w_own
+                    gain = acc[c] + (size[c] * u[i] + usum[c]) / 2 - w_own
                     if gain > best_gain:
                         best_gain = gain
                         best_c = c
@@ -203,15 +293,19 @@ def _node_moves(n, indptr, indices, weights, labels, max_sweeps):
                 best_c = -2
             for t in range(nt):
                 acc[touched[t]] = 0.0
+                seen[touched[t]] = False
             if best_c == -1:
                 continue
             if best_c == -2:
                 best_c = free.pop()
             size[own] -= 1
+            usum[own] -= u[i]
             if size[own] == 0:
                 free.append(own)
+                usum[own] = 0.0
             labels[i] = best_c
             size[best_c] += 1
+            usum[best_c] += u[i]
             moved += 1
         moves += moved
         if moved == 0:
@@ -245,18 +339,20 @@ def _csr(n, a, b, w):
     return mat.indptr.astype(np.int64), mat.indices.astype(np.int64), mat.data.astype(np.float64)
 
 
-def _refine(n, a, b, w, labels, max_rounds: int = 50, max_sweeps: int = 100):
-    """Alternate node moves and joins of clusters with positive total weight until neither helps."""
-    indptr, indices, weights = _csr(n, a, b, w)
+def _refine(n, a, b, x, u, labels, max_rounds: int = 50, max_sweeps: int = 100):
+    """Alternate node moves and joins of clusters with positive total gain until neither helps."""
+    indptr, indices, xs = _csr(n, a, b, x)
     labels = _relabel_by_first(labels).astype(np.int64)
     for _ in range(max_rounds):
-        moves = _node_moves(n, indptr, indices, weights, labels, max_sweeps)
+        moves = _node_moves(n, indptr, indices, xs, u, labels, max_sweeps)
         labels = _relabel_by_first(labels)
-        # join clusters: GAEC on the cluster graph (contracts every positive cluster pair)
+        # join clusters: GAEC on the cluster graph (contracts every cluster pair that gains)
         m = int(labels.max()) + 1
         ca, cb = labels[a], labels[b]
         keep = ca != cb
-        joined = _gaec(m, ca[keep], cb[keep], w[keep]) if keep.any() else np.arange(m)
+        size = np.bincount(labels, minlength=m).astype(np.float64)
+        usum = np.bincount(labels, weights=u, minlength=m)
+        joined = _gaec(m, ca[keep], cb[keep], x[keep], size, usum) if keep.any() else np.arange(m)
         joins = int((joined != np.arange(m)).sum())
         labels = _relabel_by_first(joined[labels])
         if moves == 0 and joins == 0:
@@ -264,16 +360,17 @@ def _refine(n, a, b, w, labels, max_rounds: int = 50, max_sweeps: int = 100):
     return labels
 
 
-def _solve_component(n, a, b, w, refine: bool, seed: int) -> tuple[np.ndarray, dict]:
-    greedy = _relabel_by_first(_gaec(n, a, b, w))
-    obj_greedy = objective(a, b, w, greedy)
+def _solve_component(n, a, b, w, u, refine: bool, seed: int) -> tuple[np.ndarray, dict]:
+    x = w - (u[a] + u[b]) / 2  # edge weight less the non-edge share the cluster terms count
+    greedy = _relabel_by_first(_gaec(n, a, b, x, np.ones(n), u))
+    obj_greedy = objective(a, b, w, greedy, u)
     if not refine:
         return greedy, {"gaec": obj_greedy, "refined": obj_greedy, "pivot": None, "chosen": "gaec"}
-    refined = _refine(n, a, b, w, greedy)
+    refined = _refine(n, a, b, x, u, greedy)
     indptr, indices, weights = _csr(n, a, b, w)
     order = np.random.default_rng(seed).permutation(n)
-    piv = _refine(n, a, b, w, _pivot(n, indptr, indices, weights, order))
-    o_ref, o_piv = objective(a, b, w, refined), objective(a, b, w, piv)
+    piv = _refine(n, a, b, x, u, _pivot(n, indptr, indices, weights, order))
+    o_ref, o_piv = objective(a, b, w, refined, u), objective(a, b, w, piv, u)
     best, chosen = (refined, "gaec+moves") if o_ref <= o_piv else (piv, "pivot+moves")
     return best, {"gaec": obj_greedy, "refined": min(o_ref, o_piv), "pivot_refined": o_piv,
                   "gaec_refined": o_ref, "chosen": chosen}
@@ -294,6 +391,7 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
                            n_jobs: int | None = None) -> CorrelationResult:
     """Solve correlation clustering on ``signed``, component by component of positive edges."""
     n, a, b, w = signed.n, signed.a, signed.b, signed.w
+    u = np.zeros(n) if signed.u is None else np.minimum(np.asarray(signed.u, dtype=np.float64), 0.0)
     pos = w > 0
     adj = sp.coo_matrix((np.ones(int(pos.sum())), (a[pos], b[pos])), shape=(n, n))
     n_comp, comp = connected_components(adj, directed=False)
@@ -311,7 +409,7 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
     def solve(c):
         nodes = n_order[n_bounds[c]:n_bounds[c + 1]]
         sl = slice(e_bounds[c], e_bounds[c + 1])
-        lab, st = _solve_component(len(nodes), local[ea[sl]], local[eb[sl]], ew[sl], refine, seed + c)
+        lab, st = _solve_component(len(nodes), local[ea[sl]], local[eb[sl]], ew[sl], u[nodes], refine, seed + c)
         return nodes, lab, st
 
     labels = np.empty(n, dtype=np.int64)
@@ -330,10 +428,10 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
     single = labels < 0
     labels[single] = offset + np.arange(int(single.sum()))
     labels = _relabel_by_first(labels)
-    # edges between components are all negative and all cut: they add nothing to any solution
+    # pairs between components are all negative (or without an edge) and all cut: they add nothing
     stats = {"components": int(n_comp), "components_solved": len(big), "chosen": chosen,
              "n_clusters": int(labels.max()) + 1, "threads": workers}
-    final = objective(a, b, w, labels)
+    final = objective(a, b, w, labels, None if signed.u is None else u)
     return CorrelationResult(labels, totals["gaec"], final, totals["pivot_refined"] if refine else None, stats)
 
 
@@ -351,7 +449,7 @@ def choose_bias(signed: SignedGraph, labels: np.ndarray, *, grid=(-4.0, -3.0, -2
 
     curve = []
     for bias in grid:
-        shifted = SignedGraph(signed.n, signed.a, signed.b, signed.w + bias, signed.info)
+        shifted = signed.with_bias(bias)
         result = correlation_clustering(shifted, seed=seed)
         curve.append((float(bias), pairwise_scores(labels, result.labels)["f"], int(result.labels.max()) + 1,
                       result.objective_refined))
@@ -406,7 +504,7 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
             self.bias_, self.bias_curve_ = choose_bias(base, y, seed=self.seed)
         else:
             self.bias_ = 0.0
-        self.signed_graph_ = SignedGraph(base.n, base.a, base.b, base.w + self.bias_, dict(base.info, bias=self.bias_))
+        self.signed_graph_ = base.with_bias(self.bias_)
         result = correlation_clustering(self.signed_graph_, refine=self.refine, seed=self.seed)
         self.labels_ = result.labels
         self.objective_gaec_ = result.objective_gaec

@@ -58,6 +58,53 @@ def test_exact_optimum_comparison_on_small_graphs():
     assert hits / trials >= 0.8 and max(gaps) < 0.5
 
 
+def _densified(g, u):
+    """The same problem with every pair that has no edge made explicit at (u_i + u_j) / 2."""
+    n = g.n
+    full = np.zeros((n, n))
+    ia, ib = np.triu_indices(n, 1)
+    full[ia, ib] = (u[ia] + u[ib]) / 2
+    full[g.a, g.b] = g.w
+    return SignedGraph(n, ia.astype(np.int64), ib.astype(np.int64), full[ia, ib])
+
+
+def test_non_edge_weights_against_exact_optimum_and_pivot():
+    rng = np.random.default_rng(1)
+    hits, trials = 0, 100
+    for t in range(trials):
+        n = int(rng.integers(3, 10))
+        g = _random_signed(n, rng.uniform(0.3, 0.8), rng)
+        u = -rng.uniform(0, 1.5, n)
+        g = SignedGraph(n, g.a, g.b, g.w, u=u)
+        dense = _densified(g, u)
+        # the implicit objective is the dense one
+        probe = rng.integers(0, 3, n)
+        assert objective(g.a, g.b, g.w, probe, u) == pytest.approx(objective(dense.a, dense.b, dense.w, probe))
+        best = min(objective(dense.a, dense.b, dense.w, p) for p in _partitions(n))
+        ours = correlation_clustering(g, seed=t)
+        value = objective(dense.a, dense.b, dense.w, ours.labels)
+        assert value == pytest.approx(ours.objective_refined)
+        assert value >= best - 1e-9 and ours.objective_refined <= ours.objective_gaec + 1e-9
+        hits += value <= best + 1e-9
+        indptr, indices, weights = _csr(n, g.a, g.b, g.w)
+        for s in range(5):
+            piv = _pivot(n, indptr, indices, weights, np.random.default_rng(s).permutation(n))
+            assert value <= objective(dense.a, dense.b, dense.w, piv) + 1e-9
+    assert hits / trials >= 0.8
+
+
+def test_non_edges_keep_two_loosely_linked_groups_apart():
+    # two 6-cliques of confident edges, joined by two confident edges and nothing else
+    blocks = [np.triu_indices(6, 1), tuple(x + 6 for x in np.triu_indices(6, 1))]
+    a = np.concatenate([blocks[0][0], blocks[1][0], [0, 1]]).astype(np.int64)
+    b = np.concatenate([blocks[0][1], blocks[1][1], [6, 7]]).astype(np.int64)
+    w = np.full(len(a), 2.0)
+    neutral = correlation_clustering(SignedGraph(12, a, b, w))
+    assert neutral.labels.max() == 0, "with neutral non-edges nothing resists the merge"
+    bound = correlation_clustering(SignedGraph(12, a, b, w, u=np.full(12, -0.5)))
+    assert bound.labels.tolist() == [0] * 6 + [1] * 6
+
+
 def test_components_of_positive_edges_are_solved_apart():
     # two positive triangles joined by a negative edge stay two clusters
     a = np.array([0, 0, 1, 3, 3, 4, 2], dtype=np.int64)
