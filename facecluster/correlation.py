@@ -57,7 +57,7 @@ class SignedGraph:
     u: np.ndarray | None = None
     kth: np.ndarray | None = None
 
-    def with_bias(self, bias: float) -> "SignedGraph":
+    def with_bias(self, bias: float) -> SignedGraph:
         """The same graph with every log-odds shifted by ``bias`` (relative to the current one)."""
         total = float(self.info.get("bias", 0.0)) + bias
         u = None if self.kth is None else np.minimum(self.kth + total, 0.0)
