@@ -84,6 +84,7 @@ def clean(
 class ClusterMethod(str, Enum):
     average = "average"
     finch = "finch"
+    correlation = "correlation"
 
 
 @app.command()
@@ -93,9 +94,10 @@ def cluster(
     out: Annotated[Path, typer.Option(help="Output folder for clusters.csv and report.json.")] = Path("facecluster-clusters"),
     path_col: Annotated[str, typer.Option(help="Manifest column with the image path.")] = "path",
     label_col: Annotated[Optional[str], typer.Option(help="Optional label column: when given, the cut that best agrees with it is chosen.")] = None,
-    method: Annotated[ClusterMethod, typer.Option(help="average: graph average linkage; finch: parameter-free FINCH.")] = ClusterMethod.average,
+    method: Annotated[ClusterMethod, typer.Option(help="average: graph average linkage; finch: parameter-free FINCH; correlation: correlation clustering on the calibrated signed kNN graph.")] = ClusterMethod.average,
     threshold: Annotated[Optional[float], typer.Option(help="Average-linkage cut (cosine). Default: from the labels, or from the data.")] = None,
     level: Annotated[Optional[int], typer.Option(help="FINCH level (0 = finest). Default: from the labels, or the finest.")] = None,
+    bias: Annotated[Optional[float], typer.Option(help="Correlation clustering: log-odds added to every pair (> 0 merges more). Default: from the labels, or 0.")] = None,
     k: Annotated[int, typer.Option(min=1, help="Neighbours per sample in the kNN graph.")] = 30,
     device: Annotated[DeviceChoice, typer.Option(help="Where to search: auto uses a GPU when one is usable.")] = DeviceChoice.auto,
     knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto.")] = KnnChoice.auto,
@@ -109,7 +111,7 @@ def cluster(
     from facecluster.progress import NullProgress, RichProgress
 
     try:
-        config = ClusterConfig(method=method.value, threshold=threshold, level=level, k=k, device=device.value,
+        config = ClusterConfig(method=method.value, threshold=threshold, level=level, bias=bias, k=k, device=device.value,
                                knn_method=knn.value, path_col=path_col, label_col=label_col, seed=seed)
         result = run_cluster(manifest, embeddings, config, out_dir=None if dry_run else out,
                              progress=NullProgress() if quiet else RichProgress(err_console))
@@ -126,6 +128,9 @@ def cluster(
         table.add_row("largest cluster", str(stage["largest"]))
         if "threshold" in stage:
             table.add_row("threshold", f"{stage['threshold']:.4f} ({stage['threshold_source']})")
+        if "bias" in stage:
+            table.add_row("bias", f"{stage['bias']:+.2f} ({stage['bias_source']}); "
+                                  f"objective {stage['objective_gaec']:.1f} -> {stage['objective_refined']:.1f}")
         if "level" in stage:
             table.add_row("FINCH level", f"{stage['level']} of {len(stage['clusters_per_level'])}")
         if "agreement_with_labels" in stage:

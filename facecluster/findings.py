@@ -346,6 +346,12 @@ class Signals:
     agreement: LabelAgreement
     duplicates: NearDuplicates
     hierarchical: ClusterEvidence | None = None
+    correlation: ClusterEvidence | None = None
+
+    def partitions(self) -> list[tuple[str, ClusterEvidence]]:
+        """The clustering stages that ran, by name."""
+        return [(name, ev) for name, ev in (("hierarchical", self.hierarchical), ("correlation", self.correlation))
+                if ev is not None]
 
 
 def hierarchical_signal(graph: KnnGraph, labels: np.ndarray) -> ClusterEvidence:
@@ -361,6 +367,31 @@ def hierarchical_signal(graph: KnnGraph, labels: np.ndarray) -> ClusterEvidence:
              "agreement_with_labels": clustering_scores(labels, partition),
              "threshold_curve": [{"threshold": round(t, 5), "pairwise_f": round(f, 5), "n_clusters": c}
                                  for t, f, c in curve]}
+    return cluster_evidence(partition, labels, stats)
+
+
+def correlation_signal(graph: KnnGraph, labels: np.ndarray, reliable: np.ndarray | None = None, *,
+                       seed: int = 0) -> ClusterEvidence:
+    """Correlation clustering on the signed graph calibrated on the labels.
+
+    The calibration leaves out pairs touching a sample whose label its neighbours do not back
+    (``reliable`` False), and the bias is the one whose partition best agrees with the labels.
+    """
+    from .correlation import choose_bias, correlation_clustering, signed_graph
+    from .metrics import clustering_scores
+
+    base = signed_graph(graph, labels, reliable=reliable, seed=seed)
+    bias, curve = choose_bias(base, labels, seed=seed)
+    result = correlation_clustering(base.with_bias(bias), seed=seed)
+    partition = result.labels
+    stats = {"bias": bias, "signed_graph": base.with_bias(bias).info, "n_clusters": int(partition.max()) + 1,
+             "objective_gaec": round(result.objective_gaec, 3), "objective_refined": round(result.objective_refined, 3),
+             "objective_pivot_refined": None if result.objective_pivot_refined is None
+             else round(result.objective_pivot_refined, 3),
+             "solver": result.stats, "spread_labels": spread_labels(partition, labels),
+             "agreement_with_labels": clustering_scores(labels, partition),
+             "bias_curve": [{"bias": b, "pairwise_f": round(f, 5), "n_clusters": c, "objective": round(o, 3)}
+                            for b, f, c, o in curve]}
     return cluster_evidence(partition, labels, stats)
 
 
@@ -385,12 +416,14 @@ def spread_labels(partition: np.ndarray, labels: np.ndarray, *, max_main_share: 
 
 
 def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int, *, seed: int = 0,
-                    hierarchical: bool = True) -> Signals:
+                    hierarchical: bool = True, correlation: bool = True) -> Signals:
     calibration = calibrate_same_identity(graph, labels, seed=seed)
     duplicates = find_near_duplicates(graph)
     agreement = knn_label_agreement(graph, labels, calibration, dup_group=duplicates.group, n_labels=n_labels)
     hier = hierarchical_signal(graph, labels) if hierarchical else None
-    return Signals(calibration=calibration, agreement=agreement, duplicates=duplicates, hierarchical=hier)
+    corr = correlation_signal(graph, labels, agreement.reliability >= 0.5, seed=seed) if correlation else None
+    return Signals(calibration=calibration, agreement=agreement, duplicates=duplicates, hierarchical=hier,
+                   correlation=corr)
 
 
 def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
@@ -427,23 +460,27 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     issue[is_mis], score[is_mis] = "mislabeled", mis[is_mis]
     suggested[is_mis] = agr.best_other[is_mis]
     issue[is_out], score[is_out] = "outlier", out[is_out]
-    hier = signals.hierarchical
+    partitions = signals.partitions()
     corroborated = np.zeros(n, dtype=bool)
+    corroborated_by = {name: np.zeros(n, dtype=bool) for name, _ in partitions}
     for i in np.flatnonzero(is_mis):
         reason[i] = (f"kNN: {b[i]:.1f} reliable votes for {label_names[agr.best_other[i]]} "
                      f"vs {g[i]:.1f} for its label")
-        if hier is not None and hier.majority[i] == agr.best_other[i]:
-            corroborated[i] = True
-            reason[i] += f"; hierarchical: {hier.majority_share[i]:.0%} of its cluster is {label_names[hier.majority[i]]}"
-    if hier is not None:
-        # the partition alone: a sample whose cluster (of at least 3 others) is mostly another
+    for name, ev in partitions:
+        agree = is_mis & (ev.majority == agr.best_other)
+        corroborated_by[name] = agree
+        corroborated |= agree
+        for i in np.flatnonzero(agree):
+            reason[i] += f"; {name}: {ev.majority_share[i]:.0%} of its cluster is {label_names[ev.majority[i]]}"
+    for name, ev in partitions:
+        # a partition alone: a sample whose cluster (of at least 3 others) is mostly another
         # label, that the kNN vote did not flag, is reported for review, not acted on
-        alone = (~is_mis & (hier.majority >= 0) & (hier.majority != labels) & (hier.majority_share >= 0.5)
-                 & (np.bincount(hier.partition)[hier.partition] >= 4) & (sizes >= 2))
-        for i in np.flatnonzero(alone & ~review):
+        alone = (~is_mis & (ev.majority >= 0) & (ev.majority != labels) & (ev.majority_share >= 0.5)
+                 & (np.bincount(ev.partition)[ev.partition] >= 4) & (sizes >= 2))
+        for i in np.flatnonzero(alone):
             review[i] = True
             reason[i] = (reason[i] + "; " if reason[i] else "") + (
-                f"review: hierarchical cluster is {hier.majority_share[i]:.0%} {label_names[hier.majority[i]]}")
+                f"review: {name} cluster is {ev.majority_share[i]:.0%} {label_names[ev.majority[i]]}")
     for i in np.flatnonzero(is_out):
         reason[i] = f"kNN: no label supported (P(no same-person neighbour)={out[i]:.2f})"
 
@@ -487,24 +524,28 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         for i in dropped:
             reason[i] = f"near-duplicate of row {keep_of_group[i] + 1} (closest partner row {dup.partner[i] + 1})"
 
-    if hier is not None and len(merges):
-        merges["evidence"] = [ev + "; " + _shared_clusters(hier, labels, label_names, lab, into)
-                              for ev, lab, into in zip(merges.evidence, merges.label, merges.merged_into)]
+    for name, ev in partitions:
+        if len(merges):
+            merges["evidence"] = [text + "; " + _shared_clusters(name, ev, labels, label_names, lab, into)
+                                  for text, lab, into in zip(merges.evidence, merges.label, merges.merged_into)]
     stats = {"report_floor": report_floor, "near_duplicates": dup.stats,
-             "mislabeled_corroborated_by_hierarchical": int(corroborated.sum())}
+             "mislabeled_corroborated": int(corroborated.sum()),
+             **{f"mislabeled_corroborated_by_{name}": int(v.sum()) for name, v in corroborated_by.items()}}
+    if len(corroborated_by) == 2:
+        stats["mislabeled_corroborated_by_both"] = int(np.logical_and(*corroborated_by.values()).sum())
     return Findings(issue=issue, score=score, mislabel_score=mis, outlier_score=out, suggested=suggested,
                     keep_of_group=keep_of_group, review=review, reason=reason, merges=merges,
                     corroborated=corroborated, stats=stats)
 
 
-def _shared_clusters(hier: ClusterEvidence, labels, label_names, lab_name, into_name) -> str:
-    """How much of label ``lab_name`` sits in hierarchical clusters that also hold ``into_name``."""
+def _shared_clusters(name: str, ev: ClusterEvidence, labels, label_names, lab_name, into_name) -> str:
+    """How much of label ``lab_name`` sits in the stage's clusters that also hold ``into_name``."""
     index = {name: i for i, name in enumerate(label_names)}
     a, b = index[lab_name], index[into_name]
-    clusters_b = np.unique(hier.partition[labels == b])
+    clusters_b = np.unique(ev.partition[labels == b])
     rows_a = labels == a
-    share = float(np.isin(hier.partition[rows_a], clusters_b).mean()) if rows_a.any() else 0.0
-    return f"hierarchical: {share:.0%} of {lab_name}'s images share a cluster with {into_name}"
+    share = float(np.isin(ev.partition[rows_a], clusters_b).mean()) if rows_a.any() else 0.0
+    return f"{name}: {share:.0%} of {lab_name}'s images share a cluster with {into_name}"
 
 
 def _duplicate_identity_guard(labels, label_names, given, other, best_other, issue, score, reason) -> pd.DataFrame:

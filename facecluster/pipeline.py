@@ -178,8 +178,7 @@ def clean(
             "knn": graph.info,
             "calibration": signals.calibration.summary(graph.sims),
             "near_duplicates": signals.duplicates.stats,
-            "hierarchical": _named_spread(signals.hierarchical.stats, faceset.label_names)
-            if signals.hierarchical is not None else None,
+            **{name: _named_spread(ev.stats, faceset.label_names) for name, ev in signals.partitions()},
             "findings": {k: v for k, v in findings.stats.items() if k != "near_duplicates"},
         },
         "label_sizes": _size_summary(faceset.label_sizes()),
@@ -199,7 +198,10 @@ CLUSTER_FILES = ("clusters.csv", "report.json")
 class ClusterConfig:
     """Settings of one clustering run of (possibly unlabelled) faces.
 
-    method : "average" (graph average linkage) or "finch"
+    method : "average" (graph average linkage), "finch" or "correlation" (correlation
+        clustering on the calibrated signed graph)
+    bias : correlation-clustering bias (log-odds added to every pair; > 0 merges more);
+        None = chosen from the labels when given, else 0
     threshold : average-linkage cut (cosine, in the processed space); None = chosen from the
         labels when ``label_col`` is given, else from the data (two-component mixture)
     level : FINCH level (None = best agreement with the labels when given, else finest)
@@ -209,6 +211,7 @@ class ClusterConfig:
     method: str = "average"
     threshold: float | None = None
     level: int | None = None
+    bias: float | None = None
     k: int = 30
     device: str = "auto"
     knn_method: str = "auto"
@@ -219,8 +222,8 @@ class ClusterConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.method not in {"average", "finch"}:
-            raise ValueError(f"method must be average or finch, got {self.method!r}")
+        if self.method not in {"average", "finch", "correlation"}:
+            raise ValueError(f"method must be average, finch or correlation, got {self.method!r}")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
 
@@ -295,6 +298,27 @@ def cluster(
             labels = dendrogram.cut(threshold)
             stage.update(threshold=threshold, threshold_source=source, rounds=dendrogram.rounds,
                          merges=dendrogram.n_merges, inversions=dendrogram.stats["inversions"])
+        elif config.method == "correlation":
+            from .correlation import choose_bias, correlation_clustering, signed_graph
+
+            base = signed_graph(graph, faceset.labels if has_labels else None, seed=config.seed)
+            if config.bias is not None:
+                bias, source = float(config.bias), "user"
+            elif has_labels:
+                bias, curve = choose_bias(base, faceset.labels, seed=config.seed)
+                source = "best pairwise F against the given labels"
+                stage["bias_curve"] = [{"bias": b, "pairwise_f": round(f, 5), "n_clusters": c, "objective": round(o, 3)}
+                                       for b, f, c, o in curve]
+            else:
+                bias, source = 0.0, "default (no labels)"
+            signed = base.with_bias(bias)
+            result = correlation_clustering(signed, seed=config.seed)
+            labels = result.labels
+            stage.update(bias=bias, bias_source=source, signed_graph=signed.info,
+                         objective_gaec=round(result.objective_gaec, 3),
+                         objective_refined=round(result.objective_refined, 3),
+                         objective_pivot_refined=None if result.objective_pivot_refined is None
+                         else round(result.objective_pivot_refined, 3), solver=result.stats)
         else:
             levels = finch(graph)
             if config.level is not None:
@@ -335,7 +359,7 @@ def cluster(
 
 
 def _named_spread(stats: dict, names: np.ndarray) -> dict:
-    """The hierarchical stats with label codes in ``spread_labels`` replaced by label names."""
+    """A clustering stage's stats with label codes in ``spread_labels`` replaced by label names."""
     spread = dict(stats["spread_labels"], worst={str(names[k]): v for k, v in stats["spread_labels"]["worst"].items()})
     return dict(stats, spread_labels=spread)
 

@@ -69,3 +69,32 @@ def test_cluster_bad_input_exits_2_and_writes_nothing(tmp_path, unlabelled):
     assert not out.exists()
     missing = CliRunner().invoke(app, ["cluster", str(path), "--label-col", "person", "-q"])
     assert missing.exit_code == 2 and "missing column 'person'" in missing.output
+
+
+@pytest.mark.parametrize("name", ["centred", "offset"])
+def test_correlation_method_finds_the_people_behind_noisy_labels(noisy_sets, name, tmp_path):
+    noisy = noisy_sets[name]
+    path = write_set(tmp_path / name, noisy.embeddings, noisy.labels)
+    true_person = noisy.truth["true_person"].to_numpy()
+    result = fc.cluster(path, method="correlation", label_col="label", k=20)
+    stage = result.report["stages"]["clustering"]
+    assert stage["bias_source"].startswith("best pairwise F") and len(stage["bias_curve"]) >= 3
+    assert stage["objective_refined"] <= stage["objective_gaec"] + 1e-6
+    assert stage["signed_graph"]["non_edges"] == "bound"
+    # the partition is closer to the people than the noisy labels it was tuned on
+    ours = clustering_scores(true_person, result.labels)["pairwise_f"]
+    given = clustering_scores(true_person, noisy.labels)["pairwise_f"]
+    assert ours > given and ours > 0.9
+    unlabelled = fc.cluster(path, method="correlation", bias=0.5, k=20)
+    assert unlabelled.report["stages"]["clustering"]["bias_source"] == "user"
+    assert clustering_scores(true_person, unlabelled.labels)["bcubed_f"] > 0.8
+
+
+def test_correlation_from_the_command_line(tmp_path, unlabelled):
+    path, y = unlabelled
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["cluster", str(path), "--out", str(out), "--k", "15", "--method", "correlation"])
+    assert result.exit_code == 0, result.output
+    assert "objective" in result.output
+    clusters = pd.read_csv(out / "clusters.csv").fc_cluster.to_numpy()
+    assert clustering_scores(y, clusters)["bcubed_f"] > 0.8
