@@ -59,6 +59,7 @@ def clean(
     knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto (exact up to 200k rows on a CPU, else IVF tuned to recall 0.97).")] = KnnChoice.auto,
     centre: Annotated[str, typer.Option(help="Subtract the set's mean direction: auto (decided from the data), yes, no.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    stages: Annotated[str, typer.Option(help="Comma-separated clustering stages that add evidence: hierarchical, correlation (empty: kNN votes alone).")] = "hierarchical,correlation",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Analyse and print the summary; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
 ) -> None:
@@ -72,7 +73,11 @@ def clean(
         _fail(ValueError(f"--centre must be auto, yes or no, got {centre!r}"))
     try:
         config = CleanConfig(k=k, device=device.value, knn_method=knn.value, centre=centre_value, policy=policy.value,
-                             path_col=path_col, label_col=label_col, seed=seed)
+                             path_col=path_col, label_col=label_col, seed=seed,
+                             stages=tuple(x.strip() for x in stages.split(",") if x.strip()))
+    except ValueError as exc:  # a bad option value
+        _fail(exc)
+    try:
         result = run_clean(manifest, embeddings, config, out_dir=None if dry_run else out,
                            progress=NullProgress() if quiet else RichProgress(err_console))
     except InputError as exc:

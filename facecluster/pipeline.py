@@ -22,6 +22,9 @@ from .relabel import (OUTPUT_FILES, action_counts, check_output_dir, cleaned_man
                       write_outputs)
 
 
+CLEAN_STAGES = ("hierarchical", "correlation")
+
+
 @dataclass(frozen=True)
 class CleanConfig:
     """Settings of one cleaning run.
@@ -34,6 +37,8 @@ class CleanConfig:
     policy : "conservative", "balanced" or "aggressive" (see :mod:`facecluster.relabel`)
     path_col, label_col : manifest column names
     seed : every random choice (pair sampling, HNSW levels) derives from it
+    stages : the clustering stages whose partitions add evidence to the kNN votes, any of
+        "hierarchical" and "correlation" (the kNN findings always run)
     """
 
     k: int = 30
@@ -45,10 +50,15 @@ class CleanConfig:
     path_col: str = "path"
     label_col: str = "label"
     seed: int = 0
+    stages: tuple[str, ...] = CLEAN_STAGES
 
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        object.__setattr__(self, "stages", tuple(self.stages))
+        unknown = sorted(set(self.stages) - set(CLEAN_STAGES))
+        if unknown:
+            raise ValueError(f"stages must be among {', '.join(CLEAN_STAGES)}, got {', '.join(unknown)}")
         get_policy(self.policy)
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
@@ -152,7 +162,9 @@ def clean(
 
     t = time.perf_counter()
     with progress.task("findings", total=None):
-        signals = compute_signals(graph, faceset.labels, faceset.n_labels, seed=config.seed)
+        signals = compute_signals(graph, faceset.labels, faceset.n_labels, seed=config.seed, timings=timings,
+                                  hierarchical="hierarchical" in config.stages,
+                                  correlation="correlation" in config.stages)
         findings = find_issues(signals, faceset.labels, faceset.label_names)
     timings["findings"] = time.perf_counter() - t
 
