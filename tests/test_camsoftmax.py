@@ -1,0 +1,173 @@
+"""The cam-softmax loss exactly as specified, its schedules, and the cross-fitted confidence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from facecluster import build_knn_graph
+from facecluster.camsoftmax import (HALF_PI, CamSchedule, CamSoftmaxConfig, cam_exponent, cam_softmax_loss,
+                                    cam_transform, camsoftmax_confidence, candidate_classes, stratified_folds)
+from facecluster.faceset import prepare_embeddings
+from facecluster.synth import inject_noise, make_faces
+
+
+def test_exponent_values_from_the_reference():
+    assert cam_exponent(HALF_PI) == pytest.approx(1.0)
+    assert cam_exponent(math.pi / 4) == pytest.approx(4.38, abs=0.01)
+    assert cam_exponent(math.radians(68.8)) == pytest.approx(1.8, abs=0.01)
+
+
+def test_f_is_the_identity_at_half_pi():
+    x = torch.linspace(-1, 1, 201, dtype=torch.float64)
+    assert torch.allclose(cam_transform(x, HALF_PI)[1:], x[1:], atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.floats(math.pi / 8, HALF_PI))
+def test_f_maps_minus_one_one_onto_itself_monotonically_and_zero_at_cos_c(c):
+    x = torch.linspace(-1, 1, 1001, dtype=torch.float64)
+    y = cam_transform(x, c)
+    assert (torch.diff(y) >= 0).all()
+    assert y[0].item() == pytest.approx(-1.0, abs=1e-5) and y[-1].item() == pytest.approx(1.0)
+    assert ((y >= -1) & (y <= 1)).all()
+    assert cam_transform(torch.tensor([math.cos(c)], dtype=torch.float64), c).item() == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("c", [HALF_PI, 1.2, math.pi / 4])
+def test_loss_is_cross_entropy_on_the_transformed_scaled_logits(c):
+    gen = torch.Generator().manual_seed(0)
+    cos = torch.rand(8, 6, generator=gen, dtype=torch.float64) * 2 - 1
+    target = torch.randint(0, 6, (8,), generator=gen)
+    p = cam_exponent(c)
+    manual = cos.clone()
+    for i, t in enumerate(target.tolist()):
+        manual[i, t] = 2 * ((cos[i, t] + 1) / 2) ** p - 1
+    expected = F.cross_entropy(20.0 * manual, target)
+    assert cam_softmax_loss(cos, target, c, 20.0).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("c", [HALF_PI, math.pi / 4])
+def test_gradients_are_finite_at_plus_and_minus_one(c):
+    cos = torch.tensor([[1.0, -1.0, 0.3], [-1.0, 1.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1, 0])  # targets sit at cos = -1
+    cam_softmax_loss(cos, target, c).backward()
+    assert torch.isfinite(cos.grad).all()
+    cos2 = torch.tensor([[1.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    cam_softmax_loss(cos2, torch.tensor([0]), c).backward()
+    assert torch.isfinite(cos2.grad).all()
+
+
+def test_candidate_softmax_equals_full_softmax_when_candidates_are_all_classes():
+    gen = torch.Generator().manual_seed(1)
+    n_classes = 7
+    cos = torch.rand(5, n_classes, generator=gen, dtype=torch.float64) * 2 - 1
+    target = torch.tensor([3, 0, 6, 2, 2])
+    full = cam_softmax_loss(cos, target, 1.0)
+    # candidates: the target first, then every other class, in a per-row shuffled order
+    cand = []
+    for t in target.tolist():
+        rest = [j for j in torch.randperm(n_classes, generator=gen).tolist() if j != t]
+        cand.append([t] + rest)
+    cand = torch.tensor(cand)
+    cand_loss = cam_softmax_loss(cos.gather(1, cand), torch.zeros(5, dtype=torch.int64), 1.0)
+    assert cand_loss.item() == pytest.approx(full.item(), rel=1e-12)
+    # padding columns (repeats) carry no mass
+    padded = torch.cat([cos.gather(1, cand), torch.full((5, 3), 0.9, dtype=torch.float64)], dim=1)
+    valid = torch.cat([torch.ones(5, n_classes, dtype=torch.bool), torch.zeros(5, 3, dtype=torch.bool)], dim=1)
+    assert cam_softmax_loss(padded, torch.zeros(5, dtype=torch.int64), 1.0, valid=valid).item() == \
+        pytest.approx(full.item(), rel=1e-12)
+
+
+def test_schedules():
+    ref = CamSchedule("reference")
+    for _ in range(100):
+        ref.step()
+    assert ref.c == pytest.approx(HALF_PI - 100 * 1e-4)
+    lin = CamSchedule("linear", total_steps=1000, ramp=0.2)
+    for _ in range(200):
+        lin.step()
+    assert lin.c == pytest.approx(math.pi / 4)
+    lin.step()
+    assert lin.c == pytest.approx(math.pi / 4), "clamped at c_min"
+    ada = CamSchedule("adaptive", momentum=0.0)
+    ada.step(np.cos(np.linspace(0.2, 1.0, 101)))  # angles 0.2 .. 1.0 rad; the 0.9 quantile is 0.92
+    assert ada.c == pytest.approx(0.92, abs=1e-6)
+    ada.step(np.full(10, -1.0))  # every target at 180 degrees: clamped to pi/2
+    assert ada.c == pytest.approx(HALF_PI)
+    ada.step(np.ones(10))  # every target on its weight: clamped to c_min
+    assert ada.c == pytest.approx(math.pi / 4)
+    fixed = CamSchedule("fixed")
+    fixed.step(np.ones(10))
+    assert fixed.c == HALF_PI
+    with pytest.raises(ValueError):
+        CamSchedule("cosine")
+
+
+def test_folds_are_stratified_and_candidates_start_with_the_label():
+    labels = np.repeat(np.arange(40), np.arange(1, 41))
+    folds = stratified_folds(labels, 5, seed=0)
+    for lab in range(40):
+        counts = np.bincount(folds[labels == lab], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    nb = np.random.default_rng(0).integers(-1, len(labels), (len(labels), 6))
+    cand = candidate_classes(labels, nb, 40, 8, np.random.default_rng(0))
+    assert (cand[:, 0] == labels).all()
+    for row in cand:
+        kept = row[row >= 0]
+        assert len(kept) == len(set(kept.tolist()))
+
+
+@pytest.fixture(scope="module")
+def noisy_small():
+    x, y = make_faces(1500, 100, 64, seed=5)
+    noisy = inject_noise(x, y, seed=5)
+    unit, _, _ = prepare_embeddings(noisy.embeddings)
+    graph = build_knn_graph(unit, k=15, device="cpu")
+    return noisy, unit, graph
+
+
+@pytest.mark.parametrize("full_max", [0, 10_000])
+def test_confidence_finds_injected_noise_out_of_sample(noisy_small, full_max):
+    from sklearn.metrics import roc_auc_score
+
+    noisy, unit, graph = noisy_small
+    config = CamSoftmaxConfig(epochs=3, full_max_classes=full_max, seed=0)
+    conf = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config)
+    assert ("candidate" in conf.stats["mode"]) == (full_max == 0)
+    issue = noisy.truth["issue"].to_numpy()
+    judged = np.isin(issue, ["", "flip", "open_set"]) & np.isfinite(conf.p_given)
+    auroc = roc_auc_score(np.isin(issue, ["flip", "open_set"])[judged], 1 - conf.p_given[judged])
+    assert auroc > 0.95
+    ok = np.isfinite(conf.p_given)
+    assert ((conf.p_given[ok] >= 0) & (conf.p_given[ok] <= 1)).all() and (conf.p_top[ok] >= conf.p_given[ok] - 1e-6).all()
+    assert ((conf.margin[ok] >= -1) & (conf.margin[ok] <= 1)).all()
+    flips = (issue == "flip") & ok
+    assert np.mean(conf.top[flips] == noisy.truth["true_label"].to_numpy()[flips]) > 0.9
+    # a label's only image cannot be scored by a head that never saw the label; folds are
+    # stratified, so every other label has an image in each training split
+    sizes = np.bincount(noisy.labels)
+    assert (sizes == 1).any() and ((~ok) == (sizes[noisy.labels] == 1)).all()
+    assert conf.stats["unscorable"] == int((~ok).sum())
+
+
+def test_confidence_is_deterministic_on_cpu(noisy_small):
+    noisy, unit, graph = noisy_small
+    config = CamSoftmaxConfig(epochs=1, folds=2, seed=3, device="cpu")
+    a = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config)
+    b = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config)
+    np.testing.assert_array_equal(a.p_given, b.p_given)
+    np.testing.assert_array_equal(a.top, b.top)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        CamSoftmaxConfig(schedule="step")
+    with pytest.raises(ValueError):
+        CamSoftmaxConfig(folds=1)
