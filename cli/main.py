@@ -59,7 +59,7 @@ def clean(
     knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto (exact up to 200k rows on a CPU, else IVF tuned to recall 0.97).")] = KnnChoice.auto,
     centre: Annotated[str, typer.Option(help="Subtract the set's mean direction: auto (decided from the data), yes, no.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
-    stages: Annotated[str, typer.Option(help="Comma-separated clustering stages that add evidence: hierarchical, correlation (empty: kNN votes alone).")] = "hierarchical,correlation",
+    stages: Annotated[str, typer.Option(help="Comma-separated stages that add evidence to the kNN votes: hierarchical, correlation, camsoftmax (empty: kNN votes alone).")] = "hierarchical,correlation,camsoftmax",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Analyse and print the summary; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
 ) -> None:

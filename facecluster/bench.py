@@ -152,7 +152,7 @@ def _run_facecluster(noisy: NoisySet, k: int, seed: int, policy: str) -> list[Be
     knn = result.graph.info
     rows.append(BenchRow("  stage: kNN graph", "stage", round(t["knn"], 2), None,
                          {"recall_at_k": knn["recall_at_k"], "method": knn["method"]}))
-    for stage in ("knn_signals", "hierarchical", "correlation"):
+    for stage in ("knn_signals", "hierarchical", "correlation", "camsoftmax"):
         rows.append(BenchRow(f"  stage: {stage.replace('_', ' ')}", "stage", round(t[stage], 2), None,
                              _stage_extras(result.report["stages"].get(stage))))
     rows.append(BenchRow("  stage: findings + decisions (all)", "stage", round(t["findings"] + t["relabel"], 2),
@@ -170,7 +170,8 @@ def _run_facecluster(noisy: NoisySet, k: int, seed: int, policy: str) -> list[Be
 def _stage_extras(stage: dict | None) -> dict:
     if not stage:
         return {}
-    keys = ("n_clusters", "bias", "threshold", "objective_gaec", "objective_refined")
+    keys = ("n_clusters", "bias", "threshold", "objective_gaec", "objective_refined", "mode", "final_c_degrees",
+            "temperature")
     return {key: stage[key] for key in keys if key in stage}
 
 

@@ -12,6 +12,7 @@ nearest-neighbour distances.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -21,6 +22,9 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.isotonic import IsotonicRegression
 
 from .knn import KnnGraph
+
+if TYPE_CHECKING:
+    from .camsoftmax import CamSoftmaxConfig, Confidence
 
 ISSUES = ("mislabeled", "outlier", "near_duplicate", "duplicate_identity")
 NO_ISSUE = ""
@@ -347,6 +351,7 @@ class Signals:
     duplicates: NearDuplicates
     hierarchical: ClusterEvidence | None = None
     correlation: ClusterEvidence | None = None
+    camsoftmax: Confidence | None = None
 
     def partitions(self) -> list[tuple[str, ClusterEvidence]]:
         """The clustering stages that ran, by name."""
@@ -416,7 +421,8 @@ def spread_labels(partition: np.ndarray, labels: np.ndarray, *, max_main_share: 
 
 
 def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int, *, seed: int = 0,
-                    hierarchical: bool = True, correlation: bool = True, timings: dict | None = None) -> Signals:
+                    hierarchical: bool = True, correlation: bool = True, embeddings: np.ndarray | None = None,
+                    camsoftmax: CamSoftmaxConfig | None = None, timings: dict | None = None) -> Signals:
     """Every stage's per-sample evidence; ``timings`` (seconds per stage) are filled in when given."""
     import time
 
@@ -431,10 +437,17 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int, *, seed:
     t = time.perf_counter()
     corr = correlation_signal(graph, labels, agreement.reliability >= 0.5, seed=seed) if correlation else None
     clock["correlation"] = time.perf_counter() - t
+    t = time.perf_counter()
+    conf = None
+    if camsoftmax is not None and embeddings is not None:
+        from .camsoftmax import camsoftmax_confidence
+
+        conf = camsoftmax_confidence(embeddings, labels, n_labels, graph.indices, camsoftmax)
+    clock["camsoftmax"] = time.perf_counter() - t
     if timings is not None:
         timings.update(clock)
     return Signals(calibration=calibration, agreement=agreement, duplicates=duplicates, hierarchical=hier,
-                   correlation=corr)
+                   correlation=corr, camsoftmax=conf)
 
 
 def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
@@ -483,6 +496,14 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         corroborated |= agree
         for i in np.flatnonzero(agree):
             reason[i] += f"; {name}: {ev.majority_share[i]:.0%} of its cluster is {label_names[ev.majority[i]]}"
+    conf = signals.camsoftmax
+    if conf is not None:
+        agree = is_mis & (conf.top == agr.best_other)
+        corroborated_by["camsoftmax"] = agree
+        corroborated |= agree
+        for i in np.flatnonzero(agree):
+            reason[i] += (f"; cam-softmax: p({label_names[labels[i]]})={conf.p_given[i]:.2f}, "
+                          f"p({label_names[conf.top[i]]})={conf.p_top[i]:.2f}")
     for name, ev in partitions:
         # a partition alone: a sample whose cluster (of at least 3 others) is mostly another
         # label, that the kNN vote did not flag, is reported for review, not acted on
@@ -542,8 +563,8 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     stats = {"report_floor": report_floor, "near_duplicates": dup.stats,
              "mislabeled_corroborated": int(corroborated.sum()),
              **{f"mislabeled_corroborated_by_{name}": int(v.sum()) for name, v in corroborated_by.items()}}
-    if len(corroborated_by) == 2:
-        stats["mislabeled_corroborated_by_both"] = int(np.logical_and(*corroborated_by.values()).sum())
+    if len(corroborated_by) >= 2:
+        stats["mislabeled_corroborated_by_all_stages"] = int(np.logical_and.reduce(list(corroborated_by.values())).sum())
     return Findings(issue=issue, score=score, mislabel_score=mis, outlier_score=out, suggested=suggested,
                     keep_of_group=keep_of_group, review=review, reason=reason, merges=merges,
                     corroborated=corroborated, stats=stats)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .camsoftmax import CamSoftmaxConfig
 from .faceset import FaceSet, load_faceset
 from .findings import Findings, Signals, compute_signals, find_issues
 from .knn import KnnGraph, build_knn_graph
@@ -22,7 +23,7 @@ from .relabel import (OUTPUT_FILES, action_counts, check_output_dir, cleaned_man
                       write_outputs)
 
 
-CLEAN_STAGES = ("hierarchical", "correlation")
+CLEAN_STAGES = ("hierarchical", "correlation", "camsoftmax")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ class CleanConfig:
     policy : "conservative", "balanced" or "aggressive" (see :mod:`facecluster.relabel`)
     path_col, label_col : manifest column names
     seed : every random choice (pair sampling, HNSW levels) derives from it
-    stages : the clustering stages whose partitions add evidence to the kNN votes, any of
-        "hierarchical" and "correlation" (the kNN findings always run)
+    stages : the stages that add evidence to the kNN votes, any of "hierarchical",
+        "correlation" and "camsoftmax" (the kNN findings always run)
+    camsoftmax : settings of the cam-softmax stage (:class:`~facecluster.camsoftmax.CamSoftmaxConfig`);
+        its device and seed follow this config's unless set there
     """
 
     k: int = 30
@@ -51,6 +54,7 @@ class CleanConfig:
     label_col: str = "label"
     seed: int = 0
     stages: tuple[str, ...] = CLEAN_STAGES
+    camsoftmax: CamSoftmaxConfig | None = None
 
     def __post_init__(self):
         if self.k < 1:
@@ -164,7 +168,8 @@ def clean(
     with progress.task("findings", total=None):
         signals = compute_signals(graph, faceset.labels, faceset.n_labels, seed=config.seed, timings=timings,
                                   hierarchical="hierarchical" in config.stages,
-                                  correlation="correlation" in config.stages)
+                                  correlation="correlation" in config.stages, embeddings=faceset.embeddings,
+                                  camsoftmax=_camsoftmax_config(config) if "camsoftmax" in config.stages else None)
         findings = find_issues(signals, faceset.labels, faceset.label_names)
     timings["findings"] = time.perf_counter() - t
 
@@ -191,6 +196,7 @@ def clean(
             "calibration": signals.calibration.summary(graph.sims),
             "near_duplicates": signals.duplicates.stats,
             **{name: _named_spread(ev.stats, faceset.label_names) for name, ev in signals.partitions()},
+            "camsoftmax": _confidence_summary(signals.camsoftmax) if signals.camsoftmax is not None else None,
             "findings": {k: v for k, v in findings.stats.items() if k != "near_duplicates"},
         },
         "label_sizes": _size_summary(faceset.label_sizes()),
@@ -368,6 +374,20 @@ def cluster(
         with progress.task("write outputs", total=None):
             result.write(out_dir)
     return result
+
+
+def _camsoftmax_config(config: CleanConfig) -> CamSoftmaxConfig:
+    if config.camsoftmax is not None:
+        return config.camsoftmax
+    return CamSoftmaxConfig(device=config.device, seed=config.seed)
+
+
+def _confidence_summary(conf) -> dict:
+    ok = np.isfinite(conf.p_given)
+    quantiles = np.quantile(conf.p_given[ok], [0.01, 0.05, 0.25, 0.5]).round(4).tolist() if ok.any() else []
+    return dict(conf.stats, p_given_quantiles={"q01": quantiles[0], "q05": quantiles[1], "q25": quantiles[2],
+                                                "median": quantiles[3]} if quantiles else {},
+                top_differs_from_label=int((ok & (conf.top >= 0) & (conf.p_given < conf.p_top)).sum()))
 
 
 def _named_spread(stats: dict, names: np.ndarray) -> dict:

@@ -22,7 +22,7 @@ def test_every_peer_reports_quality_time_and_memory(small_bench):
     noisy, rows = small_bench
     by_name = {r.method.split(" ")[0]: r for r in rows if not r.method.startswith("facecluster ") or "clean" in r.method}
     ours = [r for r in rows if r.method.startswith("facecluster") and r.kind == "clusterer"]
-    assert len(ours) == 2 and all(r.scores["pairwise_f"] > 0.5 for r in ours)
+    assert len(ours) == 3 and all(r.scores["pairwise_f"] > 0.5 for r in ours)
     assert {"facecluster", "cleanlab", "HDBSCAN", "FINCH", "agglomerative", "FAISS", "Infomap"} <= set(by_name)
     for row in rows:
         assert not row.note.startswith("failed"), row.note
