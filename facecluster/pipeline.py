@@ -84,10 +84,13 @@ class CleanResult:
     report: dict = field(default_factory=dict)
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """Write cleaned.csv, audit.csv, identities.csv and report.json atomically."""
+        """Write cleaned.csv, audit.csv, identities.csv, report.json and report.html atomically."""
+        from .report import render_html
+
         check_output_dir(out_dir, list(self.faceset.source.values()))
         return write_outputs(out_dir, {"cleaned.csv": self.cleaned, "audit.csv": self.audit,
-                                       "identities.csv": self.identities}, self.report)
+                                       "identities.csv": self.identities}, self.report,
+                             {"report.html": render_html(self)})
 
     def summary(self) -> dict:
         """Counts for a short printed summary."""

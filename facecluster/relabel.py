@@ -23,7 +23,7 @@ from .findings import Findings
 
 ACTIONS = ("keep", "relabel", "drop", "merge", "dedupe")
 AUDIT_COLUMNS = ("fc_action", "fc_label", "fc_issue", "fc_score", "fc_reason")
-OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json")
+OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json", "report.html")
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,11 @@ def check_output_dir(out_dir: str | Path, inputs: list[str | Path], names=OUTPUT
     return out_dir
 
 
-def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: dict) -> list[Path]:
+def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: dict,
+                  texts: dict[str, str] | None = None) -> list[Path]:
     """Write every output or none: staged in a temporary folder, then moved into place.
+
+    ``tables`` become CSV files, ``report`` report.json, ``texts`` (name → content) text files.
 
     An exception (or Ctrl-C) while staging leaves the folder as it was; the temporary folder
     is always removed.
@@ -167,6 +170,10 @@ def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: 
             fh.flush()
             os.fsync(fh.fileno())
         staged.append(report_path)
+        for name, text in (texts or {}).items():
+            path = stage / name
+            path.write_text(text, encoding="utf-8")
+            staged.append(path)
         final = []
         for path in staged:
             target = out_dir / path.name

@@ -1,0 +1,171 @@
+"""report.html: one self-contained page a person can read to check a cleaning run.
+
+Summary counts, score histograms per issue, same-label vs different-label similarity of the kNN
+edges, the cluster-size distribution of each clustering stage, and the worst offenders per
+issue type with their evidence and, when the image files exist on disk, thumbnails. Plots are
+PNGs (matplotlib, Agg backend) and thumbnails JPEGs (Pillow), embedded as data: URIs, so the
+page opens anywhere with no other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ISSUE_COLOURS = {"mislabeled": "#d62728", "outlier": "#9467bd", "near_duplicate": "#1f77b4",
+                 "duplicate_identity": "#ff7f0e"}
+
+
+def _figure_uri(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(result) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out = {}
+    f = result.findings
+    issues = [name for name in ISSUE_COLOURS if (f.issue == name).any()]
+    fig, axes = plt.subplots(1, max(len(issues), 1), figsize=(3.2 * max(len(issues), 1), 2.6), squeeze=False)
+    for ax, name in zip(axes[0], issues):
+        ax.hist(f.score[f.issue == name], bins=np.linspace(0, 1, 21), color=ISSUE_COLOURS[name])
+        ax.set_title(f"{name} ({int((f.issue == name).sum())})", fontsize=9)
+        ax.set_xlabel("score")
+    if not issues:
+        axes[0][0].text(0.5, 0.5, "no issues found", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    out["scores"] = _figure_uri(fig)
+
+    graph, labels = result.graph, result.faceset.labels
+    valid = graph.indices >= 0
+    rows = np.repeat(np.arange(graph.n_samples), graph.k).reshape(graph.indices.shape)
+    same = labels[rows[valid]] == labels[graph.indices[valid]]
+    sims = graph.sims[valid]
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    bins = np.linspace(float(sims.min()), float(sims.max()), 60)
+    ax.hist(sims[same], bins=bins, alpha=0.6, density=True, label=f"same label ({int(same.sum()):,})")
+    ax.hist(sims[~same], bins=bins, alpha=0.6, density=True, label=f"different label ({int((~same).sum()):,})")
+    ax.set_xlabel("cosine similarity of kNN edges (processed embeddings)")
+    ax.legend(fontsize=8)
+    out["similarity"] = _figure_uri(fig)
+
+    parts = result.signals.partitions()
+    if parts:
+        fig, ax = plt.subplots(figsize=(6, 2.8))
+        for name, ev in parts:
+            sizes = np.bincount(np.bincount(ev.partition))[1:]
+            x = np.flatnonzero(sizes) + 1
+            ax.loglog(x, sizes[x - 1], marker=".", linestyle="none", label=name)
+        label_sizes = np.bincount(np.bincount(labels))[1:]
+        x = np.flatnonzero(label_sizes) + 1
+        ax.loglog(x, label_sizes[x - 1], marker="x", linestyle="none", label="given labels", alpha=0.6)
+        ax.set_xlabel("cluster size (images)")
+        ax.set_ylabel("clusters")
+        ax.legend(fontsize=8)
+        out["clusters"] = _figure_uri(fig)
+    return out
+
+
+def _thumbnail(path: Path, size: int = 72) -> str | None:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=80)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def _offenders(result, per_issue: int, image_root: Path | None) -> str:
+    audit = result.audit
+    path_col = result.faceset.path_col
+    label_col = result.faceset.label_col
+    parts = []
+    for name in ISSUE_COLOURS:
+        rows = audit.index[audit["fc_issue"] == name]
+        if not len(rows):
+            continue
+        worst = audit.loc[rows].sort_values("fc_score", ascending=False, kind="stable").head(per_issue)
+        body = []
+        for idx, row in worst.iterrows():
+            thumb = ""
+            if image_root is not None:
+                uri = _thumbnail(image_root / str(row[path_col]))
+                thumb = f'<img src="{uri}" alt="">' if uri else ""
+            body.append(
+                f"<tr><td>{idx + 1}</td><td>{thumb}</td><td>{html.escape(str(row[path_col]))}</td>"
+                f"<td>{html.escape(str(row[label_col]))}</td><td>{html.escape(str(row['fc_label']))}</td>"
+                f"<td>{html.escape(str(row['fc_action']))}</td><td>{row['fc_score']:.3f}</td>"
+                f"<td class=reason>{html.escape(str(row['fc_reason']))}</td></tr>")
+        parts.append(
+            f'<h3 style="color:{ISSUE_COLOURS[name]}">{name}: {len(rows):,} (worst {len(worst)})</h3>'
+            "<table><tr><th>row</th><th></th><th>path</th><th>given</th><th>cleaned</th><th>action</th>"
+            "<th>score</th><th>evidence</th></tr>" + "".join(body) + "</table>")
+    return "".join(parts) or "<p>No issue found.</p>"
+
+
+def _table(mapping: dict) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in mapping.items())
+    return f"<table class=kv>{cells}</table>"
+
+
+def render_html(result, *, per_issue: int = 20, image_root: str | Path | None = None) -> str:
+    """The page as a string. ``image_root``: folder the manifest's paths are relative to
+    (default: the manifest's folder); thumbnails appear for the paths that exist there."""
+    report = result.report
+    if image_root is None:
+        manifest = result.faceset.source.get("manifest")
+        image_root = Path(manifest).parent if manifest and Path(str(manifest)).exists() else None
+    image_root = None if image_root is None else Path(image_root)
+    plots = _plots(result)
+    counts = report["counts"]
+    summary = {"rows": f"{report['inputs']['rows']:,}", "identities": f"{report['inputs']['identities']:,}",
+               "rows kept": f"{counts['rows_kept']:,}", "merge suggestions": counts["merge_suggestions"],
+               "policy": report["parameters"]["policy"],
+               **{f"issue: {k}": v for k, v in counts["issues"].items()},
+               **{f"action: {k}": v for k, v in counts["actions"].items()}}
+    merges = result.identities
+    merge_html = ("<p>None.</p>" if not len(merges) else
+                  merges.to_html(index=False, escape=True, classes="merges", border=0))
+    images = ["scores", "similarity", "clusters"]
+    titles = {"scores": "Score per issue", "similarity": "Same-label vs different-label similarity",
+              "clusters": "Cluster sizes"}
+    figures = "".join(f"<h3>{titles[k]}</h3><img class=plot src=\"{plots[k]}\" alt=\"{titles[k]}\">"
+                      for k in images if k in plots)
+    timings = report.get("timings", {})
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>facecluster report</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }}
+td.reason {{ font-size: 12px; color: #444; max-width: 520px; }}
+table.kv th {{ font-weight: normal; color: #555; }}
+img.plot {{ max-width: 100%; }}
+</style></head><body>
+<h1>facecluster report</h1>
+<p>{html.escape(str(report['inputs'].get('manifest', '')))} &middot; facecluster {html.escape(report['facecluster_version'])}
+&middot; {timings.get('total', 0):.1f} s</p>
+<h2 id=summary>Summary</h2>{_table(summary)}
+<h2 id=plots>Distributions</h2>{figures}
+<h2 id=identities>Duplicate identities</h2>{merge_html}
+<h2 id=offenders>Worst offenders</h2>{_offenders(result, per_issue, image_root)}
+</body></html>
+"""

@@ -1,0 +1,72 @@
+"""report.html: self-contained, rendered by a real browser (headless Chromium) in the tests."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import facecluster as fc
+from facecluster.synth import inject_noise, label_names, make_faces
+
+from .conftest import write_set
+
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def run_with_images(tmp_path_factory):
+    """A small noisy set whose manifest paths point at real image files (for thumbnails)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("report")
+    x, y = make_faces(900, 60, 64, seed=4)
+    noisy = inject_noise(x, y, seed=4)
+    path = write_set(root / "in", noisy.embeddings, label_names(noisy.labels))
+    frame = pd.read_csv(path, dtype=str)
+    rng = np.random.default_rng(0)
+    for rel in frame.path:
+        target = root / "in" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(target)
+    out = root / "out"
+    result = fc.clean(path, out_dir=out, stages=("hierarchical", "correlation"))
+    return result, out
+
+
+def test_report_is_one_self_contained_page(run_with_images):
+    result, out = run_with_images
+    page = (out / "report.html").read_text(encoding="utf-8")
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/") for s in sources), "every image is embedded"
+    assert "href=\"http" not in page and "<script" not in page
+    for section in ("Summary", "Score per issue", "Same-label vs different-label similarity", "Cluster sizes",
+                    "Duplicate identities", "Worst offenders"):
+        assert section in page
+    counts = result.report["counts"]["issues"]
+    assert f"mislabeled: {counts['mislabeled']:,}" in page
+    assert page.count("data:image/jpeg") >= 1, "thumbnails of image files found on disk"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (.ci/run installs Debian's chromium)")
+def test_report_renders_in_headless_chromium(run_with_images, tmp_path):
+    from PIL import Image
+
+    _, out = run_with_images
+    shot = tmp_path / "report.png"
+    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000",
+           f"--screenshot={shot}", (out / "report.html").as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    image = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert image.shape == (2000, 1200)
+    assert image.std() > 10, "the page drew something (text and plots), not a blank screen"
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom",
+                          (out / "report.html").as_uri()], check=True, capture_output=True, text=True, timeout=120)
+    assert "Worst offenders" in dom.stdout and dom.stdout.count("<img") >= 3
+    shutil.copy(shot, out / "report.png")  # kept beside the run for a person to look at
