@@ -254,14 +254,15 @@ class Findings:
 
     issue : (n,) object, one of ISSUES or "" (no issue)
     score : (n,) float32 in [0, 1], higher = more likely a problem (of ``issue``)
-    mislabel_score, outlier_score : (n,) float32, every sample's scores for both questions
+    mislabel_score : (n,) float32, every sample's kNN mislabel score (the pooled one is ``score``)
+    outlier_score : (n,) float32, every sample's pooled outlier score (0 for labels under 3 images)
     suggested : (n,) int64, suggested label code for mislabeled samples, else -1
     keep_of_group : (n,) int64, for near-duplicates the row kept for their group, else -1
     review : (n,) bool, samples the evidence cannot judge ("cannot tell"), kept for a person
     reason : (n,) object, short text naming the evidence
     merges : DataFrame with columns label, merged_into, score, evidence (duplicate identities)
-    corroborated : (n,) bool, mislabeled findings whose suggested label the hierarchical
-        partition also gives (an independent stage agreeing)
+    corroborated : (n,) bool, mislabeled findings whose suggested label another stage also
+        gives (a partition's majority or cam-softmax's top label)
     stats : dict of thresholds and counts for the report
     """
 
@@ -454,14 +455,27 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                 report_floor: float = 0.5) -> Findings:
     """Fuse the signals into one issue per sample.
 
-    mislabel score m = b / (b + g + 1): the best other label's reliable vote mass b against
-    the given label's g, with one pseudo-vote of benefit of the doubt for the given label.
-    outlier score o = P(no reliable neighbour is the same person), judged only for labels
-    with at least 3 images (with fewer there is no majority to disagree with), and mislabel
-    only for labels with at least 2: such samples go to review ("cannot tell") instead. A sample is reported under an issue when its score reaches
-    ``report_floor``; whether anything is done about it is the policy's call (relabel.py).
-    Near-duplicates: in each group the row with the lowest mislabel score is kept (ties:
-    first row), the others are near_duplicate findings pointing at it.
+    Which issue: the kNN vote decides whether a sample is a mislabeled candidate (kNN mislabel
+    score m = b / (b + g + 1): the best other label's reliable vote mass b against the given
+    label's g, with one pseudo-vote of benefit of the doubt) or an outlier candidate (kNN
+    outlier score = P(no reliable neighbour is the same person)), at ``report_floor``.
+
+    How sure: every stage that ran gives its own probability for the same event, and the score
+    is their mean (a linear opinion pool, so it is a probability on the same scale, and a
+    policy threshold of 0.75 means three to one):
+
+    - mislabeled, the event "the suggested label L* is right": kNN m; each partition, the
+      share of the sample's cluster carrying L* when L* is its majority (else 0); cam-softmax,
+      its cross-fitted probability of L* when L* is its top label (else 0). A stage that
+      disagrees pulls the score down, so a high score needs independent stages to agree.
+    - outlier, the event "no labelled identity fits": kNN none-probability and cam-softmax's
+      1 − p(given label) (a cross-fitted head that never saw the sample).
+
+    Outliers are judged only for labels with at least 3 images (with fewer there is no
+    majority to disagree with), mislabels only for labels with at least 2: such samples go to
+    review ("cannot tell") instead. Whether anything is done is the policy's call (relabel.py).
+    Near-duplicates: in each group the row with the lowest mislabel score is kept (ties: first
+    row), the others are near_duplicate findings pointing at it.
     """
     agr, dup = signals.agreement, signals.duplicates
     n = len(labels)
@@ -480,15 +494,18 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     # A label's only image cannot be outvoted: strong votes for another label mean either a
     # wrong label or one person under two names, and one image cannot tell which.
     is_mis = (mis >= report_floor) & (agr.best_other >= 0) & (sizes >= 2)
-    is_out = ~is_mis & (out >= report_floor)
-    issue[is_mis], score[is_mis] = "mislabeled", mis[is_mis]
+    conf = signals.camsoftmax
+    pooled_mis, pooled_out, pool_terms = _pooled_scores(signals, labels, mis, out)
+    is_out = ~is_mis & (pooled_out >= report_floor) & (sizes >= 3)
+    issue[is_mis], score[is_mis] = "mislabeled", pooled_mis[is_mis]
     suggested[is_mis] = agr.best_other[is_mis]
-    issue[is_out], score[is_out] = "outlier", out[is_out]
+    issue[is_out], score[is_out] = "outlier", pooled_out[is_out]
     partitions = signals.partitions()
     corroborated = np.zeros(n, dtype=bool)
     corroborated_by = {name: np.zeros(n, dtype=bool) for name, _ in partitions}
     for i in np.flatnonzero(is_mis):
-        reason[i] = (f"kNN: {b[i]:.1f} reliable votes for {label_names[agr.best_other[i]]} "
+        reason[i] = (f"pooled p({label_names[agr.best_other[i]]})={pooled_mis[i]:.2f} over {pool_terms} stage(s); "
+                     f"kNN: {b[i]:.1f} reliable votes for {label_names[agr.best_other[i]]} "
                      f"vs {g[i]:.1f} for its label")
     for name, ev in partitions:
         agree = is_mis & (ev.majority == agr.best_other)
@@ -496,7 +513,6 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         corroborated |= agree
         for i in np.flatnonzero(agree):
             reason[i] += f"; {name}: {ev.majority_share[i]:.0%} of its cluster is {label_names[ev.majority[i]]}"
-    conf = signals.camsoftmax
     if conf is not None:
         agree = is_mis & (conf.top == agr.best_other)
         corroborated_by["camsoftmax"] = agree
@@ -515,6 +531,8 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                 f"review: {name} cluster is {ev.majority_share[i]:.0%} {label_names[ev.majority[i]]}")
     for i in np.flatnonzero(is_out):
         reason[i] = f"kNN: no label supported (P(no same-person neighbour)={out[i]:.2f})"
+        if conf is not None and np.isfinite(conf.p_given[i]):
+            reason[i] += f"; cam-softmax: p({label_names[labels[i]]})={conf.p_given[i]:.2f}"
 
     # "Cannot tell": too few images of the label to outvote or to disagree with.
     small = (sizes <= 2) & ~is_mis
@@ -565,9 +583,34 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
              **{f"mislabeled_corroborated_by_{name}": int(v.sum()) for name, v in corroborated_by.items()}}
     if len(corroborated_by) >= 2:
         stats["mislabeled_corroborated_by_all_stages"] = int(np.logical_and.reduce(list(corroborated_by.values())).sum())
-    return Findings(issue=issue, score=score, mislabel_score=mis, outlier_score=out, suggested=suggested,
+    pooled_out = np.where(sizes >= 3, pooled_out, 0.0).astype(np.float32)
+    return Findings(issue=issue, score=score, mislabel_score=mis, outlier_score=pooled_out, suggested=suggested,
                     keep_of_group=keep_of_group, review=review, reason=reason, merges=merges,
                     corroborated=corroborated, stats=stats)
+
+
+def _pooled_scores(signals: Signals, labels: np.ndarray, knn_mis: np.ndarray, knn_out: np.ndarray):
+    """Linear opinion pools of the stages' probabilities (see :func:`find_issues`).
+
+    Returns (mislabeled pool, outlier pool, number of stages in the mislabeled pool).
+    """
+    suggestion = signals.agreement.best_other
+    terms = [knn_mis.astype(np.float64)]
+    for _, ev in signals.partitions():
+        terms.append(np.where((ev.majority == suggestion) & (suggestion >= 0), ev.majority_share, 0.0))
+    out_terms = [knn_out.astype(np.float64)]
+    conf = signals.camsoftmax
+    if conf is not None:
+        ok = np.isfinite(conf.p_given)
+        # a sample whose label has no image outside its fold cannot be scored: the kNN term stands alone
+        terms.append(np.where(ok & (conf.top == suggestion), np.nan_to_num(conf.p_top), 0.0))
+        out_terms.append(np.where(ok, 1.0 - np.nan_to_num(conf.p_given), knn_out))
+        counted = np.vstack(terms)
+        mis = np.where(ok, counted.mean(axis=0), counted[:-1].mean(axis=0))
+    else:
+        mis = np.vstack(terms).mean(axis=0)
+    out = np.vstack(out_terms).mean(axis=0)
+    return mis.astype(np.float32), out.astype(np.float32), len(terms)
 
 
 def _shared_clusters(name: str, ev: ClusterEvidence, labels, label_names, lab_name, into_name) -> str:

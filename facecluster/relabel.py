@@ -30,14 +30,17 @@ OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json", "re
 class Policy:
     """Minimum finding score (in [0, 1]) for each action; ``merge_min=None`` only suggests.
 
-    Scores are probability-like: the mislabel score is the share of reliable neighbour votes
-    for the suggested label (relabel at 0.75 = three votes to one); the outlier score is the
-    probability that no reliable neighbour shows the same person (drop when more likely than
-    not); the near-duplicate score is 0.5 exactly at the data-derived cut.
+    Scores are probabilities pooled over the stages that ran (findings.find_issues): the
+    mislabel score is the mean of the stages' probabilities that the suggested label is right,
+    each stage that disagrees counting 0; the outlier score the mean of the kNN and cam-softmax
+    probabilities that no labelled identity fits; the near-duplicate score is 0.5 exactly at
+    the data-derived cut. So the thresholds are odds, not cosines: 0.75 is three to one.
 
-    conservative (default): act only on strong evidence, suggest merges without applying them.
-    balanced: act on evidence more likely right than wrong by a clear margin; apply merges.
-    aggressive: act on any majority of the evidence.
+    conservative (default): relabel at three to one, which with four stages needs at least
+        three of them to agree; drop at 0.6, which needs both outlier stages leaning that way;
+        suggest merges without applying them.
+    balanced: relabel at 0.6, drop at 0.5 (more likely than not); apply merges scored 0.75.
+    aggressive: act on any pooled majority (0.5); apply every merge suggestion from 0.5.
     """
 
     name: str
@@ -48,9 +51,9 @@ class Policy:
 
 
 POLICIES = {
-    "conservative": Policy("conservative", relabel_min=0.75, drop_min=0.5, dedupe_min=0.5, merge_min=None),
-    "balanced": Policy("balanced", relabel_min=0.6, drop_min=0.4, dedupe_min=0.5, merge_min=0.75),
-    "aggressive": Policy("aggressive", relabel_min=0.5, drop_min=0.3, dedupe_min=0.5, merge_min=0.5),
+    "conservative": Policy("conservative", relabel_min=0.75, drop_min=0.6, dedupe_min=0.5, merge_min=None),
+    "balanced": Policy("balanced", relabel_min=0.6, drop_min=0.5, dedupe_min=0.5, merge_min=0.75),
+    "aggressive": Policy("aggressive", relabel_min=0.5, drop_min=0.5, dedupe_min=0.5, merge_min=0.5),
 }
 
 

@@ -76,7 +76,9 @@ def test_finds_most_injected_problems_in_the_bundled_example(example_run):
     assert scores["mislabeled"]["precision"] >= 0.95 and scores["mislabeled"]["recall"] >= 0.95
     assert acted["mislabeled"]["precision"] >= 0.98 and acted["mislabeled"]["recall"] >= 0.9
     assert scores["near_duplicate"]["precision"] >= 0.98 and scores["near_duplicate"]["recall"] >= 0.98
-    assert scores["outlier"]["precision"] >= 0.9 and scores["outlier"]["recall"] >= 0.75
+    # outliers reported at the 0.5 floor (P 0.88, R 0.94 measured) and dropped at the policy's 0.6
+    assert scores["outlier"]["precision"] >= 0.85 and scores["outlier"]["recall"] >= 0.9
+    assert acted["outlier"]["precision"] >= 0.9 and acted["outlier"]["recall"] >= 0.9
     assert scores["duplicate_identity"]["precision"] >= 0.9
     merges = set(zip(result.identities.label, result.identities.merged_into))
     truth_merges = _read(EXAMPLES / "faces_merges.csv")
@@ -188,7 +190,8 @@ def test_real_faces_known_noise_is_found(real_set):
     detection = pd.read_csv(real_set / "detection.csv")
     fallback = set(detection.path[detection.method == "fallback_median_box"])
     outliers = audit.path[audit.fc_issue == "outlier"]
-    assert len(outliers) >= 50 and outliers.isin(fallback).mean() >= 0.8
+    # measured: 122 of the 162 outliers are among the 165 fallback rows (kNN alone: 92 of 101)
+    assert outliers.isin(fallback).sum() >= 110 and outliers.isin(fallback).mean() >= 0.7
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
