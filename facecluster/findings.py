@@ -452,7 +452,7 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int, *, seed:
 
 
 def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
-                report_floor: float = 0.5) -> Findings:
+                report_floor: float = 0.5, embeddings: np.ndarray | None = None) -> Findings:
     """Fuse the signals into one issue per sample.
 
     Which issue: the kNN vote decides whether a sample is a mislabeled candidate (kNN mislabel
@@ -476,6 +476,11 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     review ("cannot tell") instead. Whether anything is done is the policy's call (relabel.py).
     Near-duplicates: in each group the row with the lowest mislabel score is kept (ties: first
     row), the others are near_duplicate findings pointing at it.
+
+    Duplicate identities (one person under two names): candidate pairs come from reciprocal
+    kNN votes (:func:`_duplicate_identity_guard`); their score pools that vote score with, per
+    partition, the share of each label's images sharing a cluster with the other (the smaller
+    of the two directions), and, given ``embeddings``, a centroid test (:func:`_centroid_term`).
     """
     agr, dup = signals.agreement, signals.duplicates
     n = len(labels)
@@ -574,10 +579,8 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         for i in dropped:
             reason[i] = f"near-duplicate of row {keep_of_group[i] + 1} (closest partner row {dup.partner[i] + 1})"
 
-    for name, ev in partitions:
-        if len(merges):
-            merges["evidence"] = [text + "; " + _shared_clusters(name, ev, labels, label_names, lab, into)
-                                  for text, lab, into in zip(merges.evidence, merges.label, merges.merged_into)]
+    if len(merges):
+        merges = _pool_merges(merges, partitions, labels, label_names, embeddings, issue, score)
     stats = {"report_floor": report_floor, "near_duplicates": dup.stats,
              "mislabeled_corroborated": int(corroborated.sum()),
              **{f"mislabeled_corroborated_by_{name}": int(v.sum()) for name, v in corroborated_by.items()}}
@@ -613,14 +616,64 @@ def _pooled_scores(signals: Signals, labels: np.ndarray, knn_mis: np.ndarray, kn
     return mis.astype(np.float32), out.astype(np.float32), len(terms)
 
 
-def _shared_clusters(name: str, ev: ClusterEvidence, labels, label_names, lab_name, into_name) -> str:
-    """How much of label ``lab_name`` sits in the stage's clusters that also hold ``into_name``."""
-    index = {name: i for i, name in enumerate(label_names)}
-    a, b = index[lab_name], index[into_name]
-    clusters_b = np.unique(ev.partition[labels == b])
+def _shared_share(ev: ClusterEvidence, labels: np.ndarray, a: int, b: int) -> float:
+    """Share of label a's images in clusters that also hold label b."""
     rows_a = labels == a
-    share = float(np.isin(ev.partition[rows_a], clusters_b).mean()) if rows_a.any() else 0.0
-    return f"{name}: {share:.0%} of {lab_name}'s images share a cluster with {into_name}"
+    if not rows_a.any():
+        return 0.0
+    return float(np.isin(ev.partition[rows_a], np.unique(ev.partition[labels == b])).mean())
+
+
+def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -> float:
+    """How well label a's images pass for label b's (and back), judged at b's own centroid.
+
+    If a and b are one person, a's images sit as close to b's centroid as b's own images do,
+    so about half of them reach the median similarity of b's images to their centroid; for two
+    people almost none do. Returns min(1, 2·share), the smaller of the two directions; the
+    threshold is each label's own spread, not a fixed cosine.
+    """
+    def one_way(src, dst):
+        xd = embeddings[labels == dst].astype(np.float64)
+        total = xd.sum(axis=0)
+        # b's own images against the centroid of b's OTHER images (leave one out: an image
+        # inside its own centroid would look closer than any outsider could)
+        own_sq = (xd * xd).sum(axis=1)
+        dots = xd @ total
+        loo = (dots - own_sq) / np.sqrt(np.maximum(total @ total - 2 * dots + own_sq, 1e-24) * own_sq)
+        median_own = np.median(loo) if len(xd) > 1 else 1.0
+        xs = embeddings[labels == src].astype(np.float64)
+        cos = (xs @ total) / np.maximum(np.linalg.norm(xs, axis=1) * np.linalg.norm(total), 1e-12)
+        return float((cos >= median_own).mean())
+
+    return min(1.0, 2 * min(one_way(a, b), one_way(b, a)))
+
+
+def _pool_merges(merges: pd.DataFrame, partitions, labels, label_names, embeddings, issue, score) -> pd.DataFrame:
+    """Pool each merge suggestion's vote score with the partitions' and the centroids' evidence."""
+    index = {name: i for i, name in enumerate(label_names)}
+    merges = merges.copy()
+    pooled, texts = [], []
+    for row in merges.itertuples(index=False):
+        a, b = index[row.label], index[row.merged_into]
+        terms, text = [float(row.score)], [row.evidence]
+        for name, ev in partitions:
+            ab, ba = _shared_share(ev, labels, a, b), _shared_share(ev, labels, b, a)
+            terms.append(min(ab, ba))
+            text.append(f"{name}: {ab:.0%} of {row.label}'s images share a cluster with {row.merged_into}, "
+                        f"{ba:.0%} back")
+        if embeddings is not None:
+            cen = _centroid_term(embeddings, labels, a, b)
+            terms.append(cen)
+            text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's)")
+        pooled.append(round(float(np.mean(terms)), 4))
+        texts.append("; ".join(text))
+    merges["score"], merges["evidence"] = pooled, texts
+    # the member rows carry their label's pooled score
+    by_label = dict(zip(merges.label, merges.score))
+    rows = np.flatnonzero(issue == "duplicate_identity")
+    if len(rows):
+        score[rows] = [by_label.get(label_names[lab], score[i]) for i, lab in zip(rows, labels[rows])]
+    return merges
 
 
 def _duplicate_identity_guard(labels, label_names, given, other, best_other, issue, score, reason) -> pd.DataFrame:

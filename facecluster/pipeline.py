@@ -173,7 +173,7 @@ def clean(
                                   hierarchical="hierarchical" in config.stages,
                                   correlation="correlation" in config.stages, embeddings=faceset.embeddings,
                                   camsoftmax=_camsoftmax_config(config) if "camsoftmax" in config.stages else None)
-        findings = find_issues(signals, faceset.labels, faceset.label_names)
+        findings = find_issues(signals, faceset.labels, faceset.label_names, embeddings=faceset.embeddings)
     timings["findings"] = time.perf_counter() - t
 
     t = time.perf_counter()
