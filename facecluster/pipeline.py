@@ -203,6 +203,7 @@ def clean(
             "findings": {k: v for k, v in findings.stats.items() if k != "near_duplicates"},
         },
         "label_sizes": _size_summary(faceset.label_sizes()),
+        "identities": identity_summary(faceset.labels, faceset.label_names, findings),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     result = CleanResult(faceset, graph, signals, findings, audit, cleaned, identities, report)
@@ -377,6 +378,25 @@ def cluster(
         with progress.task("write outputs", total=None):
             result.write(out_dir)
     return result
+
+
+def identity_summary(labels: np.ndarray, label_names: np.ndarray, findings: Findings) -> dict:
+    """Per identity, column-wise (compact at a million identities): its images, how many carry
+    each issue, and purity, the share of its images with no finding at all."""
+    from .findings import ISSUES
+
+    n_labels = len(label_names)
+    images = np.bincount(labels, minlength=n_labels)
+    out = {"label": [str(x) for x in label_names], "images": images.tolist()}
+    flagged = np.zeros(n_labels, dtype=np.int64)
+    for name in ISSUES:
+        rows = findings.issue == name
+        out[name] = np.bincount(labels[rows], minlength=n_labels).tolist()
+        flagged += np.asarray(out[name])
+    out["purity"] = np.round(1.0 - flagged / np.maximum(images, 1), 4).tolist()
+    merged = dict(zip(findings.merges.label, findings.merges.merged_into)) if len(findings.merges) else {}
+    out["merge_into"] = [merged.get(str(x), "") for x in label_names]
+    return out
 
 
 def _camsoftmax_config(config: CleanConfig) -> CamSoftmaxConfig:

@@ -121,6 +121,16 @@ def _offenders(result, per_issue: int, image_root: Path | None) -> str:
     return "".join(parts) or "<p>No issue found.</p>"
 
 
+def _identity_table(report: dict, top: int = 20) -> str:
+    ids = pd.DataFrame(report.get("identities", {}))
+    if ids.empty:
+        return "<p>None.</p>"
+    worst = ids[ids.images >= 2].sort_values(["purity", "images"], ascending=[True, False], kind="stable").head(top)
+    return (f"<p>{len(ids):,} identities; median purity {ids.purity.median():.3f}; "
+            f"{int((ids.purity < 1).sum()):,} with at least one finding. Lowest purity:</p>"
+            + worst.to_html(index=False, escape=True, border=0))
+
+
 def _table(mapping: dict) -> str:
     cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in mapping.items())
     return f"<table class=kv>{cells}</table>"
@@ -166,6 +176,7 @@ img.plot {{ max-width: 100%; }}
 <h2 id=summary>Summary</h2>{_table(summary)}
 <h2 id=plots>Distributions</h2>{figures}
 <h2 id=identities>Duplicate identities</h2>{merge_html}
+<h2 id=purity>Identities</h2>{_identity_table(report)}
 <h2 id=offenders>Worst offenders</h2>{_offenders(result, per_issue, image_root)}
 </body></html>
 """

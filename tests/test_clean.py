@@ -66,6 +66,14 @@ def test_outputs_follow_the_contract_column_by_column(example_run):
     assert report["counts"]["rows_kept"] == len(cleaned)
     assert {"inputs", "parameters", "stages", "timings", "versions"} <= set(report)
     assert report["stages"]["knn"]["recall_at_k"] == 1.0
+    # identity-level summary: every label once, its images, issues and purity
+    ids = pd.DataFrame(report["identities"])
+    assert sorted(ids.label) == sorted(audit.label.unique())
+    per_label = audit.groupby("label").agg(images=("path", "size"), flagged=("fc_issue", lambda s: (s != "").sum()))
+    ids = ids.set_index("label").loc[per_label.index]
+    assert (ids.images == per_label.images).all()
+    assert np.allclose(ids.purity, 1 - per_label.flagged / per_label.images, atol=1e-4)
+    assert set(ids.merge_into[ids.merge_into != ""].index) == set(identities.label)
 
 
 def test_finds_most_injected_problems_in_the_bundled_example(example_run):
