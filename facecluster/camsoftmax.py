@@ -234,7 +234,8 @@ class _Head:
         used, where = np.unique(safe, return_inverse=True)
         used_t = torch.as_tensor(used, device=z.device)
         where_t = torch.as_tensor(where.reshape(safe.shape), device=z.device)
-        w = F.normalize(self.weight[used_t], dim=1, eps=_EPS)
+        # a sparse gradient: only the rows this batch mentions are touched by the optimiser
+        w = F.normalize(F.embedding(used_t, self.weight, sparse=True), dim=1, eps=_EPS)
         cos = (z @ w.T).gather(1, where_t)
         valid = torch.as_tensor(classes >= 0, device=z.device) & self.present[used_t][where_t]
         return cos, valid
@@ -319,7 +320,14 @@ def _train(head, xt, yt, train, neighbours, candidates: bool, schedule, config, 
 
     if config.epochs == 0:
         return []
-    opt = torch.optim.Adam(head.parameters(), lr=config.lr)
+    if candidates:
+        # class weights get sparse gradients (the batch's classes only): SparseAdam updates those
+        # rows alone, where dense Adam would sweep all N_classes x D moments every step
+        opts = [torch.optim.SparseAdam([head.weight], lr=config.lr)]
+        if head.adapter is not None:
+            opts.append(torch.optim.Adam([head.adapter], lr=config.lr))
+    else:
+        opts = [torch.optim.Adam(head.parameters(), lr=config.lr)]
     nb_labels = None
     labels_np = yt.cpu().numpy()
     if candidates:
@@ -345,9 +353,11 @@ def _train(head, xt, yt, train, neighbours, candidates: bool, schedule, config, 
                 cos, valid = head.cosines(xb)
                 target = yb
             loss = cam_softmax_loss(cos, target, schedule.c, config.scale, valid)
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for opt in opts:
+                opt.step()
             schedule.step(cos.detach().gather(1, target[:, None])[:, 0].cpu().numpy())
             total += loss.item() * len(rows)
             count += len(rows)
