@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from facecluster.bench import PeakMemory, bench_set
+from facecluster.bench import PeakMemory, bench_set, emit_row, write_rows
 from facecluster.camsoftmax import CamSoftmaxConfig, camsoftmax_confidence
 from facecluster.faceset import prepare_embeddings
 from facecluster.knn import build_knn_graph
@@ -90,11 +89,8 @@ def main() -> None:
                "unscorable": conf.stats["unscorable"], "seconds": round(seconds, 1), "peak_mb": mem.peak_mb,
                "final_c_degrees": conf.stats["final_c_degrees"], "temperature": conf.stats["temperature"],
                "mode": conf.stats["mode"], "device": conf.stats["device"]}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        emit_row(rows, row)
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ and after refinement. Memory is compared with the graph's own size, n·k·8 byte
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
-
-from facecluster.bench import PeakMemory
+from facecluster.bench import PeakMemory, emit_row, write_rows
 from facecluster.correlation import correlation_clustering, signed_graph
 from facecluster.hierarchical import average_linkage, choose_threshold, finch
 from facecluster.knn import build_knn_graph
@@ -82,11 +80,8 @@ def main() -> None:
             "correlation_pairwise_f": round(cc_scores["pairwise_f"], 4),
             "correlation_bcubed_f": round(cc_scores["bcubed_f"], 4),
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        emit_row(rows, row)
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ Data: facecluster.synth.make_faces (long-tailed identities, ArcFace-like geometr
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
+from facecluster.bench import emit_row, write_rows
 from facecluster.knn import build_knn_graph
 from facecluster.synth import make_faces
 
@@ -51,11 +51,8 @@ def main() -> None:
             for key in ("nprobe", "nlist", "ef_search"):
                 if key in graph.info:
                     row[key] = graph.info[key]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+            emit_row(rows, row)
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,20 @@ review because a partition disagrees with the label while the kNN vote did not f
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from itertools import combinations
 
 import numpy as np
 import pandas as pd
 
-from facecluster.bench import _flat_cleaning, _merge_truth, _true_label_names, bench_set
+from facecluster.bench import (
+    _flat_cleaning,
+    _merge_truth,
+    _true_label_names,
+    bench_set,
+    emit_row,
+    write_rows,
+)
 from facecluster.metrics import cleaning_scores
 from facecluster.pipeline import CLEAN_STAGES, CleanConfig, clean
 from facecluster.synth import label_names
@@ -63,11 +69,8 @@ def main() -> None:
                "n_not_corroborated": int((mis & ~f.corroborated).sum()),
                "review_from_partitions": int((f.review & (f.issue == "")).sum()),
                "precision_review_from_partitions": _precision(f.review & (f.issue == ""), wrong)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        emit_row(rows, row)
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

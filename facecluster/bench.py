@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -338,3 +339,16 @@ def scaling(sizes, *, dim: int = 512, offset: float = 0.0, effective_dim: float 
                     "mislabeled_f1": row.scores["mislabeled_f1"], "near_duplicate_f1": row.scores["near_duplicate_f1"],
                     "kept_label_precision": row.scores["kept_label_precision"]})
     return out
+
+
+def emit_row(rows: list, row: dict) -> None:
+    """Keep a bench script's result row and print it as one JSON line (progress for long runs)."""
+    rows.append(row)
+    print(json.dumps(row, default=str), flush=True)
+
+
+def write_rows(path: str | Path | None, rows: list) -> None:
+    """Write a bench script's rows as a JSON list (nothing when ``path`` is None)."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(rows, fh, indent=2, default=str)
