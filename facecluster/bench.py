@@ -14,9 +14,9 @@ silently.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-import json
 import time
 import traceback
 from dataclasses import dataclass, field

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.sparse.csgraph import connected_components
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import normalized_mutual_info_score
 
 TRUTH_TO_ISSUE = {"flip": "mislabeled", "open_set": "outlier", "split": "duplicate_identity"}

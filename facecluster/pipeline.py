@@ -19,9 +19,15 @@ from .faceset import FaceSet, load_faceset
 from .findings import Findings, Signals, compute_signals, find_issues
 from .knn import KnnGraph, build_knn_graph
 from .progress import NullProgress, Progress
-from .relabel import (OUTPUT_FILES, action_counts, check_output_dir, cleaned_manifest, decide_actions, get_policy,
-                      write_outputs)
-
+from .relabel import (
+    OUTPUT_FILES,
+    action_counts,
+    check_output_dir,
+    cleaned_manifest,
+    decide_actions,
+    get_policy,
+    write_outputs,
+)
 
 CLEAN_STAGES = ("hierarchical", "correlation", "camsoftmax")
 
@@ -292,7 +298,12 @@ def cluster(
         appearance), ``fc_cluster_size`` and ``fc_score`` (cohesion: share of the sample's
         positive kNN similarity inside its cluster; 0 for singletons).
     """
-    from .hierarchical import average_linkage, choose_threshold, finch, unsupervised_threshold
+    from .hierarchical import (
+        average_linkage,
+        choose_threshold,
+        finch,
+        unsupervised_threshold,
+    )
     from .metrics import pairwise_scores
 
     config = replace(config or ClusterConfig(), **overrides)

@@ -33,8 +33,15 @@ class RichProgress(Progress):
 
     @contextmanager
     def task(self, description: str, total: int | None = None):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as _Bar, SpinnerColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as _Bar
 
         if total is None:  # unknown length: a spinner and the elapsed time
             columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())

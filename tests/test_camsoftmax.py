@@ -12,8 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from facecluster import build_knn_graph
-from facecluster.camsoftmax import (HALF_PI, CamSchedule, CamSoftmaxConfig, cam_exponent, cam_softmax_loss,
-                                    cam_transform, camsoftmax_confidence, candidate_classes, stratified_folds)
+from facecluster.camsoftmax import (
+    HALF_PI,
+    CamSchedule,
+    CamSoftmaxConfig,
+    cam_exponent,
+    cam_softmax_loss,
+    cam_transform,
+    camsoftmax_confidence,
+    candidate_classes,
+    stratified_folds,
+)
 from facecluster.faceset import prepare_embeddings
 from facecluster.synth import inject_noise, make_faces
 

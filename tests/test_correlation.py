@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facecluster.correlation import (CorrelationClustering, SignedGraph, _csr, _pivot, correlation_clustering,
-                                     objective, signed_graph)
 from facecluster import build_knn_graph
+from facecluster.correlation import (
+    CorrelationClustering,
+    SignedGraph,
+    _csr,
+    _pivot,
+    correlation_clustering,
+    objective,
+    signed_graph,
+)
 from facecluster.synth import make_faces
 
 

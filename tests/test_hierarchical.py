@@ -9,8 +9,13 @@ from hypothesis import strategies as st
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from facecluster import build_knn_graph
-from facecluster.hierarchical import (FINCH, GraphAverageLinkage, average_linkage, finch,
-                                      unsupervised_threshold)
+from facecluster.hierarchical import (
+    FINCH,
+    GraphAverageLinkage,
+    average_linkage,
+    finch,
+    unsupervised_threshold,
+)
 from facecluster.metrics import clustering_scores, pairwise_scores
 from facecluster.synth import make_faces
 

@@ -9,8 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics.cluster import pair_confusion_matrix
 
-from facecluster.metrics import (bcubed_scores, cleaning_scores, clustering_scores, issue_scores, merge_scores,
-                                 nmi, pairwise_scores)
+from facecluster.metrics import (
+    bcubed_scores,
+    cleaning_scores,
+    clustering_scores,
+    issue_scores,
+    merge_scores,
+    nmi,
+    pairwise_scores,
+)
 
 
 def test_pairwise_by_hand():
