@@ -149,6 +149,7 @@ def cluster(
 def bench(
     size: Annotated[int, typer.Option(min=100, help="Rows of the generated clean set (noise is added on top).")] = 10_000,
     dim: Annotated[int, typer.Option(min=2, help="Embedding dimension of the generated set.")] = 512,
+    mean_images: Annotated[float, typer.Option(min=1.0, help="Mean images per identity of the generated set (identities = size / this).")] = 15.0,
     offset: Annotated[float, typer.Option(help="Shared mean direction: 0 = ArcFace-like, 2.2 = dlib-like.")] = 0.0,
     effective_dim: Annotated[Optional[float], typer.Option(help="Identity centres' effective dimension (12 with --dim 128 --offset 2.2 matches dlib); default isotropic.")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="Bench on your own clean labelled set instead (noise is injected into it).")] = None,
@@ -181,8 +182,8 @@ def bench(
     progress = NullProgress() if quiet else RichProgress(err_console)
     try:
         with progress.task("generate and inject noise", total=None):
-            noisy = bench_set(size, dim=dim, offset=offset, effective_dim=effective_dim, seed=seed, manifest=manifest,
-                              embeddings=embeddings)
+            noisy = bench_set(size, dim=dim, offset=offset, effective_dim=effective_dim, mean_images=mean_images,
+                              seed=seed, manifest=manifest, embeddings=embeddings)
     except InputError as exc:
         _fail(exc)
     rows = run_bench(noisy, peers=chosen, k=k, seed=seed, memory_budget_gb=memory_budget_gb, progress=progress)
@@ -191,6 +192,7 @@ def bench(
     _print_bench(rows, scale_rows, noisy)
     if json_out:
         payload = {"set": {"rows": int(len(noisy.labels)), "dim": int(noisy.embeddings.shape[1]), "offset": offset,
+                           "identities": int(noisy.labels.max()) + 1, "mean_images": mean_images,
                            "effective_dim": effective_dim,
                            "source": str(manifest) if manifest else "synth", "seed": seed,
                            "injected": noisy.truth["issue"].replace("", "clean").value_counts().to_dict()},
