@@ -180,3 +180,15 @@ def test_config_is_validated():
         CamSoftmaxConfig(schedule="step")
     with pytest.raises(ValueError):
         CamSoftmaxConfig(folds=1)
+
+
+def test_adapter_option_trains_and_scores(noisy_small):
+    from sklearn.metrics import roc_auc_score
+
+    noisy, unit, graph = noisy_small
+    conf = camsoftmax_confidence(unit, noisy.labels, None, graph.indices,
+                                 CamSoftmaxConfig(epochs=2, folds=3, adapter=True, seed=1))
+    issue = noisy.truth["issue"].to_numpy()
+    judged = np.isin(issue, ["", "flip", "open_set"]) & np.isfinite(conf.p_given)
+    assert roc_auc_score(np.isin(issue, ["flip", "open_set"])[judged], 1 - conf.p_given[judged]) > 0.95
+    assert conf.stats["config"]["adapter"] is True
