@@ -36,7 +36,8 @@ are not calibrated, and f is never applied at prediction time).
 Many identities: the softmax runs over candidate classes per sample (its label, the labels of
 its kNN neighbours, and ``n_negatives`` sampled classes, resampled every batch while
 training), so memory is O(N·candidates). With few identities (``full_max_classes``) it runs
-the full softmax. The report says which, and why.
+the full softmax, as long as N × identities stays under 50M held-out logits. The report says
+which, and why.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import numpy as np
 HALF_PI = math.pi / 2
 SCHEDULES = ("adaptive", "linear", "reference", "fixed")
 _EPS = 1e-6
+FULL_MAX_CELLS = 50_000_000  # held-out logits kept for the temperature fit: 200 MB of float32
 
 
 def cam_exponent(c: float) -> float:
@@ -259,11 +261,16 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     n_classes = int(labels.max()) + 1 if n_classes is None else int(n_classes)
-    full = n_classes <= config.full_max_classes or neighbours is None
-    mode = ("full softmax over all {} identities ({})".format(
-        n_classes, "at most full_max_classes" if n_classes <= config.full_max_classes else "no kNN graph given")
-        if full else f"candidate softmax: own label + labels of {neighbours.shape[1]} neighbours + "
-                     f"{config.n_negatives} sampled identities ({n_classes} identities > full_max_classes)")
+    small = n_classes <= config.full_max_classes and n * n_classes <= FULL_MAX_CELLS
+    full = small or neighbours is None
+    if full:
+        why = "at most full_max_classes identities" if small else "no kNN graph given"
+        mode = f"full softmax over all {n_classes} identities ({why})"
+    else:
+        why = (f"{n_classes} identities > full_max_classes" if n_classes > config.full_max_classes
+               else f"N x identities > {FULL_MAX_CELLS:,} held-out logits")
+        mode = (f"candidate softmax: own label + labels of {neighbours.shape[1]} neighbours + "
+                f"{config.n_negatives} sampled identities ({why})")
     device = _torch_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
