@@ -443,22 +443,24 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
 
 
 def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, max_steps: int = 4,
-                seed: int = 0) -> tuple[float, list]:
+                seed: int = 0) -> tuple[float, list, CorrelationResult]:
     """The bias whose partition best agrees (pairwise F) with given, mostly right labels.
 
     How far to lean towards merging or splitting depends on the set (identity sizes against
     k, how well the calibration separates), so it is measured, like the hierarchical cut,
     against the labels: a hill climb from 0 in steps of ``step`` (0, ±1, then onwards in the
     better direction while F improves), typically three or four solves. Returns the best
-    bias and the curve [(bias, pairwise F, n_clusters, objective)], sorted by bias.
+    bias, the curve [(bias, pairwise F, n_clusters, objective)] sorted by bias, and the
+    solution at the best bias (so it is not solved again).
     """
     from .metrics import pairwise_scores
 
     seen: dict[float, tuple] = {}
+    results: dict[float, CorrelationResult] = {}
 
     def score(bias: float) -> float:
         if bias not in seen:
-            result = correlation_clustering(signed.with_bias(bias), seed=seed)
+            result = results[bias] = correlation_clustering(signed.with_bias(bias), seed=seed)
             seen[bias] = (float(bias), pairwise_scores(labels, result.labels)["f"], int(result.labels.max()) + 1,
                           result.objective_refined)
         return seen[bias][1]
@@ -474,7 +476,36 @@ def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, m
                 break
             best = nxt
     curve = sorted(seen.values())
-    return best, curve
+    return best, curve, results[best]
+
+
+def fit_signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: float | None = None,
+                     reliable: np.ndarray | None = None, seed: int = 0) -> tuple[CorrelationResult, dict]:
+    """Calibrate the signed graph, settle the bias and solve: the stage as `clean` and `cluster` run it.
+
+    ``bias``: given, else hill-climbed against ``labels`` (:func:`choose_bias`), else 0.
+    Returns the solution and a report (bias and where it came from, the signed graph's
+    calibration, objectives, solver statistics, and the bias curve when one was measured).
+    """
+    base = signed_graph(graph, labels, reliable=reliable, seed=seed)
+    report: dict = {}
+    if bias is not None:
+        bias, source = float(bias), "user"
+        result = correlation_clustering(base.with_bias(bias), seed=seed)
+    elif labels is not None:
+        bias, curve, result = choose_bias(base, labels, seed=seed)
+        source = "best pairwise F against the given labels"
+        report["bias_curve"] = [{"bias": b, "pairwise_f": round(f, 5), "n_clusters": c, "objective": round(o, 3)}
+                                for b, f, c, o in curve]
+    else:
+        bias, source = 0.0, "default (no labels)"
+        result = correlation_clustering(base, seed=seed)
+    pivot = result.objective_pivot_refined
+    report.update(bias=bias, bias_source=source, signed_graph=dict(base.info, bias=bias),
+                  n_clusters=int(result.labels.max()) + 1, objective_gaec=round(result.objective_gaec, 3),
+                  objective_refined=round(result.objective_refined, 3),
+                  objective_pivot_refined=None if pivot is None else round(pivot, 3), solver=result.stats)
+    return result, report
 
 
 class CorrelationClustering(ClusterMixin, BaseEstimator):
@@ -518,14 +549,16 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
         y = None if y is None else np.asarray(y)
         base = signed_graph(graph, y, bias=0.0, seed=self.seed)
         self.bias_curve_ = []
+        result = None
         if self.bias is not None:
             self.bias_ = float(self.bias)
         elif y is not None:
-            self.bias_, self.bias_curve_ = choose_bias(base, y, seed=self.seed)
+            self.bias_, self.bias_curve_, result = choose_bias(base, y, seed=self.seed)
         else:
             self.bias_ = 0.0
         self.signed_graph_ = base.with_bias(self.bias_)
-        result = correlation_clustering(self.signed_graph_, refine=self.refine, seed=self.seed)
+        if result is None or not self.refine:
+            result = correlation_clustering(self.signed_graph_, refine=self.refine, seed=self.seed)
         self.labels_ = result.labels
         self.objective_gaec_ = result.objective_gaec
         self.objective_ = result.objective_refined

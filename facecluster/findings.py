@@ -383,21 +383,13 @@ def correlation_signal(graph: KnnGraph, labels: np.ndarray, reliable: np.ndarray
     The calibration leaves out pairs touching a sample whose label its neighbours do not back
     (``reliable`` False), and the bias is the one whose partition best agrees with the labels.
     """
-    from .correlation import choose_bias, correlation_clustering, signed_graph
+    from .correlation import fit_signed_graph
     from .metrics import clustering_scores
 
-    base = signed_graph(graph, labels, reliable=reliable, seed=seed)
-    bias, curve = choose_bias(base, labels, seed=seed)
-    result = correlation_clustering(base.with_bias(bias), seed=seed)
+    result, stats = fit_signed_graph(graph, labels, reliable=reliable, seed=seed)
     partition = result.labels
-    stats = {"bias": bias, "signed_graph": base.with_bias(bias).info, "n_clusters": int(partition.max()) + 1,
-             "objective_gaec": round(result.objective_gaec, 3), "objective_refined": round(result.objective_refined, 3),
-             "objective_pivot_refined": None if result.objective_pivot_refined is None
-             else round(result.objective_pivot_refined, 3),
-             "solver": result.stats, "spread_labels": spread_labels(partition, labels),
-             "agreement_with_labels": clustering_scores(labels, partition),
-             "bias_curve": [{"bias": b, "pairwise_f": round(f, 5), "n_clusters": c, "objective": round(o, 3)}
-                            for b, f, c, o in curve]}
+    stats.update(spread_labels=spread_labels(partition, labels),
+                 agreement_with_labels=clustering_scores(labels, partition))
     return cluster_evidence(partition, labels, stats)
 
 

@@ -332,26 +332,12 @@ def cluster(
             stage.update(threshold=threshold, threshold_source=source, rounds=dendrogram.rounds,
                          merges=dendrogram.n_merges, inversions=dendrogram.stats["inversions"])
         elif config.method == "correlation":
-            from .correlation import choose_bias, correlation_clustering, signed_graph
+            from .correlation import fit_signed_graph
 
-            base = signed_graph(graph, faceset.labels if has_labels else None, seed=config.seed)
-            if config.bias is not None:
-                bias, source = float(config.bias), "user"
-            elif has_labels:
-                bias, curve = choose_bias(base, faceset.labels, seed=config.seed)
-                source = "best pairwise F against the given labels"
-                stage["bias_curve"] = [{"bias": b, "pairwise_f": round(f, 5), "n_clusters": c, "objective": round(o, 3)}
-                                       for b, f, c, o in curve]
-            else:
-                bias, source = 0.0, "default (no labels)"
-            signed = base.with_bias(bias)
-            result = correlation_clustering(signed, seed=config.seed)
+            result, report = fit_signed_graph(graph, faceset.labels if has_labels else None, bias=config.bias,
+                                              seed=config.seed)
             labels = result.labels
-            stage.update(bias=bias, bias_source=source, signed_graph=signed.info,
-                         objective_gaec=round(result.objective_gaec, 3),
-                         objective_refined=round(result.objective_refined, 3),
-                         objective_pivot_refined=None if result.objective_pivot_refined is None
-                         else round(result.objective_pivot_refined, 3), solver=result.stats)
+            stage.update(report)
         else:
             levels = finch(graph)
             if config.level is not None:
