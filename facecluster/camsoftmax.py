@@ -302,7 +302,9 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
                 scorable[rows] = valid.gather(1, own_col[:, None])[:, 0].cpu().numpy()
     own = labels if full else np.zeros(n, dtype=np.int64)
     temperature = _fit_temperature(logits[scorable], own[scorable], config.seed)
-    prob = _softmax(logits / temperature)
+    from scipy.special import softmax
+
+    prob = softmax(logits / temperature, axis=1)
     cls = np.arange(n_classes)[None, :] if full else score_cand
     p_given = prob[np.arange(n), own]
     top_col = prob.argmax(axis=1)
@@ -370,12 +372,6 @@ def _train(head, xt, yt, train, neighbours, candidates: bool, schedule, config, 
             count += len(rows)
         losses.append(total / max(count, 1))
     return losses
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _fit_temperature(logits: np.ndarray, target: np.ndarray, seed: int, max_rows: int = 200_000) -> float:
