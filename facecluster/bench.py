@@ -153,10 +153,11 @@ def _run_facecluster(noisy: NoisySet, k: int, seed: int, policy: str) -> list[Be
     knn = result.graph.info
     rows.append(BenchRow("  stage: kNN graph", "stage", round(t["knn"], 2), None,
                          {"recall_at_k": knn["recall_at_k"], "method": knn["method"]}))
-    for stage in ("knn_signals", "hierarchical", "correlation", "camsoftmax"):
-        rows.append(BenchRow(f"  stage: {stage.replace('_', ' ')}", "stage", round(t[stage], 2), None,
-                             _stage_extras(result.report["stages"].get(stage))))
-    rows.append(BenchRow("  stage: findings + decisions (all)", "stage", round(t["findings"] + t["relabel"], 2),
+    for stage in ("calibration", "knn_votes", "hierarchical", "correlation", "camsoftmax"):
+        if stage in t:
+            rows.append(BenchRow(f"  stage: {stage.replace('_', ' ')}", "stage", round(t[stage], 2), None,
+                                 _stage_extras(result.report["stages"].get(stage))))
+    rows.append(BenchRow("  stage: findings + decisions", "stage", round(t["findings"] + t["relabel"], 2),
                          None, {"mislabeled_corroborated": result.findings.stats.get("mislabeled_corroborated")}))
     true_person = noisy.truth["true_person"].to_numpy()
     rows.append(_cluster_row(f"facecluster average linkage (k={k}, cut from noisy labels)",

@@ -125,8 +125,6 @@ class CamSoftmaxConfig:
     adapter: bool = False
     n_negatives: int = 16
     full_max_classes: int = 512
-    device: str = "auto"
-    seed: int = 0
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -154,7 +152,7 @@ class Confidence:
     stats: dict = field(default_factory=dict)
 
 
-def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+def stratified_folds(labels: np.ndarray, folds: int, seed: int | np.random.Generator = 0) -> np.ndarray:
     """Fold id per sample; each label's images are spread round-robin from a random start."""
     rng = np.random.default_rng(seed)
     n = len(labels)
@@ -190,12 +188,13 @@ def _dedupe_rows(cand: np.ndarray) -> np.ndarray:
     return out
 
 
-def _torch_device(requested: str) -> str:
-    from .device import torch_cuda_available
+def _torch_device(device) -> str:
+    """torch's device for a resolved :class:`~facecluster.device.Device` (or a request string):
+    CUDA only when the device is a GPU and torch itself can use it."""
+    from .device import Device, resolve_device, torch_cuda_available
 
-    if requested == "cpu":
-        return "cpu"
-    return "cuda" if torch_cuda_available() else "cpu"
+    device = device if isinstance(device, Device) else resolve_device(device)
+    return "cuda" if device.kind == "cuda" and torch_cuda_available() else "cpu"
 
 
 class _Head:
@@ -244,8 +243,8 @@ class _Head:
 
 
 def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | None = None,
-                          neighbours: np.ndarray | None = None, config: CamSoftmaxConfig | None = None,
-                          ) -> Confidence:
+                          neighbours: np.ndarray | None = None, config: CamSoftmaxConfig | None = None, *,
+                          device="auto", seed: int | np.random.Generator = 0) -> Confidence:
     """Cross-fitted cam-softmax confidence in every sample's label.
 
     Parameters
@@ -254,6 +253,11 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
     labels : (N,) int label ids in [0, n_classes)
     neighbours : (N, k) kNN indices (-1 = none); their labels become each sample's candidate
         classes. Needed for the candidate softmax (many identities).
+    config : CamSoftmaxConfig
+    device : a resolved :class:`~facecluster.device.Device` or "auto" / "cpu" / "cuda"
+    seed : an int or a numpy Generator; every random choice (folds, batch order, sampled
+        negatives, the temperature's row sample) is drawn from it, and torch's own generator
+        is seeded from it (torch's global state is left alone)
     """
     import torch
 
@@ -271,10 +275,9 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
                else f"N x identities > {FULL_MAX_CELLS:,} held-out logits")
         mode = (f"candidate softmax: own label + labels of {neighbours.shape[1]} neighbours + "
                 f"{config.n_negatives} sampled identities ({why})")
-    device = _torch_device(config.device)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    folds = stratified_folds(labels, config.folds, config.seed)
+    device = _torch_device(device)
+    rng = np.random.default_rng(seed)
+    folds = stratified_folds(labels, config.folds, rng)
     xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
     yt = torch.as_tensor(labels, device=device)
     score_cand = None if full else candidate_classes(labels, neighbours, n_classes, config.n_negatives, rng)
@@ -301,7 +304,7 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
                 own_col = yt[rows] if full else torch.zeros(len(rows), dtype=torch.int64, device=device)
                 scorable[rows] = valid.gather(1, own_col[:, None])[:, 0].cpu().numpy()
     own = labels if full else np.zeros(n, dtype=np.int64)
-    temperature = _fit_temperature(logits[scorable], own[scorable], config.seed)
+    temperature = _fit_temperature(logits[scorable], own[scorable], rng)
     from scipy.special import softmax
 
     prob = softmax(logits / temperature, axis=1)
@@ -374,7 +377,8 @@ def _train(head, xt, yt, train, neighbours, candidates: bool, schedule, config, 
     return losses
 
 
-def _fit_temperature(logits: np.ndarray, target: np.ndarray, seed: int, max_rows: int = 200_000) -> float:
+def _fit_temperature(logits: np.ndarray, target: np.ndarray, rng: np.random.Generator,
+                     max_rows: int = 200_000) -> float:
     """The T minimising the held-out negative log-likelihood of the given labels (mostly right)."""
     from scipy.optimize import minimize_scalar
     from scipy.special import logsumexp
@@ -382,7 +386,7 @@ def _fit_temperature(logits: np.ndarray, target: np.ndarray, seed: int, max_rows
     if not len(logits):
         return 1.0
     if len(logits) > max_rows:
-        pick = np.random.default_rng(seed).choice(len(logits), max_rows, replace=False)
+        pick = rng.choice(len(logits), max_rows, replace=False)
         logits, target = logits[pick], target[pick]
     z = logits.astype(np.float64)
     own = z[np.arange(len(z)), target]

@@ -31,10 +31,10 @@ from numba import njit, types
 from numba.typed import Dict, List
 from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.isotonic import IsotonicRegression
 
-from .hierarchical import _edge_list, _relabel_by_first
-from .knn import KnnGraph
+from .calibration import Calibration, fit_calibration
+from .knn import KnnGraph, graph_from_vectors
+from .partition import Partition, agreement_report, relabel_by_first
 
 # --------------------------------------------------------------------------- signed graph
 
@@ -64,10 +64,17 @@ class SignedGraph:
         return SignedGraph(self.n, self.a, self.b, self.w + bias, dict(self.info, bias=total), u, self.kth)
 
 
-def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: float = 0.0,
-                 reliable: np.ndarray | None = None, non_edges: str = "bound", seed: int = 0,
-                 max_pairs: int = 2_000_000) -> SignedGraph:
+def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, calibration: Calibration | None = None,
+                 bias: float = 0.0, non_edges: str = "bound", rng: np.random.Generator | None = None) -> SignedGraph:
     """Edge weights = log-odds of "same person" given the cosine, plus ``bias``.
+
+    The log-odds come from the run's shared calibration (:mod:`facecluster.calibration`):
+    isotonic regression of "same label" on cosine over the labelled kNN pairs, or, without
+    labels, a two-component Gaussian mixture of the similarities. When ``calibration`` is
+    not given it is fitted here from ``labels`` (or the mixture when ``labels`` is None),
+    with ``rng``. Probabilities are clipped to [eps, 1 − eps] (``Calibration.eps``), so
+    weights stay finite. A graph with fewer than two edges has nothing to calibrate on: its
+    edges are neutral (0) before the bias.
 
     Pairs without an edge (``non_edges``): a kNN graph leaves out every pair that is not in
     either's neighbour list, and treating those pairs as neutral lets two people merge on a
@@ -79,52 +86,18 @@ def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: flo
     the same person (an identity larger than k) gets u ≈ 0, so large identities are not cut
     apart; a face whose k-th neighbour is already another person makes merging its cluster
     with a loosely linked one cost what it should. ``"neutral"``: the classic sparse objective.
-
-    With labels: isotonic regression of "same label" on cosine over the labelled kNN pairs.
-    Robustness to the label noise it is meant to find: pairs touching a sample whose own label
-    is not backed by its neighbours (``reliable`` False: flips, open-set images) are left out
-    of the fit, and isotonic regression bounds what any remaining wrong pair can do to the
-    curve (it only moves the plateau, not where the curve rises). Probabilities are clipped
-    to [1/(m+2), 1 − 1/(m+2)] for m fitted pairs, so weights stay finite.
-
-    If fewer than 2 pairs are reliable, every labelled pair is used.
-
-    Without labels (the documented prior): a two-component Gaussian mixture of the edge
-    similarities; p = posterior of the upper (same-person) component. A graph with fewer than
-    two edges has nothing to calibrate on: its edges are neutral (0) before the bias.
     """
     if non_edges not in ("bound", "neutral"):
         raise ValueError(f"non_edges must be 'bound' or 'neutral', not {non_edges!r}")
-    a, b, s = _edge_list(graph)
-    info: dict = {"bias": float(bias), "n_edges": int(len(s)), "non_edges": non_edges}
+    a, b, s = graph.edges()
+    info: dict = {"bias": float(bias), "n_edges": len(s), "non_edges": non_edges}
     if len(s) < 2:
         info.update(calibration="none: fewer than two edges", positive_edges=int(bias > 0) * len(s))
         return SignedGraph(graph.n_samples, a, b, np.full(len(s), float(bias)), info)
-    if labels is not None:
-        labels = np.asarray(labels)
-        use = np.ones(len(s), dtype=bool) if reliable is None else (reliable[a] & reliable[b])
-        if use.sum() < 2:
-            use[:] = True
-        fa, fb, fs = a[use], b[use], s[use]
-        if len(fs) > max_pairs:
-            pick = np.random.default_rng(seed).choice(len(fs), size=max_pairs, replace=False)
-            fa, fb, fs = fa[pick], fb[pick], fs[pick]
-        same = (labels[fa] == labels[fb]).astype(np.float64)
-        model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(fs, same)
-        eps = 1.0 / (len(fs) + 2)
-        p = np.clip(model.predict(s), eps, 1 - eps)
-        info.update(calibration="isotonic on labelled kNN pairs", fitted_pairs=int(len(fs)),
-                    left_out_unreliable=int((~use).sum()))
-    else:
-        from sklearn.mixture import GaussianMixture
-
-        sample = s if len(s) <= max_pairs else np.random.default_rng(seed).choice(s, max_pairs, replace=False)
-        gm = GaussianMixture(2, random_state=seed).fit(sample[:, None])
-        hi = int(np.argmax(gm.means_.ravel()))
-        p = np.clip(gm.predict_proba(s[:, None])[:, hi], 1e-6, 1 - 1e-6)
-        info.update(calibration="prior: two-component Gaussian mixture of kNN similarities",
-                    means=gm.means_.ravel().tolist())
-    logit = np.log(p) - np.log1p(-p)
+    if calibration is None:
+        calibration = fit_calibration(graph, labels, rng=rng)
+    logit = calibration.log_odds(s)
+    info.update(calibration=calibration.kind, calibration_pairs=calibration.n_pairs)
     w = logit + bias
     info["positive_edges"] = int((w > 0).sum())
     if non_edges == "neutral":
@@ -349,10 +322,10 @@ def _csr(n, a, b, w):
 def _refine(n, a, b, x, u, labels, max_rounds: int = 50, max_sweeps: int = 100):
     """Alternate node moves and joins of clusters with positive total gain until neither helps."""
     indptr, indices, xs = _csr(n, a, b, x)
-    labels = _relabel_by_first(labels).astype(np.int64)
+    labels = relabel_by_first(labels).astype(np.int64)
     for _ in range(max_rounds):
         moves = _node_moves(n, indptr, indices, xs, u, labels, max_sweeps)
-        labels = _relabel_by_first(labels)
+        labels = relabel_by_first(labels)
         # join clusters: GAEC on the cluster graph (contracts every cluster pair that gains)
         m = int(labels.max()) + 1
         ca, cb = labels[a], labels[b]
@@ -361,7 +334,7 @@ def _refine(n, a, b, x, u, labels, max_rounds: int = 50, max_sweeps: int = 100):
         usum = np.bincount(labels, weights=u, minlength=m)
         joined = _gaec(m, ca[keep], cb[keep], x[keep], size, usum) if keep.any() else np.arange(m)
         joins = int((joined != np.arange(m)).sum())
-        labels = _relabel_by_first(joined[labels])
+        labels = relabel_by_first(joined[labels])
         if moves == 0 and joins == 0:
             break
     return labels
@@ -369,7 +342,7 @@ def _refine(n, a, b, x, u, labels, max_rounds: int = 50, max_sweeps: int = 100):
 
 def _solve_component(n, a, b, w, u, refine: bool, seed: int) -> tuple[np.ndarray, dict]:
     x = w - (u[a] + u[b]) / 2  # edge weight less the non-edge share the cluster terms count
-    greedy = _relabel_by_first(_gaec(n, a, b, x, np.ones(n), u))
+    greedy = relabel_by_first(_gaec(n, a, b, x, np.ones(n), u))
     obj_greedy = objective(a, b, w, greedy, u)
     if not refine:
         return greedy, {"gaec": obj_greedy, "refined": obj_greedy, "pivot": None, "chosen": "gaec"}
@@ -434,7 +407,7 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
             chosen[st["chosen"]] += 1
     single = labels < 0
     labels[single] = offset + np.arange(int(single.sum()))
-    labels = _relabel_by_first(labels)
+    labels = relabel_by_first(labels)
     # pairs between components are all negative (or without an edge) and all cut: they add nothing
     stats = {"components": int(n_comp), "components_solved": len(big), "chosen": chosen,
              "n_clusters": int(labels.max()) + 1, "threads": workers}
@@ -443,15 +416,15 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
 
 
 def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, max_steps: int = 4,
-                seed: int = 0) -> tuple[float, list, CorrelationResult]:
+                refine: bool = True, seed: int = 0) -> tuple[float, list, CorrelationResult]:
     """The bias whose partition best agrees (pairwise F) with given, mostly right labels.
 
     How far to lean towards merging or splitting depends on the set (identity sizes against
     k, how well the calibration separates), so it is measured, like the hierarchical cut,
     against the labels: a hill climb from 0 in steps of ``step`` (0, ±1, then onwards in the
-    better direction while F improves), typically three or four solves. Returns the best
-    bias, the curve [(bias, pairwise F, n_clusters, objective)] sorted by bias, and the
-    solution at the best bias (so it is not solved again).
+    better direction while F improves), typically three or four solves, one per bias at
+    most. Returns the best bias, the curve [(bias, pairwise F, n_clusters, objective)]
+    sorted by bias, and the solution at the best bias (so it is not solved again).
     """
     from .metrics import pairwise_scores
 
@@ -460,7 +433,7 @@ def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, m
 
     def score(bias: float) -> float:
         if bias not in seen:
-            result = results[bias] = correlation_clustering(signed.with_bias(bias), seed=seed)
+            result = results[bias] = correlation_clustering(signed.with_bias(bias), refine=refine, seed=seed)
             seen[bias] = (float(bias), pairwise_scores(labels, result.labels)["f"], int(result.labels.max()) + 1,
                           result.objective_refined)
         return seen[bias][1]
@@ -479,33 +452,80 @@ def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, m
     return best, curve, results[best]
 
 
-def fit_signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, bias: float | None = None,
-                     reliable: np.ndarray | None = None, seed: int = 0) -> tuple[CorrelationResult, dict]:
-    """Calibrate the signed graph, settle the bias and solve: the stage as `clean` and `cluster` run it.
+@dataclass(frozen=True)
+class CorrelationConfig:
+    """Settings of the correlation stage.
 
-    ``bias``: given, else hill-climbed against ``labels`` (:func:`choose_bias`), else 0.
-    Returns the solution and a report (bias and where it came from, the signed graph's
-    calibration, objectives, solver statistics, and the bias curve when one was measured).
+    bias : log-odds added to every pair (> 0 merges more); None = hill-climbed against the
+        labels when given (:func:`choose_bias`), else 0
+    non_edges : "bound" or "neutral" (see :func:`signed_graph`)
+    refine : run the local-move refinement and the Pivot comparison after GAEC
+    bias_step, max_bias_steps : the hill climb's step and its most steps in one direction
     """
-    base = signed_graph(graph, labels, reliable=reliable, seed=seed)
+
+    bias: float | None = None
+    non_edges: str = "bound"
+    refine: bool = True
+    bias_step: float = 1.0
+    max_bias_steps: int = 4
+
+    def __post_init__(self):
+        if self.non_edges not in ("bound", "neutral"):
+            raise ValueError(f"non_edges must be 'bound' or 'neutral', got {self.non_edges!r}")
+        if self.bias is not None and not np.isfinite(self.bias):
+            raise ValueError(f"bias must be finite, got {self.bias!r}")
+        if not self.bias_step > 0 or self.max_bias_steps < 1:
+            raise ValueError("bias_step must be > 0 and max_bias_steps >= 1")
+
+
+def correlation_stage(graph: KnnGraph, labels: np.ndarray | None = None, config: CorrelationConfig | None = None,
+                      *, calibration: Calibration | None = None,
+                      rng: np.random.Generator | None = None) -> Partition:
+    """Calibrate the signed graph, settle the bias and solve: the stage as ``clean``,
+    ``cluster`` and :class:`CorrelationClustering` run it.
+
+    Parameters
+    ----------
+    graph : KnnGraph
+    labels : (n_samples,) int label codes, or None
+    config : CorrelationConfig
+    calibration : the run's shared calibration (fitted here from ``labels`` when not given)
+    rng : numpy Generator (the calibration's pair sample, the Pivot orders)
+
+    Returns
+    -------
+    Partition
+        ``stats``: the bias and where it came from, the signed graph's calibration,
+        objectives, solver statistics, the bias curve when one was measured, and the
+        agreement with the labels when given. ``detail``: {"result": CorrelationResult,
+        "signed_graph": the SignedGraph at the chosen bias}.
+    """
+    config = config or CorrelationConfig()
+    rng = rng if rng is not None else np.random.default_rng(0)
+    labels = None if labels is None else np.asarray(labels)
+    base = signed_graph(graph, labels, calibration=calibration, non_edges=config.non_edges, rng=rng)
+    seed = int(rng.integers(2**31 - 1))
     report: dict = {}
-    if bias is not None:
-        bias, source = float(bias), "user"
-        result = correlation_clustering(base.with_bias(bias), seed=seed)
+    if config.bias is not None:
+        bias, source = float(config.bias), "user"
+        result = correlation_clustering(base.with_bias(bias), refine=config.refine, seed=seed)
     elif labels is not None:
-        bias, curve, result = choose_bias(base, labels, seed=seed)
+        bias, curve, result = choose_bias(base, labels, step=config.bias_step, max_steps=config.max_bias_steps,
+                                          refine=config.refine, seed=seed)
         source = "best pairwise F against the given labels"
         report["bias_curve"] = [{"bias": b, "pairwise_f": round(f, 5), "n_clusters": c, "objective": round(o, 3)}
                                 for b, f, c, o in curve]
     else:
         bias, source = 0.0, "default (no labels)"
-        result = correlation_clustering(base, seed=seed)
+        result = correlation_clustering(base, refine=config.refine, seed=seed)
     pivot = result.objective_pivot_refined
     report.update(bias=bias, bias_source=source, signed_graph=dict(base.info, bias=bias),
                   n_clusters=int(result.labels.max()) + 1, objective_gaec=round(result.objective_gaec, 3),
                   objective_refined=round(result.objective_refined, 3),
                   objective_pivot_refined=None if pivot is None else round(pivot, 3), solver=result.stats)
-    return result, report
+    if labels is not None:
+        report.update(agreement_report(result.labels, labels))
+    return Partition(result.labels, report, {"result": result, "signed_graph": base.with_bias(bias)})
 
 
 class CorrelationClustering(ClusterMixin, BaseEstimator):
@@ -523,8 +543,10 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
     Attributes
     ----------
     labels_ : (n_samples,) cluster ids
+    bias_ : the bias used; bias_curve_ : [(bias, pairwise F, n_clusters, objective)] when chosen from labels
     objective_gaec_, objective_ : disagreement weight after GAEC and after refinement
-    signed_graph_ : SignedGraph
+    signed_graph_ : SignedGraph at ``bias_``
+    stats_ : dict, the stage's report
 
     Examples
     --------
@@ -543,24 +565,40 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
         self.seed = seed
 
     def fit(self, X, y=None):
-        from .hierarchical import _as_graph
+        """Build (or take) the kNN graph, weigh its edges, choose the bias and solve.
 
-        graph = _as_graph(X, self.k, self.device, self.seed)
-        y = None if y is None else np.asarray(y)
-        base = signed_graph(graph, y, bias=0.0, seed=self.seed)
-        self.bias_curve_ = []
-        result = None
-        if self.bias is not None:
-            self.bias_ = float(self.bias)
-        elif y is not None:
-            self.bias_, self.bias_curve_, result = choose_bias(base, y, seed=self.seed)
-        else:
-            self.bias_ = 0.0
-        self.signed_graph_ = base.with_bias(self.bias_)
-        if result is None or not self.refine:
-            result = correlation_clustering(self.signed_graph_, refine=self.refine, seed=self.seed)
-        self.labels_ = result.labels
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features) or KnnGraph
+            Raw face embeddings (normalised, and centred when the data say so) or a graph.
+        y : array of shape (n_samples,), optional
+            Identity labels, mostly right: they calibrate the edge weights and choose the
+            bias when ``bias`` is None.
+
+        Returns
+        -------
+        self
+        """
+        if not (isinstance(self.k, (int, np.integer)) and self.k >= 1):
+            raise ValueError(f"k must be a positive integer, got {self.k!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        config = CorrelationConfig(bias=None if self.bias is None else float(self.bias), refine=bool(self.refine))
+        graph = graph_from_vectors(X, self.k, device=self.device, seed=self.seed)
+        codes = None
+        if y is not None:
+            y = np.asarray(y)
+            if y.shape != (graph.n_samples,):
+                raise ValueError(f"y must have shape ({graph.n_samples},), got {y.shape}")
+            codes = np.unique(y, return_inverse=True)[1].astype(np.int64)
+        part = correlation_stage(graph, codes, config, rng=np.random.default_rng(self.seed))
+        result = part.detail["result"]
+        self.stats_ = part.stats
+        self.bias_ = part.stats["bias"]
+        self.bias_curve_ = [(c["bias"], c["pairwise_f"], c["n_clusters"], c["objective"])
+                            for c in part.stats.get("bias_curve", [])]
+        self.signed_graph_ = part.detail["signed_graph"]
+        self.labels_ = part.labels
         self.objective_gaec_ = result.objective_gaec
         self.objective_ = result.objective_refined
-        self.stats_ = result.stats
         return self

@@ -31,17 +31,12 @@ from numba import njit
 from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from .knn import KnnGraph, build_knn_graph
+from .calibration import Calibration, fit_calibration
+from .knn import KnnGraph, graph_from_vectors
 from .metrics import pairwise_scores
+from .partition import Partition, agreement_report, relabel_by_first
 
 # --------------------------------------------------------------------------- graph machinery
-
-
-def _edge_list(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Undirected edges (a < b) of the kNN graph with their similarity, each edge once."""
-    mat = graph.to_csr(symmetric=True)
-    upper = sp.triu(mat, k=1).tocoo()
-    return upper.row.astype(np.int64), upper.col.astype(np.int64), upper.data.astype(np.float64)
 
 
 def _contract(a, b, wsum, count, new_id, m):
@@ -111,7 +106,7 @@ class Dendrogram:
 
     @property
     def n_merges(self) -> int:
-        return int(len(self.similarity))
+        return len(self.similarity)
 
     def cut(self, threshold: float) -> np.ndarray:
         """Cluster id per sample (0..n_clusters-1, by first sample) joining merges with similarity ≥ threshold."""
@@ -121,7 +116,7 @@ class Dendrogram:
         ca, cb = leaf[self.children[take, 0]], leaf[self.children[take, 1]]
         adj = sp.coo_matrix((np.ones(len(ca)), (ca, cb)), shape=(n, n))
         _, comp = connected_components(adj, directed=False)
-        return _relabel_by_first(comp)
+        return relabel_by_first(comp)
 
     def _representative_leaves(self) -> np.ndarray:
         """For every node, one sample inside it (the first child's representative, recursively)."""
@@ -148,14 +143,6 @@ class Dendrogram:
         return z
 
 
-def _relabel_by_first(labels: np.ndarray) -> np.ndarray:
-    """Renumber cluster ids 0.. in order of each cluster's first sample (deterministic)."""
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse]
-
-
 def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: int = 1_000_000,
                     incremental: bool = True) -> Dendrogram:
     """Graph average-linkage agglomeration by rounds of reciprocal best pairs.
@@ -174,7 +161,7 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
     Dendrogram
     """
     n = graph.n_samples
-    a, b, wsum = _edge_list(graph)
+    a, b, wsum = graph.edges()
     count = np.ones_like(wsum)
     m = n
     node = np.arange(n, dtype=np.int64)  # dendrogram node of each current cluster
@@ -280,9 +267,9 @@ def finch(graph: KnnGraph, *, max_levels: int = 64) -> list[np.ndarray]:
     ok = first >= 0
     adj = sp.coo_matrix((np.ones(int(ok.sum())), (np.flatnonzero(ok), first[ok])), shape=(n, n))
     _, labels = connected_components(adj, directed=False)
-    labels = _relabel_by_first(labels)
+    labels = relabel_by_first(labels)
     levels = [labels]
-    a, b, wsum = _edge_list(graph)
+    a, b, wsum = graph.edges()
     count = np.ones_like(wsum)
     a, b, wsum, count = _contract(a, b, wsum, count, labels, int(labels.max()) + 1)
     while len(levels) < max_levels:
@@ -293,7 +280,7 @@ def finch(graph: KnnGraph, *, max_levels: int = 64) -> list[np.ndarray]:
         has = best >= 0
         adj = sp.coo_matrix((np.ones(int(has.sum())), (np.flatnonzero(has), best[has])), shape=(m, m))
         _, merged = connected_components(adj, directed=False)
-        merged = _relabel_by_first(merged)
+        merged = relabel_by_first(merged)
         if merged.max() + 1 == m:
             break
         levels.append(merged[levels[-1]])
@@ -337,39 +324,142 @@ def choose_threshold(dendrogram: Dendrogram, labels: np.ndarray, *, n_candidates
     return best, curve
 
 
-def unsupervised_threshold(graph: KnnGraph, *, seed: int = 0, max_edges: int = 1_000_000) -> tuple[float, dict]:
+def choose_level(levels: list[np.ndarray], labels: np.ndarray | None = None,
+                 level: int | None = None) -> tuple[int, str]:
+    """Which FINCH partition to use: ``level`` when given (clamped to the coarsest), else the
+    one that best agrees (pairwise F) with ``labels``, else the finest. Returns (level, source)."""
+    if level is not None:
+        return min(int(level), len(levels) - 1), "user"
+    if labels is not None:
+        return int(np.argmax([pairwise_scores(labels, p)["f"] for p in levels])), \
+            "best pairwise F against the given labels"
+    return 0, "finest (no labels)"
+
+
+def choose_cut(dendrogram: Dendrogram, labels: np.ndarray | None = None, *, threshold: float | None = None,
+               calibration: Calibration | None = None, n_candidates: int = 32) -> tuple[float, dict]:
+    """The average-linkage cut, decided in one place.
+
+    ``threshold`` when given; else the cut that best agrees with ``labels``
+    (:func:`choose_threshold`); else where the unlabelled calibration (a two-component
+    mixture of the kNN similarities) puts same-person and different-person edges at equal
+    odds. Returns the threshold and a report (its source, and the curve or the mixture).
+    """
+    if threshold is not None:
+        return float(threshold), {"threshold_source": "user"}
+    if labels is not None:
+        t, curve = choose_threshold(dendrogram, labels, n_candidates=n_candidates)
+        return t, {"threshold_source": "best pairwise F against the given labels",
+                   "threshold_curve": [{"threshold": round(a, 5), "pairwise_f": round(b, 5), "n_clusters": c}
+                                       for a, b, c in curve]}
+    if calibration is None or calibration.kind == "isotonic":
+        raise ValueError("an unlabelled cut needs the unlabelled calibration (fit_calibration(graph))")
+    return calibration.equal_odds_similarity(), {"threshold_source": "two-component mixture of kNN similarities "
+                                                                     "(equal odds)",
+                                                 "mixture": calibration.summary(np.zeros(0))}
+
+
+def unsupervised_threshold(graph: KnnGraph, *, calibration: Calibration | None = None,
+                           rng: np.random.Generator | None = None) -> tuple[float, dict]:
     """A cut for unlabelled faces: where same-person and different-person kNN edges are equally likely.
 
-    A two-component Gaussian mixture on the kNN edge similarities (a sample of at most
-    ``max_edges``): the upper component is same-person edges, the lower different-person
-    edges; the threshold is the similarity between their means where the posterior is 1/2.
+    A two-component Gaussian mixture on the kNN edge similarities (:mod:`facecluster.calibration`):
+    the upper component is same-person edges, the lower different-person edges; the
+    threshold is the similarity between their means where the posterior is 1/2.
     """
-    from sklearn.mixture import GaussianMixture
+    calibration = calibration or fit_calibration(graph, None, rng=rng)
+    return calibration.equal_odds_similarity(), calibration.summary(np.zeros(0))
 
-    sims = graph.sims[graph.indices >= 0].astype(np.float64)
-    rng = np.random.default_rng(seed)
-    if len(sims) > max_edges:
-        sims = rng.choice(sims, size=max_edges, replace=False)
-    gm = GaussianMixture(2, random_state=seed).fit(sims[:, None])
-    means = gm.means_.ravel()
-    hi = int(np.argmax(means))
-    grid = np.linspace(means.min(), means.max(), 2001)
-    post = gm.predict_proba(grid[:, None])[:, hi]
-    t = float(grid[np.argmax(post >= 0.5)])
-    return t, {"method": "gaussian_mixture", "means": means.tolist(), "weights": gm.weights_.tolist(),
-               "threshold": t}
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass(frozen=True)
+class HierarchicalConfig:
+    """Settings of the hierarchical stage.
+
+    method : "average" (graph average linkage) or "finch"
+    threshold : average-linkage cut (cosine in the processed space); None = from the labels
+        when given, else from the data (equal odds under the unlabelled calibration)
+    level : FINCH level (0 = finest); None = best agreement with the labels, else finest
+    n_candidates : cuts tried per pass when the cut is chosen from labels
+    """
+
+    method: str = "average"
+    threshold: float | None = None
+    level: int | None = None
+    n_candidates: int = 32
+
+    def __post_init__(self):
+        if self.method not in ("average", "finch"):
+            raise ValueError(f"hierarchical method must be average or finch, got {self.method!r}")
+        if self.level is not None and self.level < 0:
+            raise ValueError(f"level must be >= 0, got {self.level}")
+        if self.n_candidates < 2:
+            raise ValueError(f"n_candidates must be at least 2, got {self.n_candidates}")
+
+
+def hierarchical_stage(graph: KnnGraph, labels: np.ndarray | None = None, config: HierarchicalConfig | None = None,
+                       *, calibration: Calibration | None = None,
+                       rng: np.random.Generator | None = None) -> Partition:
+    """The hierarchical stage as ``clean``, ``cluster`` and the estimators run it.
+
+    Parameters
+    ----------
+    graph : KnnGraph
+    labels : (n_samples,) int label codes, or None (unlabelled faces)
+    config : HierarchicalConfig
+    calibration : the run's shared calibration; needed only for an unlabelled average-linkage
+        cut, and fitted here (unlabelled mixture) when not given
+    rng : numpy Generator for that fit
+
+    Returns
+    -------
+    Partition
+        ``labels`` the chosen cut or level; ``detail`` the Dendrogram (average) or the list
+        of FINCH levels; ``stats`` how the cut was chosen.
+    """
+    config = config or HierarchicalConfig()
+    labels = None if labels is None else np.asarray(labels)
+    if config.method == "finch":
+        levels = finch(graph)
+        level, source = choose_level(levels, labels, config.level)
+        stats = {"method": "finch", "level": level, "level_source": source,
+                 "clusters_per_level": [int(p.max()) + 1 for p in levels]}
+        return Partition(levels[level], stats, levels)
+    dendrogram = average_linkage(graph)
+    if config.threshold is None and labels is None and calibration is None:
+        calibration = fit_calibration(graph, None, rng=rng)
+    threshold, report = choose_cut(dendrogram, labels, threshold=config.threshold, calibration=calibration,
+                                   n_candidates=config.n_candidates)
+    part = dendrogram.cut(threshold)
+    stats = {"method": "average", "threshold": threshold, **report, "rounds": dendrogram.rounds,
+             "merges": dendrogram.n_merges, "inversions": dendrogram.stats["inversions"],
+             "n_clusters": int(part.max()) + 1}
+    if labels is not None:
+        stats.update(agreement_report(part, labels))
+    return Partition(part, stats, dendrogram)
 
 
 # --------------------------------------------------------------------------- estimators
 
 
-def _as_graph(X, k: int, device: str, seed: int) -> KnnGraph:
-    if isinstance(X, KnnGraph):
-        return X
-    from .faceset import prepare_embeddings
+def _check_common(est) -> None:
+    if not (isinstance(est.k, (int, np.integer)) and est.k >= 1):
+        raise ValueError(f"k must be a positive integer, got {est.k!r}")
+    if est.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {est.device!r}")
 
-    unit, _, _ = prepare_embeddings(np.asarray(X), centre="auto", seed=seed)
-    return build_knn_graph(unit, k=k, device=device, seed=seed)
+
+def _fit_input(est, X, y):
+    """The graph (built from vectors when needed) and the labels as an int array, checked."""
+    graph = graph_from_vectors(X, est.k, device=est.device, seed=est.seed)
+    if y is None:
+        return graph, None
+    y = np.asarray(y)
+    if y.shape != (graph.n_samples,):
+        raise ValueError(f"y must have shape ({graph.n_samples},), got {y.shape}")
+    return graph, np.unique(y, return_inverse=True)[1].astype(np.int64)
 
 
 class GraphAverageLinkage(ClusterMixin, BaseEstimator):
@@ -394,6 +484,7 @@ class GraphAverageLinkage(ClusterMixin, BaseEstimator):
     distances_ : (n_merges,) 1 − similarities_
     threshold_ : the cut used; threshold_curve_ : [(threshold, pairwise F, n_clusters)] when chosen from labels
     dendrogram_ : Dendrogram
+    stats_ : dict, how the cut was chosen
 
     Examples
     --------
@@ -410,16 +501,31 @@ class GraphAverageLinkage(ClusterMixin, BaseEstimator):
         self.seed = seed
 
     def fit(self, X, y=None):
-        graph = _as_graph(X, self.k, self.device, self.seed)
-        self.dendrogram_ = average_linkage(graph)
-        self.threshold_curve_ = []
-        if self.threshold is not None:
-            self.threshold_ = float(self.threshold)
-        elif y is not None:
-            self.threshold_, self.threshold_curve_ = choose_threshold(self.dendrogram_, np.asarray(y))
-        else:
-            self.threshold_, _ = unsupervised_threshold(graph, seed=self.seed)
-        self.labels_ = self.dendrogram_.cut(self.threshold_)
+        """Build (or take) the kNN graph, agglomerate, and cut.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features) or KnnGraph
+            Raw face embeddings (normalised, and centred when the data say so) or a graph.
+        y : array of shape (n_samples,), optional
+            Identity labels, mostly right; they choose the cut when ``threshold`` is None.
+
+        Returns
+        -------
+        self
+        """
+        _check_common(self)
+        if self.threshold is not None and not np.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite cosine, got {self.threshold!r}")
+        graph, codes = _fit_input(self, X, y)
+        part = hierarchical_stage(graph, codes, HierarchicalConfig(threshold=self.threshold),
+                                  rng=np.random.default_rng(self.seed))
+        self.dendrogram_ = part.detail
+        self.stats_ = part.stats
+        self.threshold_ = part.stats["threshold"]
+        self.threshold_curve_ = [(c["threshold"], c["pairwise_f"], c["n_clusters"])
+                                 for c in part.stats.get("threshold_curve", [])]
+        self.labels_ = part.labels
         self.children_ = self.dendrogram_.children
         self.similarities_ = self.dendrogram_.similarity
         self.distances_ = 1.0 - self.similarities_
@@ -450,15 +556,24 @@ class FINCH(ClusterMixin, BaseEstimator):
         self.seed = seed
 
     def fit(self, X, y=None):
-        graph = _as_graph(X, self.k, self.device, self.seed)
-        self.partitions_ = finch(graph)
-        self.n_clusters_ = [int(p.max()) + 1 for p in self.partitions_]
-        if self.level is not None:
-            self.level_ = min(int(self.level), len(self.partitions_) - 1)
-        elif y is not None:
-            scores = [pairwise_scores(np.asarray(y), p)["f"] for p in self.partitions_]
-            self.level_ = int(np.argmax(scores))
-        else:
-            self.level_ = 0
+        """Build (or take) the kNN graph, compute every FINCH level, and pick one.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features) or KnnGraph
+        y : array of shape (n_samples,), optional; picks the level when ``level`` is None
+
+        Returns
+        -------
+        self
+        """
+        _check_common(self)
+        if self.level is not None and not (isinstance(self.level, (int, np.integer)) and self.level >= 0):
+            raise ValueError(f"level must be a non-negative integer, got {self.level!r}")
+        graph, codes = _fit_input(self, X, y)
+        part = hierarchical_stage(graph, codes, HierarchicalConfig(method="finch", level=self.level))
+        self.partitions_ = part.detail
+        self.n_clusters_ = part.stats["clusters_per_level"]
+        self.level_ = part.stats["level"]
         self.labels_ = self.partitions_[self.level_]
         return self

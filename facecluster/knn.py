@@ -70,8 +70,23 @@ class KnnGraph:
             mat = mat.maximum(mat.T).tocsr()
         return mat
 
-    def save(self, path: str | Path, fingerprint: str) -> None:
-        """Write atomically to ``path`` (.npz) with the fingerprint of its inputs."""
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Undirected edges, each once (a < b), with their similarity.
+
+        Returns
+        -------
+        a, b : ndarray of shape (n_edges,), int64
+        sims : ndarray of shape (n_edges,), float64 (the larger of the two directions)
+        """
+        upper = sp.triu(self.to_csr(symmetric=True), k=1).tocoo()
+        return upper.row.astype(np.int64), upper.col.astype(np.int64), upper.data.astype(np.float64)
+
+    def save(self, path: str | Path, fingerprint: str | None = None) -> None:
+        """Write atomically to ``path`` (.npz) with the fingerprint of its inputs
+        (default: the one :func:`build_knn_graph` put in ``info["fingerprint"]``)."""
+        fingerprint = fingerprint or self.info.get("fingerprint")
+        if not fingerprint:
+            raise ValueError("no fingerprint: pass one, or save a graph made by build_knn_graph")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-knn-", suffix=".npz")
@@ -87,7 +102,7 @@ class KnnGraph:
                 os.unlink(tmp)
 
     @classmethod
-    def load(cls, path: str | Path, fingerprint: str | None = None) -> "KnnGraph | None":
+    def load(cls, path: str | Path, fingerprint: str | None = None) -> KnnGraph | None:
         """Load a saved graph; None when missing, unreadable or of another fingerprint."""
         path = Path(path)
         if not path.is_file():
@@ -220,17 +235,23 @@ def _ivf_index(x: np.ndarray, nlist: int, seed: int, progress: Progress):
     return index
 
 
-def _tune_nprobe(index, x: np.ndarray, k: int, target: float, n_queries: int, seed: int) -> tuple[int, list]:
-    """Smallest power-of-two nprobe whose recall@k on sampled queries reaches ``target``."""
+def _exact_neighbours(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Exact k nearest neighbours (self excluded) of the rows ``rows`` of ``x``; faiss.knn
+    searches ``x`` where it lies, so the matrix is never copied into an index."""
     import faiss
 
-    n = x.shape[0]
-    rng = np.random.default_rng(seed + 1)
-    q = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
-    exact = faiss.IndexFlatIP(x.shape[1])
-    exact.add(x)
-    s, i = exact.search(x[q], k + 1)
-    truth, _ = _drop_self(i, s, q, k)
+    s, i = faiss.knn(np.ascontiguousarray(x[rows]), x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    return _drop_self(i, s, rows, k)[0]
+
+
+def _sample_rows(n: int, n_queries: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n_queries, n), replace=False))
+
+
+def _tune_nprobe(index, x: np.ndarray, k: int, target: float, n_queries: int, seed: int) -> tuple[int, list]:
+    """Smallest power-of-two nprobe whose recall@k on sampled queries reaches ``target``."""
+    q = _sample_rows(x.shape[0], n_queries, seed + 1)
+    truth = _exact_neighbours(x, q, k)
     curve = []
     nprobe = 1
     while True:
@@ -247,17 +268,10 @@ def _tune_nprobe(index, x: np.ndarray, k: int, target: float, n_queries: int, se
 def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_queries: int = 1000,
                    seed: int = 0) -> dict:
     """recall@k of ``graph_indices`` against exact search, on a random sample of queries."""
-    import faiss
-
-    n = x.shape[0]
-    rng = np.random.default_rng(seed)
-    q = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
-    exact = faiss.IndexFlatIP(x.shape[1])
-    exact.add(x)
-    s, i = exact.search(x[q], k + 1)
-    true_idx, _ = _drop_self(i, s, q, k)
+    q = _sample_rows(x.shape[0], n_queries, seed)
+    true_idx = _exact_neighbours(x, q, k)
     hits = [len(np.intersect1d(true_idx[r], graph_indices[qi])) for r, qi in enumerate(q)]
-    return {"recall_at_k": float(np.sum(hits) / (len(q) * k)), "n_queries": int(len(q))}
+    return {"recall_at_k": float(np.sum(hits) / (len(q) * k)), "n_queries": len(q)}
 
 
 # --------------------------------------------------------------------------- public builder
@@ -276,7 +290,7 @@ def build_knn_graph(
     ef_construction: int = 200,
     ef_search: int | None = None,
     recall_queries: int = 1000,
-    cache_dir: str | Path | None = None,
+    cache: str | Path | None = None,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> KnnGraph:
@@ -296,8 +310,10 @@ def build_knn_graph(
     nlist : IVF lists; default 4·sqrt(n_samples), at most n_samples / 39
     ef_search : HNSW search breadth; default max(2k, 64)
     recall_queries : queries used to measure recall@k of an approximate graph against exact
-    cache_dir : when given, the graph is saved there under a fingerprint of ``x`` and the
-        parameters, and an identical later call loads it instead of searching
+    cache : path of a saved graph (``knn_graph.npz``); when it holds a graph of the same
+        fingerprint (``x`` and every parameter that changes the graph) it is loaded instead of
+        searching. Nothing is written here: ``info["fingerprint"]`` goes with the returned
+        graph and :meth:`KnnGraph.save` writes it where the caller stages its outputs.
 
     Returns
     -------
@@ -327,14 +343,11 @@ def build_knn_graph(
     elif method == "ivf":
         params.update(nlist=nlist, target_recall=target_recall, recall_queries=recall_queries, seed=seed)
 
-    cache_path = fingerprint = None
-    if cache_dir is not None:
-        fingerprint = graph_fingerprint(x, **params)
-        cache_path = Path(cache_dir) / "knn_graph.npz"
-        cached = KnnGraph.load(cache_path, fingerprint)
+    fingerprint = graph_fingerprint(x, **params)
+    if cache is not None:
+        cached = KnnGraph.load(cache, fingerprint)
         if cached is not None:
-            info = dict(cached.info, cache="hit", cache_path=str(cache_path))
-            return KnnGraph(cached.indices, cached.sims, info)
+            return KnnGraph(cached.indices, cached.sims, dict(cached.info, cache="hit", cache_path=str(cache)))
 
     t0 = time.perf_counter()
     info = {"k": k, "method": method, "device": dev.kind, "backend": dev.backend,
@@ -371,9 +384,23 @@ def build_knn_graph(
         sims[missing] = -np.inf
     info["missing_neighbours"] = int(missing.sum())
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    graph = KnnGraph(indices=indices, sims=sims, info=info)
-    if cache_path is not None:
-        graph.save(cache_path, fingerprint)
-        graph.info["cache"] = "written"
-        graph.info["cache_path"] = str(cache_path)
-    return graph
+    info["fingerprint"] = fingerprint
+    if cache is not None:
+        info.update(cache="miss", cache_path=str(cache))
+    return KnnGraph(indices=indices, sims=sims, info=info)
+
+
+def graph_from_vectors(x, k: int = 30, *, device: str | Device = "auto", centre: bool | str = "auto",
+                       seed: int = 0, **options) -> KnnGraph:
+    """The kNN graph of raw vectors: validated, L2-normalised, centred when the data say so
+    (:func:`facecluster.faceset.prepare_embeddings`), then :func:`build_knn_graph`.
+
+    ``x`` may already be a :class:`KnnGraph`, which is returned as it is (the estimators
+    accept either).
+    """
+    if isinstance(x, KnnGraph):
+        return x
+    from .faceset import prepare_embeddings
+
+    unit, _, _ = prepare_embeddings(np.asarray(x), centre=centre, seed=seed)
+    return build_knn_graph(unit, k=k, device=device, seed=seed, **options)

@@ -14,9 +14,14 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .calibration import Calibration, fit_calibration
 from .camsoftmax import CamSoftmaxConfig
+from .correlation import CorrelationConfig, correlation_stage
+from .device import Device, resolve_device
+from .errors import InputError
 from .faceset import FaceSet, load_faceset
-from .findings import Findings, Signals, compute_signals, find_issues
+from .findings import Findings, FindingsConfig, Signals, find_issues
+from .hierarchical import HierarchicalConfig, hierarchical_stage
 from .knn import KnnGraph, build_knn_graph
 from .progress import NullProgress, Progress
 from .relabel import (
@@ -28,8 +33,12 @@ from .relabel import (
     get_policy,
     write_outputs,
 )
+from .votes import vote_stage
 
 CLEAN_STAGES = ("hierarchical", "correlation", "camsoftmax")
+GRAPH_FILE = "knn_graph.npz"
+# the random streams of a run, one per consumer, all spawned from the one seed
+_STREAMS = ("calibration", "hierarchical", "correlation", "camsoftmax")
 
 
 @dataclass(frozen=True)
@@ -37,17 +46,22 @@ class CleanConfig:
     """Settings of one cleaning run.
 
     k : neighbours per sample in the kNN graph
-    device : "auto", "cpu" or "cuda" (falls back to the CPU when no GPU can be used)
+    device : "auto", "cpu" or "cuda" (falls back to the CPU when no GPU can be used);
+        resolved once per run and handed to the kNN search and the cam-softmax stage
     knn_method : "auto", "exact", "ivf" or "hnsw"
     exact_max : largest set searched exactly on the CPU under ``knn_method="auto"``
     centre : "auto" (decided from the data), True or False
     policy : "conservative", "balanced" or "aggressive" (see :mod:`facecluster.relabel`)
     path_col, label_col : manifest column names
-    seed : every random choice (pair sampling, HNSW levels) derives from it
+    seed : every random choice derives from it: one numpy Generator per stage, spawned once
+        per run (``np.random.SeedSequence(seed).spawn``), handed down
     stages : the stages that add evidence to the kNN votes, any of "hierarchical",
-        "correlation" and "camsoftmax" (the kNN findings always run)
-    camsoftmax : settings of the cam-softmax stage (:class:`~facecluster.camsoftmax.CamSoftmaxConfig`);
-        its device and seed follow this config's unless set there
+        "correlation" and "camsoftmax" (the kNN-vote stage always runs)
+    hierarchical, correlation, camsoftmax, findings : each stage's own settings
+        (:class:`~facecluster.hierarchical.HierarchicalConfig`,
+        :class:`~facecluster.correlation.CorrelationConfig`,
+        :class:`~facecluster.camsoftmax.CamSoftmaxConfig`,
+        :class:`~facecluster.findings.FindingsConfig`); None = defaults
     """
 
     k: int = 30
@@ -60,7 +74,10 @@ class CleanConfig:
     label_col: str = "label"
     seed: int = 0
     stages: tuple[str, ...] = CLEAN_STAGES
+    hierarchical: HierarchicalConfig | None = None
+    correlation: CorrelationConfig | None = None
     camsoftmax: CamSoftmaxConfig | None = None
+    findings: FindingsConfig | None = None
 
     def __post_init__(self):
         if self.k < 1:
@@ -74,6 +91,19 @@ class CleanConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.knn_method not in {"auto", "exact", "ivf", "hnsw"}:
             raise ValueError(f"knn_method must be auto, exact, ivf or hnsw, got {self.knn_method!r}")
+        for name, kind in (("hierarchical", HierarchicalConfig), ("correlation", CorrelationConfig),
+                           ("camsoftmax", CamSoftmaxConfig), ("findings", FindingsConfig)):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, kind())
+            elif not isinstance(value, kind):
+                raise ValueError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+
+
+def stage_generators(seed: int) -> dict[str, np.random.Generator]:
+    """One independent numpy Generator per random consumer of a run, from the run's seed."""
+    children = np.random.SeedSequence(seed).spawn(len(_STREAMS))
+    return {name: np.random.default_rng(child) for name, child in zip(_STREAMS, children)}
 
 
 @dataclass
@@ -90,19 +120,27 @@ class CleanResult:
     report: dict = field(default_factory=dict)
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """Write cleaned.csv, audit.csv, identities.csv, report.json and report.html atomically."""
+        """Write cleaned.csv, audit.csv, identities.csv, report.json, report.html and the kNN
+        graph cache, all staged and moved into place together."""
         from .report import render_html
 
-        check_output_dir(out_dir, list(self.faceset.source.values()))
+        check_output_dir(out_dir, list(self.faceset.source.values()), OUTPUT_FILES + (GRAPH_FILE,))
         return write_outputs(out_dir, {"cleaned.csv": self.cleaned, "audit.csv": self.audit,
                                        "identities.csv": self.identities}, self.report,
-                             {"report.html": render_html(self)})
+                             {"report.html": render_html(self)}, _graph_writer(self.graph))
 
     def summary(self) -> dict:
         """Counts for a short printed summary."""
         return {"rows": self.faceset.n_samples, "identities": self.faceset.n_labels,
                 "issues": self.report["counts"]["issues"], "actions": self.report["counts"]["actions"],
                 "rows_kept": int(len(self.cleaned)), "seconds": self.report["timings"]["total"]}
+
+
+def _graph_writer(graph: KnnGraph) -> dict:
+    """The graph cache as one more staged output (nothing to write when it was loaded from there)."""
+    if graph.info.get("cache") == "hit":
+        return {}
+    return {GRAPH_FILE: graph.save}
 
 
 def _versions() -> dict:
@@ -115,7 +153,7 @@ def _versions() -> dict:
             "faiss": getattr(faiss, "__version__", "unknown")}
 
 
-def _load_and_graph(manifest, embeddings, config, out_dir, output_names, progress: Progress,
+def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device: Device, progress: Progress,
                     timings: dict) -> tuple[FaceSet, KnnGraph]:
     """The first two boxes of every flow: validated FaceSet, then its (cached) kNN graph."""
     t = time.perf_counter()
@@ -124,12 +162,72 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, progres
     with progress.task("load and validate", total=None):
         faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
                                centre=config.centre, seed=config.seed)
+    if faceset.n_samples < 2:
+        raise InputError(faceset.source["manifest"], f"{faceset.n_samples} row: at least 2 faces are needed "
+                                                     "to compare one with another")
     timings["load"] = time.perf_counter() - t
     t = time.perf_counter()
-    graph = build_knn_graph(faceset.embeddings, k=config.k, device=config.device, method=config.knn_method,
-                            exact_max=config.exact_max, cache_dir=out_dir, seed=config.seed, progress=progress)
+    cache = None if out_dir is None else Path(out_dir) / GRAPH_FILE
+    graph = build_knn_graph(faceset.embeddings, k=config.k, device=device, method=config.knn_method,
+                            exact_max=config.exact_max, cache=cache, seed=config.seed, progress=progress)
     timings["knn"] = time.perf_counter() - t
     return faceset, graph
+
+
+def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = None,
+                    config: CleanConfig | None = None, *, embeddings: np.ndarray | None = None,
+                    device: Device | None = None, progress: Progress | None = None,
+                    timings: dict | None = None) -> Signals:
+    """Run the stages side by side on one graph: the shared calibration (fitted once), the
+    kNN-vote stage, and those of ``config.stages`` that ran (cam-softmax needs ``embeddings``).
+
+    Parameters
+    ----------
+    graph : KnnGraph
+    labels : (n_samples,) int64 label codes; n_labels : their count (default max + 1)
+    config : CleanConfig (its ``stages``, per-stage settings and ``seed`` are used)
+    embeddings : (n_samples, n_features) float32 processed unit vectors (cam-softmax)
+    device : the resolved device (default: ``resolve_device(config.device)``)
+    progress : one task per stage; timings : filled with seconds per stage when given
+
+    Returns
+    -------
+    Signals
+    """
+    config = config or CleanConfig()
+    progress = progress or NullProgress()
+    device = device or resolve_device(config.device)
+    labels = np.asarray(labels, dtype=np.int64)
+    n_labels = int(labels.max()) + 1 if n_labels is None else int(n_labels)
+    rngs = stage_generators(config.seed)
+    clock: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t = time.perf_counter()
+        with progress.task(name.replace("_", " "), total=None):
+            out = fn()
+        clock[name] = time.perf_counter() - t
+        return out
+
+    calibration = timed("calibration", lambda: fit_calibration(graph, labels, rng=rngs["calibration"]))
+    duplicates, agreement = timed("knn_votes", lambda: vote_stage(graph, labels, calibration, n_labels=n_labels))
+    hier = corr = conf = None
+    if "hierarchical" in config.stages:
+        hier = timed("hierarchical", lambda: hierarchical_stage(graph, labels, config.hierarchical,
+                                                                calibration=calibration, rng=rngs["hierarchical"]))
+    if "correlation" in config.stages:
+        corr = timed("correlation", lambda: correlation_stage(graph, labels, config.correlation,
+                                                              calibration=calibration, rng=rngs["correlation"]))
+    if "camsoftmax" in config.stages and embeddings is not None:
+        from .camsoftmax import camsoftmax_confidence
+
+        conf = timed("camsoftmax", lambda: camsoftmax_confidence(embeddings, labels, n_labels, graph.indices,
+                                                                 config.camsoftmax, device=device,
+                                                                 seed=rngs["camsoftmax"]))
+    if timings is not None:
+        timings.update(clock)
+    return Signals(calibration=calibration, agreement=agreement, duplicates=duplicates, hierarchical=hier,
+                   correlation=corr, camsoftmax=conf)
 
 
 def clean(
@@ -169,17 +267,18 @@ def clean(
     """
     config = replace(config or CleanConfig(), **overrides)
     progress = progress or NullProgress()
+    device = resolve_device(config.device)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES, progress, timings)
+    faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES + (GRAPH_FILE,), device,
+                                     progress, timings)
 
+    signals = compute_signals(graph, faceset.labels, faceset.n_labels, config, embeddings=faceset.embeddings,
+                              device=device, progress=progress, timings=timings)
     t = time.perf_counter()
     with progress.task("findings", total=None):
-        signals = compute_signals(graph, faceset.labels, faceset.n_labels, seed=config.seed, timings=timings,
-                                  hierarchical="hierarchical" in config.stages,
-                                  correlation="correlation" in config.stages, embeddings=faceset.embeddings,
-                                  camsoftmax=_camsoftmax_config(config) if "camsoftmax" in config.stages else None)
-        findings = find_issues(signals, faceset.labels, faceset.label_names, embeddings=faceset.embeddings)
+        findings = find_issues(signals, faceset.labels, faceset.label_names, config=config.findings,
+                               embeddings=faceset.embeddings)
     timings["findings"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -196,15 +295,16 @@ def clean(
         "versions": _versions(),
         "inputs": dict(faceset.source, rows=faceset.n_samples, identities=faceset.n_labels, dim=faceset.dim,
                        path_col=faceset.path_col, label_col=faceset.label_col),
-        "parameters": dict(asdict(config), policy_thresholds=asdict(get_policy(config.policy))),
+        "parameters": dict(asdict(config), policy_thresholds=asdict(get_policy(config.policy)),
+                           device_resolved=asdict(device)),
         "counts": {"issues": findings.counts(), "actions": action_counts(audit), "rows_kept": int(len(cleaned)),
                    "merge_suggestions": int(len(identities))},
         "stages": {
             "embeddings": dict(faceset.centring_stats, centred=faceset.centred),
-            "knn": graph.info,
+            "knn": _graph_report(graph, out_dir),
             "calibration": signals.calibration.summary(graph.sims),
             "near_duplicates": signals.duplicates.stats,
-            **{name: _named_spread(ev.stats, faceset.label_names) for name, ev in signals.partitions()},
+            **{name: _named_spread(part.stats, faceset.label_names) for name, part in signals.partitions()},
             "camsoftmax": _confidence_summary(signals.camsoftmax) if signals.camsoftmax is not None else None,
             "findings": {k: v for k, v in findings.stats.items() if k != "near_duplicates"},
         },
@@ -217,6 +317,15 @@ def clean(
         with progress.task("write outputs", total=None):
             result.write(out_dir)
     return result
+
+
+def _graph_report(graph: KnnGraph, out_dir) -> dict:
+    """The graph's build info for report.json; a graph not loaded from the cache is written
+    there with the other outputs."""
+    info = dict(graph.info)
+    if out_dir is not None and info.get("cache") != "hit":
+        info["cache"] = "written"
+    return info
 
 
 CLUSTER_FILES = ("clusters.csv", "report.json")
@@ -254,6 +363,15 @@ class ClusterConfig:
             raise ValueError(f"method must be average, finch or correlation, got {self.method!r}")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.device not in {"auto", "cpu", "cuda"}:
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        self.stage_config()  # validates threshold / level / bias
+
+    def stage_config(self) -> HierarchicalConfig | CorrelationConfig:
+        """The stage's own settings for this run."""
+        if self.method == "correlation":
+            return CorrelationConfig(bias=self.bias)
+        return HierarchicalConfig(method=self.method, threshold=self.threshold, level=self.level)
 
 
 @dataclass
@@ -267,8 +385,8 @@ class ClusterResult:
     report: dict = field(default_factory=dict)
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        check_output_dir(out_dir, list(self.faceset.source.values()), CLUSTER_FILES)
-        return write_outputs(out_dir, {"clusters.csv": self.clusters}, self.report)
+        check_output_dir(out_dir, list(self.faceset.source.values()), CLUSTER_FILES + (GRAPH_FILE,))
+        return write_outputs(out_dir, {"clusters.csv": self.clusters}, self.report, None, _graph_writer(self.graph))
 
 
 def cohesion(graph: KnnGraph, labels: np.ndarray) -> np.ndarray:
@@ -298,79 +416,52 @@ def cluster(
         appearance), ``fc_cluster_size`` and ``fc_score`` (cohesion: share of the sample's
         positive kNN similarity inside its cluster; 0 for singletons).
     """
-    from .hierarchical import (
-        average_linkage,
-        choose_threshold,
-        finch,
-        unsupervised_threshold,
-    )
-    from .metrics import pairwise_scores
-
     config = replace(config or ClusterConfig(), **overrides)
     progress = progress or NullProgress()
+    device = resolve_device(config.device)
+    rngs = stage_generators(config.seed)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, CLUSTER_FILES, progress, timings)
+    faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, CLUSTER_FILES + (GRAPH_FILE,), device,
+                                     progress, timings)
     t = time.perf_counter()
-    has_labels = config.label_col is not None
-    stage: dict = {"method": config.method}
+    labels = faceset.labels if config.label_col is not None else None
+    stage_config = config.stage_config()
+    calibration: Calibration | None = None
     with progress.task(f"clustering ({config.method})", total=None):
-        if config.method == "average":
-            dendrogram = average_linkage(graph)
-            if config.threshold is not None:
-                threshold, source = float(config.threshold), "user"
-            elif has_labels:
-                threshold, curve = choose_threshold(dendrogram, faceset.labels)
-                source = "best pairwise F against the given labels"
-                stage["threshold_curve"] = [{"threshold": round(a, 5), "pairwise_f": round(b, 5), "n_clusters": c}
-                                            for a, b, c in curve]
-            else:
-                threshold, info = unsupervised_threshold(graph, seed=config.seed)
-                source = "two-component mixture of kNN similarities"
-                stage["mixture"] = info
-            labels = dendrogram.cut(threshold)
-            stage.update(threshold=threshold, threshold_source=source, rounds=dendrogram.rounds,
-                         merges=dendrogram.n_merges, inversions=dendrogram.stats["inversions"])
-        elif config.method == "correlation":
-            from .correlation import fit_signed_graph
-
-            result, report = fit_signed_graph(graph, faceset.labels if has_labels else None, bias=config.bias,
-                                              seed=config.seed)
-            labels = result.labels
-            stage.update(report)
+        # the calibration is fitted once, and only where a stage reads it: correlation's edge
+        # weights, and the unlabelled average-linkage cut
+        if config.method == "correlation" or (config.method == "average" and labels is None
+                                              and config.threshold is None):
+            calibration = fit_calibration(graph, labels, rng=rngs["calibration"])
+        if config.method == "correlation":
+            part = correlation_stage(graph, labels, stage_config, calibration=calibration, rng=rngs["correlation"])
         else:
-            levels = finch(graph)
-            if config.level is not None:
-                level = min(int(config.level), len(levels) - 1)
-            elif has_labels:
-                level = int(np.argmax([pairwise_scores(faceset.labels, p)["f"] for p in levels]))
-            else:
-                level = 0
-            labels = levels[level]
-            stage.update(level=level, clusters_per_level=[int(p.max()) + 1 for p in levels])
+            part = hierarchical_stage(graph, labels, stage_config, calibration=calibration, rng=rngs["hierarchical"])
     timings["cluster"] = time.perf_counter() - t
-    sizes = np.bincount(labels)
+    assigned = part.labels
+    sizes = np.bincount(assigned)
     table = faceset.manifest.copy()
-    table["fc_cluster"] = labels
-    table["fc_cluster_size"] = sizes[labels]
-    table["fc_score"] = np.round(np.where(sizes[labels] > 1, cohesion(graph, labels), 0.0), 4)
+    table["fc_cluster"] = assigned
+    table["fc_cluster_size"] = sizes[assigned]
+    table["fc_score"] = np.round(np.where(sizes[assigned] > 1, cohesion(graph, assigned), 0.0), 4)
     timings["total"] = time.perf_counter() - t_all
-    stage.update(n_clusters=int(len(sizes)), singletons=int((sizes == 1).sum()), largest=int(sizes.max()))
-    if has_labels:
-        from .metrics import clustering_scores
-
-        stage["agreement_with_labels"] = clustering_scores(faceset.labels, labels)
+    stage = dict(part.stats, method=config.method, n_clusters=int(len(sizes)), singletons=int((sizes == 1).sum()),
+                 largest=int(sizes.max()))
+    stages = {"embeddings": dict(faceset.centring_stats, centred=faceset.centred), "knn": _graph_report(graph, out_dir)}
+    if calibration is not None:
+        stages["calibration"] = calibration.summary(graph.sims)
+    stages["clustering"] = stage
     report = {
         "facecluster_version": __version__,
         "versions": _versions(),
         "inputs": dict(faceset.source, rows=faceset.n_samples, dim=faceset.dim, path_col=faceset.path_col,
                        label_col=faceset.label_col),
-        "parameters": asdict(config),
-        "stages": {"embeddings": dict(faceset.centring_stats, centred=faceset.centred), "knn": graph.info,
-                   "clustering": stage},
+        "parameters": dict(asdict(config), device_resolved=asdict(device)),
+        "stages": stages,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    result = ClusterResult(faceset, graph, labels, table, report)
+    result = ClusterResult(faceset, graph, assigned, table, report)
     if out_dir is not None:
         with progress.task("write outputs", total=None):
             result.write(out_dir)
@@ -394,12 +485,6 @@ def identity_summary(labels: np.ndarray, label_names: np.ndarray, findings: Find
     merged = dict(zip(findings.merges.label, findings.merges.merged_into)) if len(findings.merges) else {}
     out["merge_into"] = [merged.get(str(x), "") for x in label_names]
     return out
-
-
-def _camsoftmax_config(config: CleanConfig) -> CamSoftmaxConfig:
-    if config.camsoftmax is not None:
-        return config.camsoftmax
-    return CamSoftmaxConfig(device=config.device, seed=config.seed)
 
 
 def _confidence_summary(conf) -> dict:

@@ -149,10 +149,12 @@ def check_output_dir(out_dir: str | Path, inputs: list[str | Path], names=OUTPUT
 
 
 def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: dict,
-                  texts: dict[str, str] | None = None) -> list[Path]:
+                  texts: dict[str, str] | None = None, writers: dict | None = None) -> list[Path]:
     """Write every output or none: staged in a temporary folder, then moved into place.
 
-    ``tables`` become CSV files, ``report`` report.json, ``texts`` (name → content) text files.
+    ``tables`` become CSV files, ``report`` report.json, ``texts`` (name → content) text
+    files, and ``writers`` (name → callable taking the staged path) any other file, such as
+    the kNN graph cache.
 
     An exception (or Ctrl-C) while staging leaves the folder as it was; the temporary folder
     is always removed.
@@ -176,6 +178,10 @@ def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: 
         for name, text in (texts or {}).items():
             path = stage / name
             path.write_text(text, encoding="utf-8")
+            staged.append(path)
+        for name, write in (writers or {}).items():
+            path = stage / name
+            write(path)
             staged.append(path)
         final = []
         for path in staged:

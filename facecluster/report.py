@@ -55,9 +55,11 @@ def _plots(result) -> dict[str, str]:
     same = labels[rows[valid]] == labels[graph.indices[valid]]
     sims = graph.sims[valid]
     fig, ax = plt.subplots(figsize=(6, 2.8))
-    bins = np.linspace(float(sims.min()), float(sims.max()), 60)
-    ax.hist(sims[same], bins=bins, alpha=0.6, density=True, label=f"same label ({int(same.sum()):,})")
-    ax.hist(sims[~same], bins=bins, alpha=0.6, density=True, label=f"different label ({int((~same).sum()):,})")
+    lo, hi = float(sims.min()), float(sims.max())
+    bins = np.linspace(lo, hi if hi > lo else lo + 1e-3, 60)  # a tiny set can have one similarity only
+    for mask, name in ((same, "same label"), (~same, "different label")):
+        if mask.any():  # an empty density histogram divides by zero
+            ax.hist(sims[mask], bins=bins, alpha=0.6, density=True, label=f"{name} ({int(mask.sum()):,})")
     ax.set_xlabel("cosine similarity of kNN edges (processed embeddings)")
     ax.legend(fontsize=8)
     out["similarity"] = _figure_uri(fig)
@@ -65,8 +67,8 @@ def _plots(result) -> dict[str, str]:
     parts = result.signals.partitions()
     if parts:
         fig, ax = plt.subplots(figsize=(6, 2.8))
-        for name, ev in parts:
-            sizes = np.bincount(np.bincount(ev.partition))[1:]
+        for name, part in parts:
+            sizes = np.bincount(np.bincount(part.labels))[1:]
             x = np.flatnonzero(sizes) + 1
             ax.loglog(x, sizes[x - 1], marker=".", linestyle="none", label=name)
         label_sizes = np.bincount(np.bincount(labels))[1:]

@@ -147,8 +147,8 @@ def test_confidence_finds_injected_noise_out_of_sample(noisy_small, full_max):
     from sklearn.metrics import roc_auc_score
 
     noisy, unit, graph = noisy_small
-    config = CamSoftmaxConfig(epochs=3, full_max_classes=full_max, seed=0)
-    conf = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config)
+    config = CamSoftmaxConfig(epochs=3, full_max_classes=full_max)
+    conf = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config, seed=0)
     assert ("candidate" in conf.stats["mode"]) == (full_max == 0)
     issue = noisy.truth["issue"].to_numpy()
     judged = np.isin(issue, ["", "flip", "open_set"]) & np.isfinite(conf.p_given)
@@ -168,9 +168,9 @@ def test_confidence_finds_injected_noise_out_of_sample(noisy_small, full_max):
 
 def test_confidence_is_deterministic_on_cpu(noisy_small):
     noisy, unit, graph = noisy_small
-    config = CamSoftmaxConfig(epochs=1, folds=2, seed=3, device="cpu")
-    a = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config)
-    b = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config)
+    config = CamSoftmaxConfig(epochs=1, folds=2)
+    a = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config, device="cpu", seed=3)
+    b = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config, device="cpu", seed=3)
     np.testing.assert_array_equal(a.p_given, b.p_given)
     np.testing.assert_array_equal(a.top, b.top)
 
@@ -187,7 +187,7 @@ def test_adapter_option_trains_and_scores(noisy_small):
 
     noisy, unit, graph = noisy_small
     conf = camsoftmax_confidence(unit, noisy.labels, None, graph.indices,
-                                 CamSoftmaxConfig(epochs=2, folds=3, adapter=True, seed=1))
+                                 CamSoftmaxConfig(epochs=2, folds=3, adapter=True), seed=1)
     issue = noisy.truth["issue"].to_numpy()
     judged = np.isin(issue, ["", "flip", "open_set"]) & np.isfinite(conf.p_given)
     assert roc_auc_score(np.isin(issue, ["flip", "open_set"])[judged], 1 - conf.p_given[judged]) > 0.95

@@ -128,18 +128,21 @@ def test_cuda_request_falls_back_to_cpu_with_a_reason(monkeypatch):
 
 def test_graph_cache_is_reused_only_for_identical_inputs(tmp_path):
     x = _unit(np.random.default_rng(6).standard_normal((300, 16)))
-    first = build_knn_graph(x, k=8, device="cpu", cache_dir=tmp_path)
-    assert first.info["cache"] == "written"
-    second = build_knn_graph(x, k=8, device="cpu", cache_dir=tmp_path)
+    cache = tmp_path / "knn_graph.npz"
+    first = build_knn_graph(x, k=8, device="cpu", cache=cache)
+    assert first.info["cache"] == "miss" and not cache.exists(), "building never writes: the caller stages the file"
+    info = dict(first.info)
+    first.save(cache)
+    assert first.info == info, "saving does not touch the graph"
+    second = build_knn_graph(x, k=8, device="cpu", cache=cache)
     assert second.info["cache"] == "hit"
     np.testing.assert_array_equal(first.indices, second.indices)
-    other_k = build_knn_graph(x, k=9, device="cpu", cache_dir=tmp_path)
-    assert other_k.info["cache"] == "written"
+    assert build_knn_graph(x, k=9, device="cpu", cache=cache).info["cache"] == "miss"
     y = x.copy()
     y[0] = y[1]
-    assert build_knn_graph(y, k=9, device="cpu", cache_dir=tmp_path).info["cache"] == "written"
-    (tmp_path / "knn_graph.npz").write_bytes(b"corrupt")
-    assert build_knn_graph(y, k=9, device="cpu", cache_dir=tmp_path).info["cache"] == "written"
+    assert build_knn_graph(y, k=8, device="cpu", cache=cache).info["cache"] == "miss"
+    cache.write_bytes(b"corrupt")
+    assert build_knn_graph(x, k=8, device="cpu", cache=cache).info["cache"] == "miss"
 
 
 def test_to_csr_symmetric():

@@ -1,0 +1,72 @@
+"""Partitions: the value the clustering stages return, and what can be said of one.
+
+A :class:`Partition` is one cluster id per sample plus the stage's own report (how its cut,
+level or bias was chosen). The helpers here are shared by every stage and by findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One cluster id per sample, from a clustering stage.
+
+    labels : ndarray of shape (n_samples,), int64
+        Cluster ids 0..n_clusters-1, numbered by each cluster's first sample.
+    stats : dict
+        The stage's report: the cut / level / bias, where it came from, objectives, curves.
+    detail : object, optional
+        The stage's own structure behind the labels: a Dendrogram, the FINCH levels, a
+        correlation-clustering result.
+    """
+
+    labels: np.ndarray
+    stats: dict = field(default_factory=dict)
+    detail: object = None
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+def relabel_by_first(labels: np.ndarray) -> np.ndarray:
+    """Renumber cluster ids 0.. in order of each cluster's first sample (deterministic)."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse]
+
+
+def spread_labels(partition: np.ndarray, labels: np.ndarray, *, max_main_share: float = 0.5, top: int = 20) -> dict:
+    """Labels whose images do not gather in one cluster.
+
+    A label is spread when its largest cluster holds less than ``max_main_share`` of its
+    images (a mixed identity, or one name for several people). Labels with fewer than 4
+    images are not judged. Returns the count and the worst ``top`` as label code → share of
+    images outside the largest cluster.
+    """
+    n_labels = int(labels.max()) + 1
+    n_clusters = int(partition.max()) + 1
+    key = labels.astype(np.int64) * n_clusters + partition
+    cells, counts = np.unique(key, return_counts=True)
+    cell_label = cells // n_clusters
+    largest = np.zeros(n_labels, dtype=np.int64)
+    np.maximum.at(largest, cell_label, counts)
+    sizes = np.bincount(labels, minlength=n_labels)
+    outside = 1.0 - largest / np.maximum(sizes, 1)
+    spread = np.flatnonzero((outside > 1.0 - max_main_share) & (sizes >= 4))
+    worst = spread[np.argsort(-outside[spread], kind="stable")][:top]
+    return {"count": len(spread), "max_main_share": max_main_share,
+            "worst": {int(lab): round(float(outside[lab]), 3) for lab in worst}}
+
+
+def agreement_report(partition: np.ndarray, labels: np.ndarray) -> dict:
+    """How a partition sits against given labels: spread labels and the clustering scores."""
+    from .metrics import clustering_scores
+
+    return {"spread_labels": spread_labels(partition, labels),
+            "agreement_with_labels": clustering_scores(labels, partition)}

@@ -1,0 +1,219 @@
+"""The kNN-vote stage: near-duplicate groups and reliability-weighted label votes.
+
+Two questions answered from the kNN graph alone (and the shared calibration):
+
+- which rows are almost the same vector as another (the near-duplicate cut comes from the
+  low tail of the set's own nearest-neighbour distances, not from a constant);
+- how much each row's neighbours back its label, which other label they back most, and how
+  likely it is that none of them is the same person.
+
+The stage returns plain arrays; :mod:`facecluster.findings` turns them into findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from .calibration import Calibration
+from .knn import KnnGraph
+
+# Fewer nearest-neighbour distances than this are too few to fit their law from quartiles:
+# the cut would land among the genuine pairs, so only identical vectors count as copies.
+MIN_LAW_SAMPLES = 50
+IDENTICAL_DISTANCE = 1e-6  # 1 − cosine of vectors equal to float32 precision
+
+# --------------------------------------------------------------------------- near-duplicates
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """Groups of almost identical vectors.
+
+    group : (n_samples,) int64, group id per sample; -1 for samples in no group
+    score : (n_samples,) float32 in [0, 1], strength of the closest duplicate edge
+    partner : (n_samples,) int64, the closest duplicate partner, -1 if none
+    threshold_sim : cosine (in the processed embedding space) at and above which a pair is a
+        near-duplicate, derived from the data (see :func:`near_duplicate_groups`)
+    """
+
+    group: np.ndarray
+    score: np.ndarray
+    partner: np.ndarray
+    threshold_sim: float
+    stats: dict = field(default_factory=dict)
+
+
+def _gumbel_min_fit(u: np.ndarray) -> tuple[float, float]:
+    """Location and scale of a Gumbel-for-minima law, from the quartiles (robust to the tail)."""
+    q25, q50, q75 = np.quantile(u, [0.25, 0.5, 0.75])
+    beta = float((q75 - q25) / (np.log(np.log(4.0)) - np.log(-np.log(0.75))))
+    mu = float(q50 - beta * np.log(np.log(2.0)))
+    return mu, beta
+
+
+def _gumbel_min_cdf(u: np.ndarray, mu: float, beta: float) -> np.ndarray:
+    return -np.expm1(-np.exp((u - mu) / beta))
+
+
+def near_duplicate_groups(graph: KnnGraph) -> NearDuplicates:
+    """Near-duplicate groups from the low tail of nearest-neighbour distances.
+
+    u = log(1 − s₁), the log cosine distance of each sample to its nearest neighbour, is the
+    log of a minimum over many candidates, so over genuine photos it follows a Gumbel law for
+    minima, whose left tail decays exponentially (heavier than a normal's: real sets hold many
+    same-session photos). The law is fitted from the quartiles, which the few duplicates
+    cannot move, and the cut is where it expects fewer than one genuine nearest pair in the
+    whole set: n·F(u) < 1, i.e. u < μ − β·ln n. Every kNN edge below the cut is a duplicate
+    edge; groups are connected components of those edges (union-find).
+
+    An edge's score is 1 / (1 + n·F(u)): 0.5 at the cut, → 1 far below it (duplicate against
+    the expected count of genuine pairs at least that close). Under ``MIN_LAW_SAMPLES`` rows
+    there are too few distances to fit the law, and only identical vectors are grouped
+    (score 1).
+    """
+    n = graph.n_samples
+    if n < MIN_LAW_SAMPLES:
+        # too few nearest neighbours to fit a law to: only identical vectors (cosine 1 to
+        # float precision) are copies
+        cut_u, mu, beta = float(np.log(IDENTICAL_DISTANCE)), None, None
+        source = f"identical only (n < {MIN_LAW_SAMPLES})"
+    else:
+        first = graph.sims[:, 0].astype(np.float64)
+        u1 = np.log(np.clip(1.0 - first[np.isfinite(first)], 1e-12, None))
+        mu, beta = _gumbel_min_fit(u1)
+        if not beta > 0:  # degenerate (almost every vector identical): nothing is separable
+            empty = np.full(n, -1, dtype=np.int64)
+            return NearDuplicates(empty, np.zeros(n, np.float32), empty.copy(), 1.0,
+                                  {"gumbel_mu": mu, "gumbel_beta": beta, "n_edges": 0, "n_groups": 0})
+        cut_u, source = mu - beta * np.log(max(n, 2)), "gumbel"
+    threshold_sim = float(1.0 - np.exp(cut_u))
+
+    u = np.log(np.clip(1.0 - graph.sims.astype(np.float64), 1e-12, None))
+    is_dup = (u < cut_u) & (graph.indices >= 0)
+    rows, cols = np.nonzero(is_dup)
+    nb = graph.indices[rows, cols]
+    if source == "gumbel":
+        edge_score = 1.0 / (1.0 + n * _gumbel_min_cdf(u[rows, cols], mu, beta))
+    else:
+        edge_score = np.ones(len(rows))
+
+    score = np.zeros(n, dtype=np.float32)
+    partner = np.full(n, -1, dtype=np.int64)
+    if len(rows):
+        # closest duplicate partner per sample: edges come sorted by similarity within a row,
+        # so the first edge seen per row (and per neighbour, for the reverse direction) wins.
+        both_r = np.concatenate([rows, nb])
+        both_p = np.concatenate([nb, rows])
+        both_s = np.concatenate([edge_score, edge_score])
+        order = np.lexsort((-both_s, both_r))
+        both_r, both_p, both_s = both_r[order], both_p[order], both_s[order]
+        firsts = np.r_[True, both_r[1:] != both_r[:-1]]
+        partner[both_r[firsts]] = both_p[firsts]
+        score[both_r[firsts]] = both_s[firsts]
+    adj = sp.coo_matrix((np.ones(len(rows)), (rows, nb)), shape=(n, n))
+    _, comp = connected_components(adj, directed=True, connection="weak")
+    in_group = partner >= 0
+    group = np.full(n, -1, dtype=np.int64)
+    _, group[in_group] = np.unique(comp[in_group], return_inverse=True)
+    stats = {"cut": source, "gumbel_mu": None if mu is None else round(mu, 4),
+             "gumbel_beta": None if beta is None else round(beta, 4),
+             "threshold_sim": round(threshold_sim, 6), "n_edges": len(rows),
+             "n_groups": int(group.max() + 1) if in_group.any() else 0,
+             "n_samples_in_groups": int(in_group.sum())}
+    return NearDuplicates(group, score, partner, threshold_sim, stats)
+
+
+# --------------------------------------------------------------------------- label agreement
+
+
+@dataclass(frozen=True)
+class LabelAgreement:
+    """Similarity-weighted kNN label votes, per sample.
+
+    given_support : (n,) reliability-weighted vote mass for the sample's own label
+    best_other : (n,) int64, the other label with most vote mass (-1 if none)
+    other_support : (n,) vote mass for ``best_other``
+    none_prob : (n,) probability that no reliable neighbour is the same person
+    reliability : (n,) how well each sample's own label is backed by its neighbours, in [0, 1]
+    n_votes : (n,) int, neighbours that voted (duplicates of the sample excluded)
+    """
+
+    given_support: np.ndarray
+    best_other: np.ndarray
+    other_support: np.ndarray
+    none_prob: np.ndarray
+    reliability: np.ndarray
+    n_votes: np.ndarray
+
+
+def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray, n_labels: int):
+    """Own-label mass, and the best other label and its mass, per row, vectorised."""
+    n, k = nb_labels.shape
+    own = nb_labels == labels[:, None]
+    given = np.where(own, weights, 0.0).sum(axis=1)
+    other = (~own) & (weights > 0)
+    r, c = np.nonzero(other)
+    best = np.full(n, -1, dtype=np.int64)
+    best_mass = np.zeros(n, dtype=np.float64)
+    if len(r):
+        key = r.astype(np.int64) * n_labels + nb_labels[r, c]
+        uniq, inv = np.unique(key, return_inverse=True)
+        mass = np.bincount(inv, weights=weights[r, c].astype(np.float64))
+        key_row = uniq // n_labels
+        # per row, the label with the largest mass (ties: smaller label code, deterministic)
+        order = np.lexsort((uniq % n_labels, -mass, key_row))
+        first = np.r_[True, key_row[order][1:] != key_row[order][:-1]]
+        top = order[first]
+        best[key_row[top]] = uniq[top] % n_labels
+        best_mass[key_row[top]] = mass[top]
+    return given, best, best_mass
+
+
+def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibration,
+                        *, dup_group: np.ndarray | None = None, n_labels: int | None = None) -> LabelAgreement:
+    """Two-pass, reliability-weighted label vote over each sample's kNN.
+
+    Pass 1: each neighbour j votes for its label with weight p_ij = P(same identity | s_ij).
+    A sample's reliability is a_i = g_i / (T_i + 1), its own-label mass over all its vote mass
+    plus one pseudo-vote. Pass 2: votes are weighted by p_ij·a_j, so neighbours whose own
+    labels are unsupported (open-set images, other flips) do not vouch for anything. Near
+    duplicates of a sample do not vote for it: a copy is not independent evidence.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n_labels = int(n_labels if n_labels is not None else labels.max() + 1)
+    nb = graph.indices
+    valid = nb >= 0
+    nb_safe = np.where(valid, nb, 0)
+    p = np.where(valid, calibration(graph.sims), 0.0).astype(np.float64)
+    if dup_group is not None:
+        g_self = dup_group[:, None]
+        same_dup = (g_self >= 0) & (dup_group[nb_safe] == g_self)
+        p = np.where(same_dup, 0.0, p)
+    nb_labels = labels[nb_safe]
+
+    given1, _, _ = _label_votes(nb_labels, p, labels, n_labels)
+    reliability = given1 / (p.sum(axis=1) + 1.0)
+    w = p * reliability[nb_safe]
+    given, best, best_mass = _label_votes(nb_labels, w, labels, n_labels)
+    none_prob = np.prod(1.0 - np.clip(w, 0.0, 1.0), axis=1)
+    return LabelAgreement(
+        given_support=given.astype(np.float32),
+        best_other=best,
+        other_support=best_mass.astype(np.float32),
+        none_prob=none_prob.astype(np.float32),
+        reliability=reliability.astype(np.float32),
+        n_votes=(p > 0).sum(axis=1).astype(np.int32),
+    )
+
+
+def vote_stage(graph: KnnGraph, labels: np.ndarray, calibration: Calibration, *,
+               n_labels: int | None = None) -> tuple[NearDuplicates, LabelAgreement]:
+    """The stage as ``clean`` runs it: near-duplicate groups first (copies of a sample do not
+    vote for it), then the two-pass label votes."""
+    duplicates = near_duplicate_groups(graph)
+    agreement = knn_label_agreement(graph, labels, calibration, dup_group=duplicates.group, n_labels=n_labels)
+    return duplicates, agreement
