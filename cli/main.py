@@ -42,7 +42,8 @@ def main() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    # one line whatever the terminal's width (a pipeline greps it): rich must not wrap it
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
