@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,6 +75,20 @@ def test_outputs_follow_the_contract_column_by_column(example_run):
     assert (ids.images == per_label.images).all()
     assert np.allclose(ids.purity, 1 - per_label.flagged / per_label.images, atol=1e-4)
     assert set(ids.merge_into[ids.merge_into != ""].index) == set(identities.label)
+
+
+def test_bundled_example_decisions_are_pinned(example_run):
+    """Every decision on the bundled example (default config, seed 0), row by row: a change
+    of behaviour shows here as a diff against tests/data/example_decisions.csv. Regenerate
+    that file only for an intended change, and say why in the commit."""
+    result, _, _ = example_run
+    pinned = pd.read_csv(Path(__file__).parent / "data" / "example_decisions.csv", dtype=str,
+                         keep_default_na=False)
+    audit = result.audit
+    flagged = (audit.fc_issue != "") | (audit.fc_action != "keep")
+    got = audit.loc[flagged, ["fc_action", "fc_issue", "fc_label"]].reset_index(names="row")
+    got["row"] = (got["row"] + 1).astype(str)
+    pd.testing.assert_frame_equal(got, pinned)
 
 
 def test_finds_most_injected_problems_in_the_bundled_example(example_run):

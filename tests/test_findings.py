@@ -73,3 +73,155 @@ def test_single_image_label_is_not_judged_but_sent_to_review():
     findings = find_issues(signals, labels, names)
     assert findings.review[-1] and findings.issue[-1] != "outlier"
     assert "cannot tell" in findings.reason[-1]
+
+
+# --------------------------------------------------------------------------- one question at a time,
+# on hand-made evidence (no graph): what each find_* function answers, and resolve's precedence
+
+
+def _evidence(labels, *, given, other, best_other, none_prob, group=None, dup_score=None, partner=None,
+              partitions=None, camsoftmax=None):
+    from facecluster.findings import Signals
+    from facecluster.partition import Partition
+    from facecluster.votes import LabelAgreement, NearDuplicates
+
+    n = len(labels)
+    f32 = lambda v: np.asarray(v, dtype=np.float32)  # noqa: E731
+    agreement = LabelAgreement(f32(given), np.asarray(best_other, dtype=np.int64), f32(other), f32(none_prob),
+                               np.ones(n, np.float32), np.full(n, 10, np.int32))
+    group = np.full(n, -1) if group is None else np.asarray(group)
+    duplicates = NearDuplicates(group, f32(np.zeros(n) if dup_score is None else dup_score),
+                                np.full(n, -1) if partner is None else np.asarray(partner), 0.99)
+    parts = {name: Partition(np.asarray(p)) for name, p in (partitions or {}).items()}
+    return Signals(None, agreement, duplicates, parts.get("hierarchical"), parts.get("correlation"), camsoftmax)
+
+
+def _confidence(p_given, top, p_top):
+    from facecluster.camsoftmax import Confidence
+
+    p_given = np.asarray(p_given, dtype=np.float32)
+    return Confidence(p_given, np.asarray(top, dtype=np.int64), np.asarray(p_top, dtype=np.float32),
+                      np.zeros_like(p_given))
+
+
+# labels: a ×4 (0-3), b ×4 (4-7), c ×1 (8)
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2])
+NAMES = np.array(["a", "b", "c"], dtype=object)
+
+
+def test_find_mislabeled_pools_the_stages_that_agree():
+    from facecluster.findings import find_mislabeled
+
+    given = [0.5, 4, 4, 4, 4, 4, 4, 4, 0.0]
+    other = [3.0, 0, 0, 0, 0, 0, 0, 0, 5.0]
+    best = [1, -1, -1, -1, -1, -1, -1, -1, 0]
+    hier = [1, 0, 0, 0, 1, 1, 1, 1, 2]  # row 0 sits in b's cluster: 4 of its 4 other members are b
+    conf = _confidence([0.1] + [0.9] * 7 + [np.nan], [1] + [0] * 3 + [1] * 4 + [-1], [0.8] + [0.9] * 7 + [np.nan])
+    sig = _evidence(LABELS, given=given, other=other, best_other=best, none_prob=[0.1] * 9,
+                    partitions={"hierarchical": hier}, camsoftmax=conf)
+    mis = find_mislabeled(sig, LABELS)
+    knn = 3.0 / 4.5
+    assert mis.mask.tolist() == [True] + [False] * 8, "c's only image cannot be outvoted"
+    assert mis.suggested[0] == 1 and mis.knn_score[0] == pytest.approx(knn)
+    assert mis.score[0] == pytest.approx((knn + 1.0 + 0.8) / 3), "kNN, partition share, cam-softmax p(b)"
+    assert mis.corroborated_by["hierarchical"][0] and mis.corroborated_by["camsoftmax"][0]
+    # a stage that disagrees counts 0: cam-softmax's top is not b
+    sig2 = _evidence(LABELS, given=given, other=other, best_other=best, none_prob=[0.1] * 9,
+                     camsoftmax=_confidence([0.6] * 9, [0] * 9, [0.6] * 9))
+    assert find_mislabeled(sig2, LABELS).score[0] == pytest.approx(knn / 2)
+
+
+def test_find_outliers_needs_three_images_and_no_other_label_claiming_the_row():
+    from facecluster.findings import find_outliers
+
+    none_prob = [0.9, 0.1, 0.1, 0.1, 0.95, 0.1, 0.1, 0.1, 0.99]
+    other = [0, 0, 0, 0, 6.0, 0, 0, 0, 0]  # row 4: the votes claim it for a
+    best = [-1, -1, -1, -1, 0, -1, -1, -1, -1]
+    sig = _evidence(LABELS, given=[1] * 9, other=other, best_other=best, none_prob=none_prob)
+    out = find_outliers(sig, LABELS)
+    assert out.mask.tolist() == [True] + [False] * 8
+    assert out.score[8] == 0.0, "a one-image label is not scored as an outlier"
+    # cam-softmax pulls the pool: (0.9 + (1 - 0.95)) / 2 < 0.5
+    conf = _confidence([0.95] * 9, [0] * 9, [0.95] * 9)
+    pooled = find_outliers(_evidence(LABELS, given=[1] * 9, other=other, best_other=best, none_prob=none_prob,
+                                     camsoftmax=conf), LABELS)
+    assert not pooled.mask[0] and pooled.score[0] == pytest.approx((0.9 + 0.05) / 2)
+
+
+def test_find_near_duplicates_keeps_one_row_per_group_the_best_backed_when_labels_differ():
+    from facecluster.findings import find_near_duplicates
+
+    group = [0, 0, 0, -1, 1, -1, -1, -1, 1]  # group 0: three a's; group 1: a b (row 4) and the c
+    given = [2, 2, 2, 2, 0.2, 2, 2, 2, 3.0]
+    other = [0, 0, 0, 0, 3.0, 0, 0, 0, 0.0]
+    sig = _evidence(LABELS, given=given, other=other, best_other=[-1, -1, -1, -1, 2, -1, -1, -1, -1],
+                    none_prob=[0] * 9, group=group, dup_score=[0.9] * 9, partner=[1, 0, 0, -1, 8, -1, -1, -1, 4])
+    near = find_near_duplicates(sig, LABELS)
+    assert np.flatnonzero(near.mask).tolist() == [1, 2, 4]
+    assert near.keep[1] == near.keep[2] == 0, "same label: the first row stays"
+    assert near.keep[4] == 8, "mixed labels: the row whose label its neighbours back stays"
+    assert (near.score[~near.mask] == 0).all()
+
+
+def test_find_duplicate_identities_needs_votes_both_ways():
+    from facecluster.findings import find_duplicate_identities
+
+    labels = np.array([0] * 4 + [1] * 6)
+    names = np.array(["small", "big"], dtype=object)
+    # one person under two names: each image gives the other name about its expected share
+    given = [1.5] * 4 + [2.5] * 6
+    other = [2.5] * 4 + [1.5] * 6
+    sig = _evidence(labels, given=given, other=other, best_other=[1] * 4 + [0] * 6, none_prob=[0] * 10)
+    dup = find_duplicate_identities(sig, labels, names)
+    assert dup.merges[["label", "merged_into"]].values.tolist() == [["small", "big"]], "into the larger label"
+    assert dup.merged_into.tolist() == [1, -1] and dup.label_score[0] >= 0.5
+    # flips from big into small vote one way only: no merge
+    one_way = _evidence(labels, given=given, other=[2.5] * 4 + [0] * 6, best_other=[1] * 4 + [-1] * 6,
+                        none_prob=[0] * 10)
+    assert len(find_duplicate_identities(one_way, labels, names).merges) == 0
+
+
+def test_find_review_sends_what_cannot_be_judged_to_a_person():
+    from facecluster.findings import find_review
+
+    none_prob = [0.1] * 8 + [0.9]
+    hier = [0, 1, 1, 1, 1, 2, 2, 2, 3]  # row 1 (an a) sits with three b's... and a's rows 2-3
+    labels = np.array([0, 0, 1, 1, 1, 1, 1, 1, 2])
+    sig = _evidence(labels, given=[1] * 9, other=[0] * 9, best_other=[-1] * 9, none_prob=none_prob,
+                    partitions={"hierarchical": hier})
+    review = find_review(sig, labels, NAMES)
+    assert review.cannot_tell.tolist() == [False] * 8 + [True], "one image, and no neighbour backs it"
+    assert review.partition_text[1] == "review: hierarchical cluster is 100% b"
+    assert review.mask.sum() == 2
+
+
+def test_resolve_applies_the_documented_precedence():
+    from facecluster.findings import PRECEDENCE, resolve
+
+    assert PRECEDENCE == ("near_duplicate", "outlier", "duplicate_identity", "mislabeled")
+    m = lambda *v: np.array(v, dtype=bool)  # noqa: E731
+    masks = {"near_duplicate": m(1, 0, 0, 0, 0), "outlier": m(1, 1, 0, 0, 0),
+             "duplicate_identity": m(1, 1, 1, 0, 0), "mislabeled": m(1, 1, 1, 1, 0)}
+    scores = {name: np.full(5, i / 10, dtype=np.float32) for i, name in enumerate(PRECEDENCE, start=1)}
+    issue, score = resolve(masks, scores)
+    assert issue.tolist() == ["near_duplicate", "outlier", "duplicate_identity", "mislabeled", ""]
+    assert score.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.0])
+
+
+def test_find_issues_writes_one_reason_per_finding_and_reviews_only_rows_without_one():
+    from facecluster.findings import find_issues
+
+    given = [0.5, 4, 4, 4, 4, 4, 4, 4, 0.0]
+    other = [3.0, 0, 0, 0, 0, 0, 0, 0, 0]
+    best = [1, -1, -1, -1, -1, -1, -1, -1, -1]
+    none_prob = [0.1, 0.1, 0.1, 0.95, 0.1, 0.1, 0.1, 0.1, 0.9]
+    sig = _evidence(LABELS, given=given, other=other, best_other=best, none_prob=none_prob,
+                    partitions={"hierarchical": [1, 0, 0, 1, 1, 1, 1, 1, 2]})
+    f = find_issues(sig, LABELS, NAMES)
+    assert f.issue.tolist() == ["mislabeled", "", "", "outlier", "", "", "", "", ""]
+    assert f.suggested.tolist() == [1] + [-1] * 8
+    assert f.reason[0].startswith("pooled p(b)=") and "hierarchical: 80% of its cluster is b" in f.reason[0]
+    assert f.reason[3].startswith("kNN: no label supported")
+    # row 3 (an outlier) also sits in b's cluster: its finding carries it, not a review
+    assert not f.review[3] and f.review[8] and f.reason[8].startswith("review: cannot tell")
+    assert f.counts()["review"] == 1 and (f.reason[f.issue == ""][~f.review[f.issue == ""]] == "").all()
