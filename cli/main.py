@@ -119,6 +119,9 @@ def cluster(
     try:
         config = ClusterConfig(method=method.value, threshold=threshold, level=level, bias=bias, k=k, device=device.value,
                                knn_method=knn.value, path_col=path_col, label_col=label_col, seed=seed)
+    except ValueError as exc:  # a bad option value
+        _fail(exc)
+    try:
         result = run_cluster(manifest, embeddings, config, out_dir=None if dry_run else out,
                              progress=NullProgress() if quiet else RichProgress(err_console))
     except InputError as exc:

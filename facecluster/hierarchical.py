@@ -393,6 +393,8 @@ class HierarchicalConfig:
     def __post_init__(self):
         if self.method not in ("average", "finch"):
             raise ValueError(f"hierarchical method must be average or finch, got {self.method!r}")
+        if self.threshold is not None and not np.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite cosine, got {self.threshold!r}")
         if self.level is not None and self.level < 0:
             raise ValueError(f"level must be >= 0, got {self.level}")
         if self.n_candidates < 2:
@@ -515,10 +517,9 @@ class GraphAverageLinkage(ClusterMixin, BaseEstimator):
         self
         """
         _check_common(self)
-        if self.threshold is not None and not np.isfinite(self.threshold):
-            raise ValueError(f"threshold must be a finite cosine, got {self.threshold!r}")
+        config = HierarchicalConfig(threshold=None if self.threshold is None else float(self.threshold))
         graph, codes = _fit_input(self, X, y)
-        part = hierarchical_stage(graph, codes, HierarchicalConfig(threshold=self.threshold),
+        part = hierarchical_stage(graph, codes, config,
                                   rng=np.random.default_rng(self.seed))
         self.dendrogram_ = part.detail
         self.stats_ = part.stats
@@ -568,10 +569,11 @@ class FINCH(ClusterMixin, BaseEstimator):
         self
         """
         _check_common(self)
-        if self.level is not None and not (isinstance(self.level, (int, np.integer)) and self.level >= 0):
+        if self.level is not None and not isinstance(self.level, (int, np.integer)):
             raise ValueError(f"level must be a non-negative integer, got {self.level!r}")
+        config = HierarchicalConfig(method="finch", level=self.level)
         graph, codes = _fit_input(self, X, y)
-        part = hierarchical_stage(graph, codes, HierarchicalConfig(method="finch", level=self.level))
+        part = hierarchical_stage(graph, codes, config)
         self.partitions_ = part.detail
         self.n_clusters_ = part.stats["clusters_per_level"]
         self.level_ = part.stats["level"]

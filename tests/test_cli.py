@@ -64,3 +64,8 @@ def test_named_columns_and_explicit_embeddings(tmp_path, small_set):
 def test_invalid_option_is_a_usage_error():
     result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--k", "0"])
     assert result.exit_code == 2
+
+
+def test_a_bad_cluster_option_value_is_one_line_and_exit_2(small_set):
+    result = CliRunner().invoke(app, ["cluster", str(small_set), "--method", "finch", "--level", "-1", "-q"])
+    assert result.exit_code == 2 and result.output.strip() == "error: level must be >= 0, got -1"

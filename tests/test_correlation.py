@@ -143,3 +143,10 @@ def test_signed_weights_follow_similarity_and_the_estimator_runs(offset):
 def _sims(graph, g):
     mat = graph.to_csr(symmetric=True)
     return np.asarray(mat[g.a, g.b]).ravel()
+
+
+def test_the_estimator_checks_its_parameters_in_fit():
+    x, y = make_faces(60, 5, 8, seed=1)
+    for bad in (CorrelationClustering(bias=float("inf")), CorrelationClustering(k=0)):
+        with pytest.raises(ValueError):
+            bad.fit(x, y)

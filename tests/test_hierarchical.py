@@ -126,3 +126,22 @@ def test_incremental_rounds_give_the_same_dendrogram_as_full_recomputation(n, k,
     np.testing.assert_array_equal(full.children, fast.children)
     np.testing.assert_array_equal(full.similarity, fast.similarity)
     assert full.rounds == fast.rounds
+
+
+@pytest.mark.parametrize("est", [GraphAverageLinkage(threshold=float("nan")), GraphAverageLinkage(k=0),
+                                 FINCH(level=-1), FINCH(device="tpu")], ids=["nan-cut", "k0", "level", "device"])
+def test_estimators_check_their_parameters_in_fit(est):
+    x, _ = make_faces(60, 5, 8, seed=1)
+    with pytest.raises(ValueError):
+        est.fit(x)
+
+
+def test_estimators_accept_string_labels_and_a_prebuilt_graph():
+    x, y = make_faces(400, 25, 32, seed=9)
+    graph = build_knn_graph(x, k=10, device="cpu")
+    names = np.array([f"person-{v}" for v in y])
+    a = GraphAverageLinkage(k=10).fit(graph, names)
+    b = GraphAverageLinkage(k=10).fit(graph, y)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    with pytest.raises(ValueError, match="shape"):
+        GraphAverageLinkage(k=10).fit(graph, y[:-1])
