@@ -18,6 +18,7 @@ def small_bench():
     return noisy, run_bench(noisy, peers=PEERS, k=15, seed=5)
 
 
+@pytest.mark.slow
 def test_every_peer_reports_quality_time_and_memory(small_bench):
     noisy, rows = small_bench
     by_name = {r.method.split(" ")[0]: r for r in rows if not r.method.startswith("facecluster ") or "clean" in r.method}
@@ -58,6 +59,7 @@ def test_peak_memory_sees_an_allocation():
     assert mem.peak_mb is None or mem.peak_mb >= 50
 
 
+@pytest.mark.slow
 def test_cli_bench_prints_tables_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--size", "800", "--dim", "32", "--peers", "kmeans,finch",

@@ -35,6 +35,7 @@ def example_run(tmp_path_factory):
     return result, out, truth
 
 
+@pytest.mark.slow
 def test_outputs_follow_the_contract_column_by_column(example_run):
     result, out, _ = example_run
     manifest = _read(EXAMPLES / "faces.csv")
@@ -77,6 +78,7 @@ def test_outputs_follow_the_contract_column_by_column(example_run):
     assert set(ids.merge_into[ids.merge_into != ""].index) == set(identities.label)
 
 
+@pytest.mark.slow
 def test_bundled_example_decisions_are_pinned(example_run):
     """Every decision on the bundled example (default config, seed 0), row by row: a change
     of behaviour shows here as a diff against tests/data/example_decisions.csv. Regenerate
@@ -91,6 +93,7 @@ def test_bundled_example_decisions_are_pinned(example_run):
     pd.testing.assert_frame_equal(got, pinned)
 
 
+@pytest.mark.slow
 def test_finds_most_injected_problems_in_the_bundled_example(example_run):
     result, _, truth = example_run
     scores = issue_scores(result.audit.fc_issue, truth)
@@ -113,6 +116,7 @@ def test_finds_most_injected_problems_in_the_bundled_example(example_run):
     assert (audit.fc_action[clean_rows] != "keep").sum() <= 5, "clean rows acted on"
 
 
+@pytest.mark.slow
 def test_same_input_and_seed_give_identical_outputs(tmp_path, small_set):
     a = fc.clean(small_set, out_dir=tmp_path / "a")
     b = fc.clean(small_set, out_dir=tmp_path / "b")
@@ -127,6 +131,7 @@ def test_same_input_and_seed_give_identical_outputs(tmp_path, small_set):
     pd.testing.assert_frame_equal(a.audit, b.audit)
 
 
+@pytest.mark.slow
 def test_rerun_reuses_the_cached_graph(tmp_path, small_set):
     fc.clean(small_set, out_dir=tmp_path)
     again = fc.clean(small_set, out_dir=tmp_path)
@@ -135,6 +140,7 @@ def test_rerun_reuses_the_cached_graph(tmp_path, small_set):
     assert other.report["stages"]["knn"]["cache"] == "written"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exc", [OSError("disk full"), KeyboardInterrupt()])
 def test_interrupted_write_leaves_no_partial_outputs(tmp_path, small_set, monkeypatch, exc):
     out = tmp_path / "out"
@@ -185,6 +191,7 @@ def test_library_accepts_dataframe_and_array(small_set):
     assert result.report["parameters"]["policy"] == "balanced"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["centred", "offset"])
 def test_policies_trade_recall_for_safety(tmp_path, noisy_sets, shape):
     noisy = noisy_sets[shape]
@@ -197,6 +204,7 @@ def test_policies_trade_recall_for_safety(tmp_path, noisy_sets, shape):
     assert acted["conservative"] <= acted["balanced"] <= acted["aggressive"]
 
 
+@pytest.mark.slow
 def test_real_faces_known_noise_is_found(real_set):
     result = fc.clean(real_set / "manifest.csv", real_set / "embeddings.npy")
     audit = result.audit

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -15,6 +16,7 @@ from .conftest import EXAMPLES
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_clean_writes_outputs_and_prints_a_summary(tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--out", str(out)])
@@ -24,6 +26,7 @@ def test_clean_writes_outputs_and_prints_a_summary(tmp_path):
     assert {p.name for p in out.iterdir()} >= {"cleaned.csv", "audit.csv", "identities.csv", "report.json"}
 
 
+@pytest.mark.slow
 def test_dry_run_writes_nothing(tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--out", str(out), "--dry-run"])
@@ -31,11 +34,13 @@ def test_dry_run_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing_on_stdout(tmp_path):
     result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--out", str(tmp_path / "o"), "-q"])
     assert result.exit_code == 0 and result.stdout.strip() == ""
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_clear_line_and_no_output(tmp_path, small_set):
     x = np.load(small_set.with_suffix(".npy"))
     x[41, 3] = np.inf

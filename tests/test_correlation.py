@@ -41,6 +41,7 @@ def _random_signed(n, density, rng):
     return SignedGraph(n, a, b, w)
 
 
+@pytest.mark.slow
 def test_exact_optimum_comparison_on_small_graphs():
     rng = np.random.default_rng(0)
     hits, gaps, trials = 0, [], 120
@@ -75,6 +76,7 @@ def _densified(g, u):
     return SignedGraph(n, ia.astype(np.int64), ib.astype(np.int64), full[ia, ib])
 
 
+@pytest.mark.slow
 def test_non_edge_weights_against_exact_optimum_and_pivot():
     rng = np.random.default_rng(1)
     hits, trials = 0, 100

@@ -40,6 +40,7 @@ def test_calibration_is_monotone_and_follows_labels(noisy_sets):
     assert (np.diff(p) >= -1e-7).all() and p[0] < 0.2 and p[-1] > 0.8
 
 
+@pytest.mark.slow
 def test_near_duplicate_cut_comes_from_the_data_not_a_constant(noisy_sets):
     cuts = {name: _run(noisy)[1].duplicates.threshold_sim for name, noisy in noisy_sets.items()}
     x, _ = make_faces(2500, 160, 128, spread=0.5, seed=11)  # tighter identities, higher genuine sims

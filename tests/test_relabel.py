@@ -228,6 +228,7 @@ def _cases(draw):
     return codes, _findings(issue, score, suggested, merges), draw(st.sampled_from(list(POLICIES)))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(_cases())
 def test_audit_and_cleaned_manifest_invariants_for_any_findings(case):

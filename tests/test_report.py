@@ -40,6 +40,7 @@ def run_with_images(tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_page(run_with_images):
     result, out = run_with_images
     page = (out / "report.html").read_text(encoding="utf-8")
