@@ -427,7 +427,9 @@ def hierarchical_stage(graph: KnnGraph, labels: np.ndarray | None = None, config
         levels = finch(graph)
         level, source = choose_level(levels, labels, config.level)
         stats = {"method": "finch", "level": level, "level_source": source,
-                 "clusters_per_level": [int(p.max()) + 1 for p in levels]}
+                 "clusters_per_level": [int(p.max()) + 1 for p in levels], "n_clusters": int(levels[level].max()) + 1}
+        if labels is not None:
+            stats.update(agreement_report(levels[level], labels))
         return Partition(levels[level], stats, levels)
     dendrogram = average_linkage(graph)
     if config.threshold is None and labels is None and calibration is None:

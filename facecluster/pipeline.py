@@ -290,7 +290,17 @@ def clean(
     timings["relabel"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
-    report = {
+    report = _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir)
+    result = CleanResult(faceset, graph, signals, findings, audit, cleaned, identities, report)
+    if out_dir is not None:
+        with progress.task("write outputs", total=None):
+            result.write(out_dir)
+    return result
+
+
+def _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir) -> dict:
+    """report.json of a cleaning run."""
+    return {
         "facecluster_version": __version__,
         "versions": _versions(),
         "inputs": dict(faceset.source, rows=faceset.n_samples, identities=faceset.n_labels, dim=faceset.dim,
@@ -298,7 +308,7 @@ def clean(
         "parameters": dict(asdict(config), policy_thresholds=asdict(get_policy(config.policy)),
                            device_resolved=asdict(device)),
         "counts": {"issues": findings.counts(), "actions": action_counts(audit), "rows_kept": int(len(cleaned)),
-                   "merge_suggestions": int(len(identities))},
+                   "merge_suggestions": int(len(findings.merges))},
         "stages": {
             "embeddings": dict(faceset.centring_stats, centred=faceset.centred),
             "knn": _graph_report(graph, out_dir),
@@ -312,11 +322,6 @@ def clean(
         "identities": identity_summary(faceset.labels, faceset.label_names, findings),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    result = CleanResult(faceset, graph, signals, findings, audit, cleaned, identities, report)
-    if out_dir is not None:
-        with progress.task("write outputs", total=None):
-            result.write(out_dir)
-    return result
 
 
 def _graph_report(graph: KnnGraph, out_dir) -> dict:

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import facecluster as fc
+import facecluster.metrics
 import facecluster.camsoftmax as camsoftmax_module
 import facecluster.pipeline as pipeline
 from cli.main import app
@@ -134,3 +135,14 @@ def test_tiny_and_one_identity_sets_give_a_sound_result(tmp_path, labels):
         assert clustered.exit_code == 0, clustered.output
         table = pd.read_csv(tmp_path / method / "clusters.csv")
         assert len(table) == len(labels) and table.fc_cluster.min() == 0
+
+
+def test_finch_can_be_the_hierarchical_evidence_inside_clean(small_set):
+    result = fc.clean(small_set, device="cpu", stages=("hierarchical",),
+                      hierarchical=HierarchicalConfig(method="finch"))
+    stage = result.report["stages"]["hierarchical"]
+    assert stage["method"] == "finch" and stage["level_source"].startswith("best pairwise F")
+    part = result.signals.hierarchical
+    assert stage["n_clusters"] == part.n_clusters and part.labels is part.detail[stage["level"]]
+    scores = [fc.metrics.pairwise_scores(result.faceset.labels, p)["f"] for p in part.detail]
+    assert stage["agreement_with_labels"]["pairwise_f"] == pytest.approx(max(scores))
