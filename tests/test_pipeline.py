@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 import facecluster as fc
-import facecluster.metrics
 import facecluster.camsoftmax as camsoftmax_module
+import facecluster.metrics
 import facecluster.pipeline as pipeline
 from cli.main import app
 from facecluster.camsoftmax import CamSoftmaxConfig
