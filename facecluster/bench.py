@@ -29,7 +29,8 @@ from .knn import build_knn_graph
 from .metrics import cleaning_scores, clustering_scores
 from .pipeline import CleanConfig, clean
 from .progress import NullProgress, Progress
-from .synth import NoisySet, inject_noise, label_names, make_faces
+from .synth import WEB_MIX, NoisySet, inject_noise, label_names, make_faces
+from .synth import long_tail as subsample_long_tail
 
 PEERS = ("cleanlab", "hdbscan", "finch", "agglomerative", "kmeans", "infomap")
 
@@ -94,13 +95,19 @@ class PeakMemory:
         return False
 
 
+MIXES = {"synthetic": {}, "web": WEB_MIX}
+
+
 def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, effective_dim: float | None = None,
               mean_images: float = 15.0, seed: int = 0, manifest: str | Path | None = None, embeddings: str | Path | None = None,
-              label_col: str = "label") -> NoisySet:
+              label_col: str = "label", mix: str | None = None, long_tail: bool = False) -> NoisySet:
     """The noisy set to bench on: generated, or a user's labelled set with noise injected.
 
     A user's set is taken as clean (its own label noise then counts against every method
-    alike); the injected noise is the ground truth.
+    alike); the injected noise is the ground truth. ``mix``: "web" (:data:`~facecluster.synth.WEB_MIX`,
+    the real-set protocol: the default with ``manifest``) or "synthetic" (inject_noise's
+    defaults: the default for generated sets). ``long_tail`` first subsamples the identities
+    to a web-like size distribution (:func:`~facecluster.synth.long_tail`).
     """
     if manifest is not None:
         from .faceset import load_faceset
@@ -110,7 +117,13 @@ def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, effect
     else:
         x, y = make_faces(size, max(2, int(round(size / mean_images))), dim, offset=offset,
                           effective_dim=effective_dim, seed=seed)
-    return inject_noise(x, y, seed=seed)
+    mix = mix or ("web" if manifest is not None else "synthetic")
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {', '.join(MIXES)}, got {mix!r}")
+    if long_tail:
+        x, y, _ = subsample_long_tail(x, y, seed=seed)
+        y = np.unique(y, return_inverse=True)[1]
+    return inject_noise(x, y, seed=seed, **MIXES[mix])
 
 
 def _true_label_names(noisy: NoisySet) -> np.ndarray:
@@ -123,7 +136,8 @@ def _merge_truth(noisy: NoisySet) -> list:
 
 
 def _flat_cleaning(scores: dict) -> dict:
-    out = {}
+    out = {"noise_found_p": scores["noise_found"]["precision"], "noise_found_r": scores["noise_found"]["recall"],
+           "noise_found_f1": scores["noise_found"]["f1"]}
     for issue, s in scores["acted_on"].items():
         out[f"{issue}_p"], out[f"{issue}_r"], out[f"{issue}_f1"] = s["precision"], s["recall"], s["f1"]
     out.update(merge_p=scores["merges"]["precision"], merge_r=scores["merges"]["recall"],

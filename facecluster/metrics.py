@@ -184,7 +184,8 @@ def cleaning_scores(audit: pd.DataFrame, truth_labels: np.ndarray, truth: pd.Dat
     identities : the run's merge suggestions
     true_merges : list of (label, label) pairs that are one person
 
-    Returns per-issue precision/recall/F1 (found and acted on), relabel accuracy, merge-pair
+    Returns noise found (wrong labels and open-set images, as mislabeled or outlier findings:
+    precision/recall/F1), per-issue precision/recall/F1 (found and acted on), relabel accuracy, merge-pair
     precision/recall, kept-label precision (share of rows kept for retraining whose final
     label is right, labels of one person counted as one) and clean rows lost.
     """
@@ -197,7 +198,11 @@ def cleaning_scores(audit: pd.DataFrame, truth_labels: np.ndarray, truth: pd.Dat
     kept = np.isin(action, ["keep", "relabel", "merge"])
     relabel = action == "relabel"
     clean = truth["issue"].to_numpy().astype(str) == ""
+    issue = audit["fc_issue"].to_numpy().astype(str)
+    true_noise = np.isin(truth["issue"].to_numpy().astype(str), ["flip", "open_set"])
+    found_noise = np.isin(issue, ["mislabeled", "outlier"])
     return {
+        "noise_found": _prf(int((true_noise & found_noise).sum()), int(found_noise.sum()), int(true_noise.sum())),
         "found": issue_scores(audit["fc_issue"].to_numpy(), truth),
         "acted_on": issue_scores(audit["fc_issue"].to_numpy(), truth, acted=action != "keep"),
         "relabel_accuracy": float(right[relabel].mean()) if relabel.any() else 0.0,

@@ -139,6 +139,10 @@ def inject_noise(
     duplicate_noise: float = 0.05,
     min_split_size: int = 8,
     open_set_max_images: int = 5,
+    open_set_identities: float = 0.0,
+    split_any_size: bool = False,
+    duplicate_nn_fraction: tuple[float, float] | None = None,
+    duplicate_relabel: float = 0.0,
     seed: int = 0,
 ) -> NoisySet:
     """Add scraped-set label noise to a clean labelled set.
@@ -156,6 +160,17 @@ def inject_noise(
         names: a random half gets a new label
     duplicates : share of rows that get a near-duplicate appended (same label), perturbed by
         ``duplicate_noise`` times the set's median distance of a sample to its label centroid
+    open_set_identities : when > 0, replaces ``open_set``: this share of the identities (of
+        any size) leaves the label set, their images filed under the labels of random rows
+    split_any_size : split off a random part of 1 .. n/2 images (not always half), so split
+        labels of one or two images occur
+    duplicate_nn_fraction : (lo, hi): when given, each copy sits at a uniform fraction in
+        [lo, hi] of the set's median nearest-neighbour distance from its source (a re-encoded
+        or re-cropped photo), instead of ``duplicate_noise``
+    duplicate_relabel : share of the copies filed under the label of another random row (the
+        same photo under two names)
+
+    See :data:`WEB_MIX` for the mix the real-set protocol uses.
     """
     rng = np.random.default_rng(seed)
     x = np.asarray(embeddings, dtype=np.float32)
@@ -177,7 +192,8 @@ def inject_noise(
     merge_pairs = []
     for lab in rng.choice(splittable, size=n_split, replace=False):
         members = members_of(lab)
-        half = rng.choice(members, size=len(members) // 2, replace=False)
+        part = int(rng.integers(1, len(members) // 2 + 1)) if split_any_size else len(members) // 2
+        half = rng.choice(members, size=part, replace=False)
         y[half] = next_label
         issue[half] = "split"
         split_of[members] = lab
@@ -187,12 +203,17 @@ def inject_noise(
     # Open-set: hold out whole small identities (not split ones) until the target row count is
     # met, and file their images under the labels of random remaining rows.
     target = int(round(open_set * n))
-    if target:
+    if open_set_identities > 0 or target:
         split_labels = np.array([b for _, b in merge_pairs], dtype=np.int64)
-        candidates = rng.permutation(np.flatnonzero((sizes > 0) & (sizes <= open_set_max_images)))
-        candidates = candidates[~np.isin(candidates, split_labels)]
-        take = np.searchsorted(np.cumsum(sizes[candidates]), target) + 1
-        held = candidates[:take]
+        if open_set_identities > 0:
+            candidates = rng.permutation(np.flatnonzero(sizes > 0))
+            candidates = candidates[~np.isin(candidates, split_labels)]
+            held = candidates[:int(round(open_set_identities * int((sizes > 0).sum())))]
+        else:
+            candidates = rng.permutation(np.flatnonzero((sizes > 0) & (sizes <= open_set_max_images)))
+            candidates = candidates[~np.isin(candidates, split_labels)]
+            take = np.searchsorted(np.cumsum(sizes[candidates]), target) + 1
+            held = candidates[:take]
         held_rows = np.flatnonzero(np.isin(person, held))
         keep_rows = np.flatnonzero(~np.isin(person, held))
         y[held_rows] = y[rng.choice(keep_rows, size=len(held_rows))]
@@ -218,13 +239,22 @@ def inject_noise(
     # Near-duplicates appended at the end, same (possibly noisy) label as their source.
     n_dup = int(round(duplicates * n))
     src = np.sort(rng.choice(n, size=min(n_dup, n), replace=False))
-    scale = duplicate_noise * _median_centroid_distance(x, np.asarray(labels, dtype=np.int64))
+    if duplicate_nn_fraction is None:
+        scale = duplicate_noise * _median_centroid_distance(x, np.asarray(labels, dtype=np.int64))
+    else:
+        lo, hi = duplicate_nn_fraction
+        scale = rng.uniform(lo, hi, size=len(src)) * _median_nn_distance(x)
     pert = rng.standard_normal((len(src), x.shape[1])).astype(np.float32)
     pert *= (scale / np.linalg.norm(pert, axis=1))[:, None]
     dup_x = _unit(x[src] + pert)
+    dup_y = y[src].copy()
+    if duplicate_relabel > 0 and len(src):
+        other = rng.random(len(src)) < duplicate_relabel
+        new = y[rng.integers(n, size=int(other.sum()))]
+        dup_y[np.flatnonzero(other)] = new
 
     all_x = np.vstack([x, dup_x]).astype(np.float32)
-    all_y = np.concatenate([y, y[src]])
+    all_y = np.concatenate([y, dup_y])
     truth = pd.DataFrame({
         "issue": np.concatenate([issue, np.full(len(src), "near_duplicate", dtype=object)]),
         "true_label": np.concatenate([true, true[src]]),
@@ -234,6 +264,55 @@ def inject_noise(
         "source_row": np.concatenate([np.arange(n), np.full(len(src), -1)]).astype(np.int64),
     })
     return NoisySet(all_x, all_y, truth, np.asarray(merge_pairs, dtype=np.int64).reshape(-1, 2))
+
+
+def _median_nn_distance(x: np.ndarray, sample: int = 20_000) -> float:
+    """Median Euclidean distance of a sample to its nearest other sample (the set's genuine
+    nearest-neighbour scale), on at most ``sample`` rows against all."""
+    import faiss
+
+    rows = np.random.default_rng(0).choice(len(x), size=min(sample, len(x)), replace=False)
+    sims, _ = faiss.knn(np.ascontiguousarray(x[rows], dtype=np.float32), np.ascontiguousarray(x, dtype=np.float32), 2,
+                        metric=faiss.METRIC_INNER_PRODUCT)
+    return float(np.median(np.sqrt(np.clip(2.0 - 2.0 * sims[:, 1], 0.0, None))))
+
+
+def long_tail(embeddings: np.ndarray, labels: np.ndarray, *, exponent: float = 2.0, keep_whole: float = 0.02,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Subsample a labelled set's identities to a web-like size distribution.
+
+    Each identity keeps s of its images, s drawn from a power law P(s) ∝ s^-exponent on
+    1..(its size) (with exponent 2: about 60% of identities keep one image, 15% two, 7%
+    three); the ``keep_whole`` share of the largest identities keep all theirs, so a few big
+    classes remain beside the long tail (as in LFW, MS-Celeb, WebFace).
+
+    Returns (embeddings, labels, rows kept of the input).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    sizes = np.bincount(labels)
+    order = np.argsort(-sizes, kind="stable")
+    whole = set(order[:max(1, int(round(keep_whole * int((sizes > 0).sum()))))].tolist())
+    keep = []
+    for lab in np.flatnonzero(sizes):
+        rows = np.flatnonzero(labels == lab)
+        if lab in whole:
+            keep.append(rows)
+            continue
+        support = np.arange(1, len(rows) + 1, dtype=np.float64)
+        weights = support ** -exponent
+        s = int(rng.choice(support, p=weights / weights.sum()))
+        keep.append(rng.choice(rows, size=s, replace=False))
+    kept = np.sort(np.concatenate(keep))
+    return np.asarray(embeddings)[kept], labels[kept], kept
+
+
+# The noise mix of the real-set protocol (issue 13): 8% wrong labels (landing on the labels of
+# random rows), 8% of identities turned into open-set images filed under other labels, 3% of
+# identities split under a second name (parts of any size), 3% near-duplicate copies at
+# 5–25% of the median nearest-neighbour distance, a fifth of them filed under another label.
+WEB_MIX = dict(flip=0.08, open_set=0.0, open_set_identities=0.08, split=0.03, min_split_size=2,
+               split_any_size=True, duplicates=0.03, duplicate_nn_fraction=(0.05, 0.25), duplicate_relabel=0.2)
 
 
 def _median_centroid_distance(x: np.ndarray, labels: np.ndarray, sample: int = 200_000) -> float:

@@ -95,3 +95,39 @@ def test_identity_sizes_sum_and_floor():
     assert sizes.sum() == 1000 and sizes.min() == 1
     with pytest.raises(ValueError):
         identity_sizes(10, 20, rng=np.random.default_rng(0))
+
+
+def test_web_mix_injects_the_real_set_protocol():
+    from facecluster.synth import WEB_MIX
+
+    x, y = make_faces(3000, 200, 32, seed=2)
+    noisy = inject_noise(x, y, seed=2, **WEB_MIX)
+    truth = noisy.truth
+    n_ids = len(np.unique(y))
+    # 8% of identities leave the label set whole; 8% of rows get another row's label
+    held = np.unique(truth.true_person[truth.issue == "open_set"])
+    assert len(held) == round(0.08 * n_ids)
+    assert (truth.issue == "flip").sum() == pytest.approx(0.08 * 3000, abs=3)
+    # splits of any size, including one-image parts
+    part_sizes = np.bincount(noisy.labels)[noisy.merge_pairs[:, 0]]
+    assert len(part_sizes) == round(0.03 * n_ids) and part_sizes.min() >= 1
+    # copies sit well inside the genuine nearest-neighbour distance; a fifth carry another label
+    copies = np.flatnonzero(truth.issue == "near_duplicate")
+    src = truth.duplicate_of.to_numpy()[copies]
+    d = np.linalg.norm(noisy.embeddings[copies] - noisy.embeddings[src], axis=1)
+    from facecluster.synth import _median_nn_distance
+
+    assert (d <= 0.26 * _median_nn_distance(x)).all()
+    relabelled = (noisy.labels[copies] != noisy.labels[src]).mean()
+    assert 0.05 < relabelled < 0.4
+
+
+def test_long_tail_keeps_most_identities_small_and_a_few_whole():
+    from facecluster.synth import long_tail
+
+    x, y = make_faces(6000, 300, 16, seed=4)
+    xl, yl, kept = long_tail(x, y, seed=4)
+    sizes = np.bincount(yl)[np.unique(yl)]
+    assert len(np.unique(yl)) == 300 and (sizes <= 3).mean() > 0.7
+    assert sizes.max() == np.bincount(y).max(), "the largest identity is kept whole"
+    np.testing.assert_array_equal(xl, x[kept])
