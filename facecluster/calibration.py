@@ -4,9 +4,18 @@ It is fitted once per run, on the set's own kNN pairs, and handed to the stages 
 edges (the kNN votes, the correlation stage's signed graph, the unsupervised hierarchical
 cut), so report.json's ``calibration`` is the curve they all used.
 
-- With labels: isotonic (monotone) regression of "same label" on cosine over the kNN pairs.
-  Label noise pulls the plateau below 1 (a flipped sample's close neighbours carry another
-  label) but does not move where the curve rises.
+- With labels: "same label" is a noisy observation of "same person". Two faces of one person
+  carry one label only when both labels are right, with probability α < 1 in a noisy set, so
+  P(same label | s) ≈ α·P(same person | s). An isotonic (monotone) regression of "same label"
+  on cosine gives the left side; its level over the most similar tenth of the pairs (where
+  nearly every pair is one person) estimates α, and P(same person | s) = P(same label | s) / α.
+  Without this, injected or natural noise lowers the plateau (to 0.5 on a long-tailed set
+  with a quarter of its rows noisy) and every small identity looks unsupported. (The other
+  side of the channel, two people sharing a label by a flip, is not identifiable from kNN
+  pairs: at the lowest similarities same-label pairs are mostly hard photos of one person,
+  and subtracting them as noise cost real sets clean rows; it is taken as 0.) Pairs touching a label with a single image are left out of the fit: they can
+  never agree, whoever is in them, so they say nothing about identity (a long tail of
+  one-image labels would otherwise drag the whole curve down).
 - Without labels (the documented prior): a two-component Gaussian mixture of the kNN
   similarities; P(same) is the posterior of the upper component.
 
@@ -28,13 +37,15 @@ MAX_PAIRS = 2_000_000
 class Calibration:
     """A fitted map from cosine to P(same person).
 
-    kind : "isotonic" (fitted on labelled pairs), "mixture" (no labels) or "constant" (no
+    kind : "isotonic" (labelled pairs, label noise modelled), "mixture" (no labels) or "constant" (no
         labels and fewer than two distinct similarities: nothing to learn, P = 1/2 everywhere)
     model : the fitted ``IsotonicRegression`` or ``GaussianMixture`` (None when constant)
     n_pairs : kNN pairs it was fitted on
     eps : probabilities are clipped to [eps, 1 − eps] before log-odds are taken (1/(m+2)
         for m fitted pairs with labels, 1e-6 for the mixture), so weights stay finite
     same_rate : share of fitted pairs carrying the same label (isotonic only)
+    plateau : α of the label-noise model (isotonic only): P(same label) for two faces of one person
+    floor : P(same label) for two different people, taken as 0 (see the module docstring)
     """
 
     kind: str
@@ -42,6 +53,8 @@ class Calibration:
     n_pairs: int
     eps: float
     same_rate: float | None = None
+    plateau: float = 1.0
+    floor: float = 0.0
 
     def __call__(self, sims: np.ndarray) -> np.ndarray:
         """P(same person) at each similarity, same shape as ``sims``, float32 (-inf → 0)."""
@@ -57,10 +70,14 @@ class Calibration:
 
     def _predict(self, flat: np.ndarray) -> np.ndarray:
         if self.kind == "isotonic":
-            return self.model.predict(flat)
+            return self.same_person(self.model.predict(flat))
         if self.kind == "mixture":
             return self.model.predict_proba(flat[:, None])[:, self._upper]
         return np.full(len(flat), 0.5)
+
+    def same_person(self, p_label: np.ndarray) -> np.ndarray:
+        """Invert the label-noise model: P(same person) from P(same label)."""
+        return np.clip((p_label - self.floor) / (self.plateau - self.floor), 0.0, 1.0)
 
     @property
     def _upper(self) -> int:
@@ -80,7 +97,7 @@ class Calibration:
             grid = np.linspace(means.min(), means.max(), 2001)
             post = self.model.predict_proba(grid[:, None])[:, self._upper]
             return float(grid[np.argmax(post >= 0.5)])
-        xs, ys = self.model.X_thresholds_, self.model.y_thresholds_
+        xs, ys = self.model.X_thresholds_, self.same_person(self.model.y_thresholds_)
         above = np.flatnonzero(ys >= 0.5)
         return float(xs[above[0]]) if len(above) else float("inf")
 
@@ -90,7 +107,8 @@ class Calibration:
         qs = np.quantile(finite, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(finite) else []
         out: dict = {"kind": self.kind, "n_pairs": self.n_pairs}
         if self.kind == "isotonic":
-            out["same_label_rate"] = round(float(self.same_rate), 4)
+            out.update(same_label_rate=round(float(self.same_rate), 4), plateau=round(self.plateau, 4),
+                       floor=round(self.floor, 4))
         elif self.kind == "mixture":
             out.update(means=self.model.means_.ravel().tolist(), weights=self.model.weights_.tolist(),
                        equal_odds_similarity=self.equal_odds_similarity())
@@ -130,10 +148,19 @@ def fit_calibration(graph: KnnGraph, labels: np.ndarray | None = None, *, max_pa
         rows, cols, sims = rows[pick], cols[pick], sims[pick]
     if labels is not None:
         labels = np.asarray(labels)
+        sizes = np.bincount(labels)
+        informative = (sizes[labels[rows]] > 1) & (sizes[labels[cols]] > 1)
+        if informative.sum() >= 2:
+            rows, cols, sims = rows[informative], cols[informative], sims[informative]
         same = (labels[rows] == labels[cols]).astype(np.float64)
         model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(sims, same)
+        # the curve's level over the most similar tenth of the pairs: its median there, which a
+        # handful of extreme pairs (copies at the very top) cannot move
+        plateau, floor = float(model.predict(np.quantile(sims, [0.95]))[0]), 0.0
+        if not plateau > 0.05:  # labels say nothing about similarity: take them at face value
+            plateau = 1.0
         return Calibration("isotonic", model, len(sims), 1.0 / (len(sims) + 2),
-                           float(same.mean()) if len(same) else 0.0)
+                           float(same.mean()) if len(same) else 0.0, plateau, floor)
     if len(np.unique(sims)) < 2:
         return Calibration("constant", None, len(sims), 1e-6)
     model = GaussianMixture(2, random_state=int(rng.integers(2**31 - 1))).fit(sims[:, None])

@@ -36,8 +36,8 @@ class NearDuplicates:
     group : (n_samples,) int64, group id per sample; -1 for samples in no group
     score : (n_samples,) float32 in [0, 1], strength of the closest duplicate edge
     partner : (n_samples,) int64, the closest duplicate partner, -1 if none
-    threshold_sim : cosine (in the processed embedding space) at and above which a pair is a
-        near-duplicate, derived from the data (see :func:`near_duplicate_groups`)
+    threshold_sim : cosine (in the processed embedding space) below which no pair is a
+        near-duplicate (the absolute cut), derived from the data (see :func:`near_duplicate_groups`)
     """
 
     group: np.ndarray
@@ -59,45 +59,71 @@ def _gumbel_min_cdf(u: np.ndarray, mu: float, beta: float) -> np.ndarray:
     return -np.expm1(-np.exp((u - mu) / beta))
 
 
+REFERENCE_NEIGHBOUR = 10  # distances are measured against each row's 10th neighbour's
+
+
+def _relative_log_distance(graph: KnnGraph) -> np.ndarray:
+    """log(1 − s_ij) − log(1 − s_i,m): each edge's cosine distance relative to the row's m-th
+    neighbour's (m = REFERENCE_NEIGHBOUR, or the last), which takes out the local density (a
+    dense identity and a sparse tail have very different genuine distances). (n, k) float64."""
+    d = np.clip(1.0 - graph.sims.astype(np.float64), 1e-12, None)
+    valid = np.isfinite(d) & (graph.indices >= 0)
+    m = np.minimum(REFERENCE_NEIGHBOUR, valid.sum(axis=1)) - 1
+    ref = d[np.arange(len(d)), np.maximum(m, 0)]
+    return np.where(valid, np.log(d) - np.log(ref)[:, None], np.inf)
+
+
 def near_duplicate_groups(graph: KnnGraph) -> NearDuplicates:
-    """Near-duplicate groups from the low tail of nearest-neighbour distances.
+    """Near-duplicate groups: pairs far closer than their neighbourhood and than the set allow.
 
-    u = log(1 − s₁), the log cosine distance of each sample to its nearest neighbour, is the
-    log of a minimum over many candidates, so over genuine photos it follows a Gumbel law for
-    minima, whose left tail decays exponentially (heavier than a normal's: real sets hold many
-    same-session photos). The law is fitted from the quartiles, which the few duplicates
-    cannot move, and the cut is where it expects fewer than one genuine nearest pair in the
-    whole set: n·F(u) < 1, i.e. u < μ − β·ln n. Every kNN edge below the cut is a duplicate
-    edge; groups are connected components of those edges (union-find).
+    Two laws, each fitted from the quartiles of the rows' nearest-neighbour distances (which
+    the few copies cannot move). The log of a nearest-neighbour distance is the log of a
+    minimum over many candidates, so over genuine photos it follows a Gumbel law for minima,
+    whose left tail decays exponentially.
 
-    An edge's score is 1 / (1 + n·F(u)): 0.5 at the cut, → 1 far below it (duplicate against
-    the expected count of genuine pairs at least that close). Under ``MIN_LAW_SAMPLES`` rows
-    there are too few distances to fit the law, and only identical vectors are grouped
-    (score 1).
+    - Relative: r = log(1 − s₁) − log(1 − s₁₀), the nearest distance against the row's own
+      10th neighbour's. It takes out the local density (a dense identity and a sparse tail
+      have very different genuine distances), so a copy stands out wherever it sits. Cut: the
+      law expects fewer than one genuine pair in the whole set, n·F(r) < 1.
+    - Absolute: a = log(1 − s₁). A pair must also be among the closest of the whole set: the
+      absolute law expects fewer than √n genuine pairs that close. This keeps a tight set
+      whose relative distances barely vary (a thin tail the relative fit does not foresee)
+      from offering its tightest genuine pairs as copies.
+
+    Every kNN edge below both cuts is a duplicate edge; groups are connected components of
+    those edges. An edge's score is 1 / (1 + n·F(r)): 0.5 at the relative cut, → 1 far below
+    it. Under ``MIN_LAW_SAMPLES`` rows there are too few distances to fit the laws, and only
+    identical vectors are grouped (score 1).
     """
     n = graph.n_samples
+    absolute = np.log(np.clip(1.0 - graph.sims.astype(np.float64), 1e-12, None))
+    valid = graph.indices >= 0
     if n < MIN_LAW_SAMPLES:
         # too few nearest neighbours to fit a law to: only identical vectors (cosine 1 to
         # float precision) are copies
-        cut_u, mu, beta = float(np.log(IDENTICAL_DISTANCE)), None, None
-        source = f"identical only (n < {MIN_LAW_SAMPLES})"
+        is_dup = (absolute < np.log(IDENTICAL_DISTANCE)) & valid
+        law: dict = {"cut": f"identical only (n < {MIN_LAW_SAMPLES})"}
+        threshold_sim = 1.0 - IDENTICAL_DISTANCE
     else:
-        first = graph.sims[:, 0].astype(np.float64)
-        u1 = np.log(np.clip(1.0 - first[np.isfinite(first)], 1e-12, None))
-        mu, beta = _gumbel_min_fit(u1)
-        if not beta > 0:  # degenerate (almost every vector identical): nothing is separable
+        relative = _relative_log_distance(graph)
+        r1, a1 = relative[:, 0], absolute[:, 0]
+        mu, beta = _gumbel_min_fit(r1[np.isfinite(r1)])
+        mu_a, beta_a = _gumbel_min_fit(a1[np.isfinite(a1)])
+        if not (beta > 0 and beta_a > 0):  # degenerate (almost every vector identical): nothing is separable
             empty = np.full(n, -1, dtype=np.int64)
             return NearDuplicates(empty, np.zeros(n, np.float32), empty.copy(), 1.0,
-                                  {"gumbel_mu": mu, "gumbel_beta": beta, "n_edges": 0, "n_groups": 0})
-        cut_u, source = mu - beta * np.log(max(n, 2)), "gumbel"
-    threshold_sim = float(1.0 - np.exp(cut_u))
-
-    u = np.log(np.clip(1.0 - graph.sims.astype(np.float64), 1e-12, None))
-    is_dup = (u < cut_u) & (graph.indices >= 0)
+                                  {"cut": "degenerate", "n_edges": 0, "n_groups": 0, "n_samples_in_groups": 0})
+        cut_r = mu - beta * np.log(n)
+        cut_a = mu_a - beta_a * 0.5 * np.log(n)
+        is_dup = (relative < cut_r) & (absolute < cut_a) & valid
+        threshold_sim = float(1.0 - np.exp(cut_a))
+        law = {"cut": "relative and absolute Gumbel laws", "relative_mu": round(mu, 4),
+               "relative_beta": round(beta, 4), "relative_cut": round(float(cut_r), 4),
+               "absolute_mu": round(mu_a, 4), "absolute_beta": round(beta_a, 4)}
     rows, cols = np.nonzero(is_dup)
     nb = graph.indices[rows, cols]
-    if source == "gumbel":
-        edge_score = 1.0 / (1.0 + n * _gumbel_min_cdf(u[rows, cols], mu, beta))
+    if "relative_mu" in law:
+        edge_score = 1.0 / (1.0 + n * _gumbel_min_cdf(relative[rows, cols], law["relative_mu"], law["relative_beta"]))
     else:
         edge_score = np.ones(len(rows))
 
@@ -119,9 +145,7 @@ def near_duplicate_groups(graph: KnnGraph) -> NearDuplicates:
     in_group = partner >= 0
     group = np.full(n, -1, dtype=np.int64)
     _, group[in_group] = np.unique(comp[in_group], return_inverse=True)
-    stats = {"cut": source, "gumbel_mu": None if mu is None else round(mu, 4),
-             "gumbel_beta": None if beta is None else round(beta, 4),
-             "threshold_sim": round(threshold_sim, 6), "n_edges": len(rows),
+    stats = {**law, "threshold_sim": round(threshold_sim, 6), "n_edges": len(rows),
              "n_groups": int(group.max() + 1) if in_group.any() else 0,
              "n_samples_in_groups": int(in_group.sum())}
     return NearDuplicates(group, score, partner, threshold_sim, stats)
