@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .camsoftmax import Confidence
 
 ISSUES = ("mislabeled", "outlier", "near_duplicate", "duplicate_identity")
+# not a problem found but one the evidence cannot decide: a person's call (never acted on)
+REVIEW = "review"
 NO_ISSUE = ""
 # When a row answers several questions, the first issue here wins: a copy is removed whatever
 # else is true of it (its kept twin carries the judgement); a row no labelled identity fits
@@ -90,13 +92,15 @@ class Signals:
 class Findings:
     """What is wrong with each sample, before any policy acts on it.
 
-    issue : (n,) object, one of ISSUES or "" (no issue)
-    score : (n,) float32 in [0, 1], higher = more likely a problem (of ``issue``)
+    issue : (n,) object, one of ISSUES, "review" (the evidence cannot decide: a person's call)
+        or "" (no issue)
+    score : (n,) float32 in [0, 1], higher = more likely a problem (of ``issue``; for review,
+        how strongly the evidence leans against the label)
     mislabel_score : (n,) float32, every sample's kNN mislabel score (the pooled one is ``score``)
     outlier_score : (n,) float32, every sample's pooled outlier score (0 for labels under 3 images)
     suggested : (n,) int64, suggested label code for mislabeled samples, else -1
     keep_of_group : (n,) int64, for near-duplicates the row kept for their group, else -1
-    review : (n,) bool, rows with no issue that the evidence cannot judge, kept for a person
+    review : (n,) bool, the rows whose issue is "review"
     reason : (n,) object, short text naming the evidence
     merges : DataFrame with columns label, merged_into, score, evidence (duplicate identities)
     corroborated : (n,) bool, mislabel candidates whose suggested label another stage also
@@ -499,10 +503,14 @@ class Review:
 
     cannot_tell : bool, rows of labels too small to judge whose evidence leans against them
     partition_text : object, "review: <stage> cluster is 80% X" texts ("" where none)
+    score : float32, how strongly the evidence leans against the label: the larger of the kNN
+        mislabel and no-same-person scores (cannot tell), or the cluster's share of the other
+        label (a partition alone)
     """
 
     cannot_tell: np.ndarray
     partition_text: np.ndarray
+    score: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -527,6 +535,7 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     mis = knn_mislabel_score(agr)
     cannot_tell = (sizes <= 2) & ~candidate & ((agr.none_prob >= floor) | (mis >= 0.5 * floor))
     text = np.full(len(labels), "", dtype=object)
+    score = np.where(cannot_tell, np.maximum(mis, agr.none_prob), 0.0).astype(np.float32)
     for name, part in signals.partitions():
         ev = cluster_evidence(part.labels, labels)
         alone = (~candidate & (ev.majority >= 0) & (ev.majority != labels) & (ev.majority_share >= config.review_share)
@@ -534,7 +543,8 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         for i in np.flatnonzero(alone):
             entry = f"review: {name} cluster is {ev.majority_share[i]:.0%} {label_names[ev.majority[i]]}"
             text[i] = f"{text[i]}; {entry}" if text[i] else entry
-    return Review(cannot_tell, text)
+        score = np.where(alone & ~cannot_tell, np.maximum(score, ev.majority_share), score).astype(np.float32)
+    return Review(cannot_tell, text, score)
 
 
 # --------------------------------------------------------------------------- resolve and explain
@@ -585,6 +595,8 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     suggested = np.where(issue == "mislabeled", mis.suggested, -1).astype(np.int64)
     keep_of_group = np.where(issue == "near_duplicate", near.keep, -1).astype(np.int64)
     needs_review = review.mask & (issue == NO_ISSUE)
+    issue[needs_review] = REVIEW
+    score[needs_review] = review.score[needs_review]
     reason = _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review, needs_review)
 
     corroborated = np.zeros(len(labels), dtype=bool)
@@ -632,7 +644,9 @@ def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review,
     sizes = _label_sizes(labels, len(names))
     for i in np.flatnonzero(needs_review):
         if review.cannot_tell[i]:
-            hint = f"; neighbours suggest {names[agr.best_other[i]]}" if agr.best_other[i] >= 0 and b[i] > 0 else ""
+            near = -1 if agr.nearest_other is None else agr.nearest_other[i]
+            hint = (f"; its nearest neighbour of another label is {names[near]} (cosine {agr.nearest_other_sim[i]:.2f})"
+                    if near >= 0 else "")
             reason[i] = f"review: cannot tell, label has {sizes[i]} image(s){hint}"
         else:
             reason[i] = review.partition_text[i]

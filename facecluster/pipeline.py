@@ -475,8 +475,9 @@ def cluster(
 
 def identity_summary(labels: np.ndarray, label_names: np.ndarray, findings: Findings) -> dict:
     """Per identity, column-wise (compact at a million identities): its images, how many carry
-    each issue, and purity, the share of its images with no finding at all."""
-    from .findings import ISSUES
+    each issue and how many wait for review, and purity, the share of its images with no
+    problem found (rows waiting for review count as clean)."""
+    from .findings import ISSUES, REVIEW
 
     n_labels = len(label_names)
     images = np.bincount(labels, minlength=n_labels)
@@ -486,6 +487,7 @@ def identity_summary(labels: np.ndarray, label_names: np.ndarray, findings: Find
         rows = findings.issue == name
         out[name] = np.bincount(labels[rows], minlength=n_labels).tolist()
         flagged += np.asarray(out[name])
+    out[REVIEW] = np.bincount(labels[findings.issue == REVIEW], minlength=n_labels).tolist()
     out["purity"] = np.round(1.0 - flagged / np.maximum(images, 1), 4).tolist()
     merged = dict(zip(findings.merges.label, findings.merges.merged_into)) if len(findings.merges) else {}
     out["merge_into"] = [merged.get(str(x), "") for x in label_names]

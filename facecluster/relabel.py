@@ -23,6 +23,7 @@ from .findings import Findings
 
 ACTIONS = ("keep", "relabel", "drop", "merge", "dedupe")
 AUDIT_COLUMNS = ("fc_action", "fc_label", "fc_issue", "fc_score", "fc_reason")
+# fc_issue "review": the evidence cannot decide; never acted on, left for a person
 OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json", "report.html")
 
 
@@ -107,7 +108,7 @@ def decide_actions(manifest: pd.DataFrame, labels: np.ndarray, label_names: np.n
     action[drop], action[dedupe] = "drop", "dedupe"
     final[drop | dedupe] = ""
 
-    below = (issue != "") & (action == "keep")
+    below = (issue != "") & (issue != "review") & (action == "keep")
     for i in np.flatnonzero(below):
         reason[i] = f"{reason[i]} [kept: below {policy.name} threshold]"
 

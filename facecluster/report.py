@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 ISSUE_COLOURS = {"mislabeled": "#d62728", "outlier": "#9467bd", "near_duplicate": "#1f77b4",
-                 "duplicate_identity": "#ff7f0e"}
+                 "duplicate_identity": "#ff7f0e", "review": "#7f7f7f"}
 
 
 def _figure_uri(fig) -> str:

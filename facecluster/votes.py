@@ -164,6 +164,8 @@ class LabelAgreement:
     none_prob : (n,) probability that no reliable neighbour is the same person
     reliability : (n,) how well each sample's own label is backed by its neighbours, in [0, 1]
     n_votes : (n,) int, neighbours that voted (duplicates of the sample excluded)
+    nearest_other : (n,) int64, the label of the most similar neighbour carrying another label
+        (-1 if none); nearest_other_sim : (n,) float32, that neighbour's cosine (-inf if none)
     """
 
     given_support: np.ndarray
@@ -172,6 +174,8 @@ class LabelAgreement:
     none_prob: np.ndarray
     reliability: np.ndarray
     n_votes: np.ndarray
+    nearest_other: np.ndarray | None = None
+    nearest_other_sim: np.ndarray | None = None
 
 
 def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray, n_labels: int):
@@ -224,6 +228,11 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     w = p * reliability[nb_safe]
     given, best, best_mass = _label_votes(nb_labels, w, labels, n_labels)
     none_prob = np.prod(1.0 - np.clip(w, 0.0, 1.0), axis=1)
+    # neighbours come most similar first: the first one with another label is the nearest
+    other = valid & (nb_labels != labels[:, None])
+    first = np.argmax(other, axis=1)
+    has = other.any(axis=1)
+    rows = np.arange(len(labels))
     return LabelAgreement(
         given_support=given.astype(np.float32),
         best_other=best,
@@ -231,6 +240,8 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
         none_prob=none_prob.astype(np.float32),
         reliability=reliability.astype(np.float32),
         n_votes=(p > 0).sum(axis=1).astype(np.int32),
+        nearest_other=np.where(has, nb_labels[rows, first], -1).astype(np.int64),
+        nearest_other_sim=np.where(has, graph.sims[rows, first], -np.inf).astype(np.float32),
     )
 
 

@@ -46,7 +46,10 @@ def test_outputs_follow_the_contract_column_by_column(example_run):
     assert list(audit.columns) == list(manifest.columns) + list(AUDIT_COLUMNS)
     pd.testing.assert_frame_equal(audit[manifest.columns], manifest)
     assert set(audit.fc_action) <= {"keep", "relabel", "drop", "merge", "dedupe"}
-    assert set(audit.fc_issue) <= {"", "mislabeled", "outlier", "near_duplicate", "duplicate_identity"}
+    assert set(audit.fc_issue) <= {"", "mislabeled", "outlier", "near_duplicate", "duplicate_identity", "review"}
+    review = audit.fc_issue == "review"
+    assert (audit.fc_action[review] == "keep").all() and audit.fc_reason[review].str.startswith("review: ").all()
+    assert result.report["counts"]["issues"]["review"] == int(review.sum())
     score = audit.fc_score.astype(float)
     assert ((score >= 0) & (score <= 1)).all()
     dropped = audit.fc_action.isin(["drop", "dedupe"])
@@ -71,7 +74,7 @@ def test_outputs_follow_the_contract_column_by_column(example_run):
     # identity-level summary: every label once, its images, issues and purity
     ids = pd.DataFrame(report["identities"])
     assert sorted(ids.label) == sorted(audit.label.unique())
-    per_label = audit.groupby("label").agg(images=("path", "size"), flagged=("fc_issue", lambda s: (s != "").sum()))
+    per_label = audit.groupby("label").agg(images=("path", "size"), flagged=("fc_issue", lambda s: (~s.isin(["", "review"])).sum()))
     ids = ids.set_index("label").loc[per_label.index]
     assert (ids.images == per_label.images).all()
     assert np.allclose(ids.purity, 1 - per_label.flagged / per_label.images, atol=1e-4)

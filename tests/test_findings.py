@@ -72,8 +72,10 @@ def test_single_image_label_is_not_judged_but_sent_to_review():
     names = np.array(["a", "b", "c", "solo"], dtype=object)
     signals = compute_signals(build_knn_graph(unit, k=10, device="cpu"), labels, 4)
     findings = find_issues(signals, labels, names)
-    assert findings.review[-1] and findings.issue[-1] != "outlier"
+    assert findings.review[-1] and findings.issue[-1] == "review"
     assert "cannot tell" in findings.reason[-1]
+    # the hint names the label of its nearest neighbour of another label: a "person 0" row
+    assert "nearest neighbour of another label is a (cosine" in findings.reason[-1]
 
 
 # --------------------------------------------------------------------------- one question at a time,
@@ -219,10 +221,11 @@ def test_find_issues_writes_one_reason_per_finding_and_reviews_only_rows_without
     sig = _evidence(LABELS, given=given, other=other, best_other=best, none_prob=none_prob,
                     partitions={"hierarchical": [1, 0, 0, 1, 1, 1, 1, 1, 2]})
     f = find_issues(sig, LABELS, NAMES)
-    assert f.issue.tolist() == ["mislabeled", "", "", "outlier", "", "", "", "", ""]
+    assert f.issue.tolist() == ["mislabeled", "", "", "outlier", "", "", "", "", "review"]
     assert f.suggested.tolist() == [1] + [-1] * 8
     assert f.reason[0].startswith("pooled p(b)=") and "hierarchical: 80% of its cluster is b" in f.reason[0]
     assert f.reason[3].startswith("kNN: no label supported")
     # row 3 (an outlier) also sits in b's cluster: its finding carries it, not a review
     assert not f.review[3] and f.review[8] and f.reason[8].startswith("review: cannot tell")
-    assert f.counts()["review"] == 1 and (f.reason[f.issue == ""][~f.review[f.issue == ""]] == "").all()
+    assert f.counts()["review"] == 1 and (f.reason[f.issue == ""] == "").all()
+    assert f.score[8] == pytest.approx(0.9), "review scores how strongly the evidence leans against the label"

@@ -127,6 +127,7 @@ def test_tiny_and_one_identity_sets_give_a_sound_result(tmp_path, labels):
     assert len(audit) == len(labels)
     # random vectors and labels this small: nothing can be judged, so nothing is acted on
     assert set(audit.fc_action) == {"keep"} and (audit.fc_label == audit.label).all()
+    assert set(audit.fc_issue) <= {"", "review"}
     sizes = audit.label.map(audit.label.value_counts())
     assert (audit.fc_reason[sizes <= 2].str.startswith("review: cannot tell") | (audit.fc_reason[sizes <= 2] == "")).all()
     for method in ("average", "finch", "correlation"):
