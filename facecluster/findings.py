@@ -289,7 +289,10 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     run or could not score the row). A row is an outlier when the pool reaches
     ``report_floor``, its label has at least 3 images (with fewer there is no majority to
     disagree with), and the kNN vote does not back another label for it: a row some other
-    label claims is a mislabel candidate, not a row that fits no one.
+    label claims is a mislabel candidate, not a row that fits no one. A row in its label's core
+    (:attr:`~facecluster.votes.LabelAgreement.core`: the largest group of the label's rows
+    joined by mutual, likely-same-person kNN edges) belongs to a coherent identity and is
+    never an outlier.
     """
     sizes = _label_sizes(labels)
     agr = signals.agreement
@@ -300,7 +303,10 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
         ok = np.isfinite(conf.p_given)
         terms.append(np.where(ok, 1.0 - np.nan_to_num(conf.p_given), knn))
     pooled = np.vstack(terms).mean(axis=0)
-    mask = ~_knn_candidates(signals, labels, report_floor) & (pooled >= report_floor) & (sizes >= 3)
+    # a row in its label's core (a coherent identity) is never an outlier: a whole small
+    # identity whose images are each other's neighbours used to be dropped this way
+    backed = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
+    mask = ~_knn_candidates(signals, labels, report_floor) & (pooled >= report_floor) & (sizes >= 3) & ~backed
     return Outliers(mask, np.where(sizes >= 3, pooled, 0.0).astype(np.float32), knn)
 
 

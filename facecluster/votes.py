@@ -166,6 +166,11 @@ class LabelAgreement:
     n_votes : (n,) int, neighbours that voted (duplicates of the sample excluded)
     nearest_other : (n,) int64, the label of the most similar neighbour carrying another label
         (-1 if none); nearest_other_sim : (n,) float32, that neighbour's cosine (-inf if none)
+    core : (n,) bool, the row is in its label's core: the largest group of the label's rows
+        joined by mutual kNN edges (each in the other's list) that are likely the same person
+        (calibrated P ≥ 1/2), when that group has at least two rows. A small identity whose
+        images are each other's nearest neighbours is its own core; strangers or flips filed
+        under a label sit outside it.
     """
 
     given_support: np.ndarray
@@ -176,6 +181,7 @@ class LabelAgreement:
     n_votes: np.ndarray
     nearest_other: np.ndarray | None = None
     nearest_other_sim: np.ndarray | None = None
+    core: np.ndarray | None = None
 
 
 def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray, n_labels: int):
@@ -233,6 +239,7 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     first = np.argmax(other, axis=1)
     has = other.any(axis=1)
     rows = np.arange(len(labels))
+    core = _label_cores(graph, labels, valid & ~other & (calibration(graph.sims) >= 0.5))
     return LabelAgreement(
         given_support=given.astype(np.float32),
         best_other=best,
@@ -242,7 +249,24 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
         n_votes=(p > 0).sum(axis=1).astype(np.int32),
         nearest_other=np.where(has, nb_labels[rows, first], -1).astype(np.int64),
         nearest_other_sim=np.where(has, graph.sims[rows, first], -np.inf).astype(np.float32),
+        core=core,
     )
+
+
+def _label_cores(graph: KnnGraph, labels: np.ndarray, likely_same: np.ndarray) -> np.ndarray:
+    """Rows in their label's largest group of mutual, likely-same-person kNN edges (size ≥ 2)."""
+    n = graph.n_samples
+    r, c = np.nonzero(likely_same)
+    directed = sp.csr_matrix((np.ones(len(r)), (r, graph.indices[r, c])), shape=(n, n))
+    mutual = directed.multiply(directed.T)
+    _, comp = connected_components(mutual, directed=False)
+    size = np.bincount(comp)[comp]
+    # per label, the largest component (ties: the one met first)
+    order = np.lexsort((np.arange(n), -size, labels))
+    first = np.r_[True, labels[order][1:] != labels[order][:-1]]
+    best = np.empty(int(labels.max()) + 1, dtype=np.int64)
+    best[labels[order][first]] = comp[order][first]
+    return (comp == best[labels]) & (size >= 2)
 
 
 def vote_stage(graph: KnnGraph, labels: np.ndarray, calibration: Calibration, *,

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import facecluster as fc
 from facecluster.metrics import issue_scores
 from facecluster.relabel import AUDIT_COLUMNS, OUTPUT_FILES
+from facecluster.synth import inject_noise, make_faces
 
 from .conftest import EXAMPLES, write_set
 
@@ -264,3 +265,52 @@ def test_audit_invariants_hold_on_any_set(n, n_labels, dim, seed, offset, copies
         assert (~gone.to_numpy()[group == g]).sum() <= 1
     # relabels and merges only ever point at labels that exist in the input
     assert set(audit.fc_label[~gone]) <= set(labels)
+
+
+def _whole_coherent_identities_dropped(noisy, result) -> tuple[int, int]:
+    """(coherent identities, of which dropped whole): an identity is coherent when all its rows
+    are clean (no injected issue) and its images are each other's nearest neighbours (every
+    image's nearest image of the label is mutual)."""
+    labels, audit, graph = noisy.labels, result.audit, result.graph
+    clean = (noisy.truth["issue"] == "").to_numpy()
+    same = graph.indices >= 0
+    same &= labels[np.maximum(graph.indices, 0)] == labels[:, None]
+    first = np.argmax(same, axis=1)
+    nearest = np.where(same.any(axis=1), graph.indices[np.arange(len(labels)), first], -1)
+    mutual = (nearest >= 0) & (nearest[np.maximum(nearest, 0)] == np.arange(len(labels)))
+    dropped = audit.fc_action.isin(["drop", "dedupe"]).to_numpy()
+    coherent = lost = 0
+    for lab in np.unique(labels):
+        rows = np.flatnonzero(labels == lab)
+        if len(rows) >= 2 and clean[rows].all() and mutual[rows].all():
+            coherent += 1
+            lost += int(dropped[rows].all())
+    return coherent, lost
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offset", [0.0, 2.2])
+def test_no_coherent_identity_is_dropped_whole_in_a_long_tailed_noisy_set(offset):
+    # small identities (2,500 of them in 6,000 rows) under heavy noise (20% wrong labels on
+    # top of the web mix): the noise pulls "same label" far below "same person", and before
+    # the calibration modelled that, one coherent identity was dropped whole in each geometry
+    from facecluster.synth import WEB_MIX
+
+    x, y = make_faces(6000, 2500, 64, offset=offset, tail=1.5, seed=5)
+    noisy = inject_noise(x, y, seed=5, **dict(WEB_MIX, flip=0.2))
+    names = np.char.add("id", noisy.labels.astype(str))
+    manifest = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(len(names))], "label": names})
+    result = fc.clean(manifest, noisy.embeddings, device="cpu")
+    coherent, lost = _whole_coherent_identities_dropped(noisy, result)
+    assert coherent >= 100 and lost == 0
+
+
+@pytest.mark.slow
+def test_no_coherent_identity_is_dropped_whole_on_real_long_tailed_faces(real_set):
+    from facecluster.bench import bench_set
+
+    noisy = bench_set(manifest=real_set / "manifest.csv", embeddings=real_set / "embeddings.npy", long_tail=True)
+    names = np.char.add("id", noisy.labels.astype(str))
+    manifest = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(len(names))], "label": names})
+    coherent, lost = _whole_coherent_identities_dropped(noisy, fc.clean(manifest, noisy.embeddings, device="cpu"))
+    assert coherent >= 5 and lost == 0
