@@ -401,6 +401,18 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     merged_into = np.full(n_labels, -1, dtype=np.int64)
     label_score = np.zeros(n_labels, dtype=np.float32)
     pairs, evidence = _vote_pairs(signals.agreement, labels, label_names)
+    partitions = [(name, cluster_evidence(part.labels, labels)) for name, part in signals.partitions()]
+    seen = {(min(a, b), max(a, b)) for a, b, _ in pairs}
+    for a, b, sc, text in _claimed_labels(signals.agreement, labels, label_names):
+        key = (min(a, b), max(a, b))
+        # one-way evidence is weaker than votes both ways: the claim stands only when the
+        # other stages, pooled with it, make one person three times as likely as two (the
+        # odds the conservative policy asks of a relabel)
+        if key not in seen and _pooled_merge(sc, partitions, labels, embeddings, a, b)[0] >= 0.75:
+            pairs.append((a, b, sc))
+            seen.add(key)
+            for lab in (a, b):
+                evidence.setdefault(lab, []).append(text)
     if not pairs:
         return DuplicateIdentities(pd.DataFrame(columns=MERGE_COLUMNS), merged_into, label_score, {})
     sizes = np.bincount(labels, minlength=n_labels)
@@ -416,23 +428,58 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         for lab in sorted(component - {canonical}):
             merged_into[lab] = canonical
             rows.append((lab, canonical, best[lab]))
-    partitions = [(name, cluster_evidence(part.labels, labels)) for name, part in signals.partitions()]
     out = []
     for a, b, vote in rows:
-        terms, text = [vote], ["; ".join(evidence[a])]
-        for name, ev in partitions:
-            ab, ba = _shared_share(ev, labels, a, b), _shared_share(ev, labels, b, a)
-            terms.append(min(ab, ba))
+        pooled, parts = _pooled_merge(vote, partitions, labels, embeddings, a, b, label_names)
+        label_score[a] = pooled
+        out.append((label_names[a], label_names[b], pooled, "; ".join(["; ".join(evidence[a]), *parts])))
+    return DuplicateIdentities(pd.DataFrame(out, columns=MERGE_COLUMNS), merged_into, label_score, evidence)
+
+
+def _pooled_merge(vote: float, partitions, labels, embeddings, a: int, b: int, label_names=None):
+    """A merge's pooled score: the vote score, each partition's shared-cluster share (smaller
+    direction) and the centroid test, averaged; with the texts naming each term."""
+    terms, text = [vote], []
+    for name, ev in partitions:
+        ab, ba = _shared_share(ev, labels, a, b), _shared_share(ev, labels, b, a)
+        terms.append(min(ab, ba))
+        if label_names is not None:
             text.append(f"{name}: {ab:.0%} of {label_names[a]}'s images share a cluster with {label_names[b]}, "
                         f"{ba:.0%} back")
-        if embeddings is not None:
-            cen = _centroid_term(embeddings, labels, a, b)
-            terms.append(cen)
-            text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's)")
-        pooled = round(float(np.mean(terms)), 4)
-        label_score[a] = pooled
-        out.append((label_names[a], label_names[b], pooled, "; ".join(text)))
-    return DuplicateIdentities(pd.DataFrame(out, columns=MERGE_COLUMNS), merged_into, label_score, evidence)
+    cen = None if embeddings is None else _centroid_term(embeddings, labels, a, b)
+    if cen is not None:
+        terms.append(cen)
+        text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's)")
+    return round(float(np.mean(terms)), 4), text
+
+
+def _claimed_labels(agreement: LabelAgreement, labels: np.ndarray, label_names: np.ndarray,
+                    floor: float = 0.5) -> list:
+    """Labels claimed whole by another label: (label, claimer, score, evidence text).
+
+    When most of a label's images (all of them for one or two) are each a mislabel candidate
+    of the kNN vote suggesting the same other label L, the label is L's person under a second
+    name: flips into a label are spread over random labels and never take most of it. This
+    finds the splits whose own images look mislabeled one by one, which the reciprocal test
+    misses (their votes back are discounted because they look mislabeled), including one- and
+    two-image parts; merging such a label into L gives its rows L either way. Score: the
+    claimed share.
+    """
+    n_labels = len(label_names)
+    sizes = np.bincount(labels, minlength=n_labels)
+    cand = (knn_mislabel_score(agreement) >= floor) & (agreement.best_other >= 0)
+    rows = np.flatnonzero(cand)
+    if not len(rows):
+        return []
+    key = labels[rows].astype(np.int64) * n_labels + agreement.best_other[rows]
+    uniq, count = np.unique(key, return_counts=True)
+    src, dst = uniq // n_labels, uniq % n_labels
+    share = count / sizes[src]
+    need = np.where(sizes[src] <= 2, sizes[src], 2)
+    chosen = (share > 0.5) & (count >= need)
+    return [(int(a), int(b), float(sc),
+             f"{c} of {sizes[a]} images of {label_names[a]} are each claimed by {label_names[b]}")
+            for a, b, sc, c in zip(src[chosen], dst[chosen], share[chosen], count[chosen])]
 
 
 def _vote_pairs(agreement: LabelAgreement, labels: np.ndarray, label_names: np.ndarray):
@@ -495,12 +542,15 @@ def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -
         own_sq = (xd * xd).sum(axis=1)
         dots = xd @ total
         loo = (dots - own_sq) / np.sqrt(np.maximum(total @ total - 2 * dots + own_sq, 1e-24) * own_sq)
-        median_own = np.median(loo) if len(xd) > 1 else 1.0
+        median_own = np.median(loo)
         xs = embeddings[labels == src].astype(np.float64)
         cos = (xs @ total) / np.maximum(np.linalg.norm(xs, axis=1) * np.linalg.norm(total), 1e-12)
         return float((cos >= median_own).mean())
 
-    return min(1.0, 2 * min(one_way(a, b), one_way(b, a)))
+    # a label of one or two images has no spread of its own to judge the other against: only
+    # the direction into the bigger label counts then (None when neither has three images)
+    ways = [one_way(src, dst) for src, dst in ((a, b), (b, a)) if (labels == dst).sum() >= 3]
+    return min(1.0, 2 * min(ways)) if ways else None
 
 
 @dataclass(frozen=True)

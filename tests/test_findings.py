@@ -61,21 +61,25 @@ def test_split_identity_becomes_a_merge_suggestion_not_relabels(noisy_sets):
     assert found & pairs, "at least one injected split is suggested as a merge"
 
 
-def test_single_image_label_is_not_judged_but_sent_to_review():
+def test_single_image_labels_are_never_judged_one_by_one():
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((3, 32))
     x = np.vstack([centres[i] + 0.3 * rng.standard_normal((20, 32)) for i in range(3)])
     labels = np.repeat([0, 1, 2], 20)
-    x = np.vstack([x, centres[0] + 0.3 * rng.standard_normal((1, 32))])
-    labels = np.append(labels, 3)  # one image of "person 0" filed under a new, single-image label
+    # one image of "person 0" filed under a new name, and one image of nobody here
+    x = np.vstack([x, centres[0] + 0.3 * rng.standard_normal((1, 32)), rng.standard_normal((1, 32))])
+    labels = np.append(labels, [3, 4])
     unit, _, _ = prepare_embeddings(x, centre=False)
-    names = np.array(["a", "b", "c", "solo"], dtype=object)
-    signals = compute_signals(build_knn_graph(unit, k=10, device="cpu"), labels, 4)
+    names = np.array(["a", "b", "c", "solo", "stranger"], dtype=object)
+    signals = compute_signals(build_knn_graph(unit, k=10, device="cpu"), labels, 5)
     findings = find_issues(signals, labels, names)
-    assert findings.review[-1] and findings.issue[-1] == "review"
-    assert "cannot tell" in findings.reason[-1]
-    # the hint names the label of its nearest neighbour of another label: a "person 0" row
-    assert "nearest neighbour of another label is a (cosine" in findings.reason[-1]
+    # the whole of "solo" is claimed by a: a merge suggestion, not a relabel of one image
+    assert findings.issue[-2] == "duplicate_identity" and findings.suggested[-2] == -1
+    assert [tuple(r) for r in findings.merges[["label", "merged_into"]].values] == [("solo", "a")]
+    # the stranger fits nobody, but one image cannot be outvoted: a person's call
+    assert findings.issue[-1] == "review" and "cannot tell" in findings.reason[-1]
+    nearest = names[labels[build_knn_graph(unit, k=10, device="cpu").indices[-1, 0]]]
+    assert f"nearest neighbour of another label is {nearest} (cosine" in findings.reason[-1]
 
 
 # --------------------------------------------------------------------------- one question at a time,
@@ -178,10 +182,27 @@ def test_find_duplicate_identities_needs_votes_both_ways():
     dup = find_duplicate_identities(sig, labels, names)
     assert dup.merges[["label", "merged_into"]].values.tolist() == [["small", "big"]], "into the larger label"
     assert dup.merged_into.tolist() == [1, -1] and dup.label_score[0] >= 0.5
-    # flips from big into small vote one way only: no merge
-    one_way = _evidence(labels, given=given, other=[2.5] * 4 + [0] * 6, best_other=[1] * 4 + [-1] * 6,
-                        none_prob=[0] * 10)
-    assert len(find_duplicate_identities(one_way, labels, names).merges) == 0
+    # flips from big into small: one of small's images votes big, and nothing votes back
+    flips = _evidence(labels, given=[1.5] * 4 + [2.5] * 6, other=[2.5] + [0] * 9, best_other=[1] + [-1] * 9,
+                      none_prob=[0] * 10)
+    assert len(find_duplicate_identities(flips, labels, names).merges) == 0
+
+
+def test_a_label_claimed_whole_by_another_is_a_merge_even_without_votes_back():
+    from facecluster.findings import find_duplicate_identities
+
+    labels = np.array([0] * 2 + [1] * 8)
+    names = np.array(["part", "whole"], dtype=object)
+    # both images of "part" are mislabel candidates for "whole"; "whole" barely notices them
+    sig = _evidence(labels, given=[0.5, 0.5] + [3.0] * 8, other=[3.0, 3.0] + [0] * 8,
+                    best_other=[1, 1] + [-1] * 8, none_prob=[0] * 10)
+    dup = find_duplicate_identities(sig, labels, names)
+    assert dup.merges[["label", "merged_into"]].values.tolist() == [["part", "whole"]]
+    assert "2 of 2 images of part are each claimed by whole" in dup.merges.evidence[0]
+    # half a label claimed is not the whole label
+    half = _evidence(labels, given=[0.5, 3.0] + [3.0] * 8, other=[3.0, 0] + [0] * 8,
+                     best_other=[1, -1] + [-1] * 8, none_prob=[0] * 10)
+    assert len(find_duplicate_identities(half, labels, names).merges) == 0
 
 
 def test_find_review_sends_what_cannot_be_judged_to_a_person():
