@@ -117,17 +117,31 @@ def main() -> None:
     for folder in sets:
         with tempfile.TemporaryDirectory() as tmp:
             manifest, embeddings, left_out = base_set(folder, Path(tmp))
-            for long_tail in (False, True):
-                noisy = bench_set(manifest=manifest, embeddings=embeddings, long_tail=long_tail, seed=args.seed)
+            # a synthetic set shaped like this one (fit_generator: same-identity low tail and
+            # different-identity spread), same rows and identities, same mix
+            from facecluster.faceset import load_faceset
+            from facecluster.synth import fit_generator
+
+            fs = load_faceset(manifest, embeddings)
+            fitted = fit_generator(fs.embeddings, fs.labels, seed=args.seed)
+            versions = [("plain", dict(manifest=manifest, embeddings=embeddings)),
+                        ("long-tail", dict(manifest=manifest, embeddings=embeddings, long_tail=True)),
+                        ("synthetic like it", dict(size=fs.n_samples, dim=fs.dim, mean_images=fs.n_samples / fs.n_labels,
+                                                   mix="web", generator=fitted["settings"]))]
+            for version, kwargs in versions:
+                long_tail = version == "long-tail"
+                noisy = bench_set(seed=args.seed, **kwargs)
                 injected = noisy.truth["issue"].replace("", "clean").value_counts().to_dict()
                 for row in run_bench(noisy, peers=peers, seed=args.seed, policy=args.policy):
                     if row.kind != "cleaner":
                         continue
-                    entry = {"set": folder.name, "long_tail": long_tail, "rows": len(noisy.labels),
+                    entry = {"set": folder.name, "version": version, "long_tail": long_tail, "rows": len(noisy.labels),
                              "injected": injected, "left_out": left_out, "method": row.method,
                              "seconds": row.seconds, **{c: row.scores.get(c) for c in COLUMNS}}
                     results.append(entry)
-                    print(f"{folder.name[:28]:28s} {'long-tail' if long_tail else 'plain':9s} {row.method[:26]:26s} "
+                    if version.startswith("synthetic"):
+                        entry["generator"] = fitted
+                    print(f"{folder.name[:28]:28s} {version[:9]:9s} {row.method[:26]:26s} "
                           f"{row.seconds:6.1f}s " + " ".join(f"{c.split('_')[0][:4]}={_fmt(entry[c])}" for c in COLUMNS),
                           flush=True)
     if args.json:

@@ -100,14 +100,17 @@ MIXES = {"synthetic": {}, "web": WEB_MIX}
 
 def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, effective_dim: float | None = None,
               mean_images: float = 15.0, seed: int = 0, manifest: str | Path | None = None, embeddings: str | Path | None = None,
-              label_col: str = "label", mix: str | None = None, long_tail: bool = False) -> NoisySet:
+              label_col: str = "label", mix: str | None = None, long_tail: bool = False,
+              generator: dict | None = None) -> NoisySet:
     """The noisy set to bench on: generated, or a user's labelled set with noise injected.
 
     A user's set is taken as clean (its own label noise then counts against every method
     alike); the injected noise is the ground truth. ``mix``: "web" (:data:`~facecluster.synth.WEB_MIX`,
     the real-set protocol: the default with ``manifest``) or "synthetic" (inject_noise's
     defaults: the default for generated sets). ``long_tail`` first subsamples the identities
-    to a web-like size distribution (:func:`~facecluster.synth.long_tail`).
+    to a web-like size distribution (:func:`~facecluster.synth.long_tail`). ``generator``:
+    further ``make_faces`` settings (e.g. :func:`~facecluster.synth.fit_generator`'s, for a
+    synthetic set shaped like a real one).
     """
     if manifest is not None:
         from .faceset import load_faceset
@@ -115,8 +118,8 @@ def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, effect
         fs = load_faceset(manifest, embeddings, label_col=label_col)
         x, y = fs.embeddings, fs.labels
     else:
-        x, y = make_faces(size, max(2, int(round(size / mean_images))), dim, offset=offset,
-                          effective_dim=effective_dim, seed=seed)
+        settings = {"offset": offset, "effective_dim": effective_dim, **(generator or {})}
+        x, y = make_faces(size, max(2, int(round(size / mean_images))), dim, seed=seed, **settings)
     mix = mix or ("web" if manifest is not None else "synthetic")
     if mix not in MIXES:
         raise ValueError(f"mix must be one of {', '.join(MIXES)}, got {mix!r}")

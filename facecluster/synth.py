@@ -61,6 +61,7 @@ def make_faces(
     spread: float = 0.8,
     spread_jitter: float = 0.15,
     hard_fraction: float = 0.05,
+    hard_scale: float = 2.0,
     offset: float = 0.0,
     effective_dim: float | None = None,
     tail: float = 1.0,
@@ -73,7 +74,8 @@ def make_faces(
     ----------
     spread : within-identity noise norm relative to the unit centre
     spread_jitter : log-sd of the per-identity spread (some people vary more)
-    hard_fraction : share of samples drawn with twice the noise (profile, blur, occlusion)
+    hard_fraction : share of samples drawn with ``hard_scale`` times the noise (profile, blur,
+        occlusion, a failed alignment): the heavy low tail of real same-identity similarities
     offset : length of a shared mean direction added before normalising (0 = centred)
     effective_dim : identity centres spread over this many effective dimensions (a power-law
         spectrum) instead of all of them: real models use a low-dimensional part of their
@@ -97,7 +99,7 @@ def make_faces(
     out = np.empty((n_samples, dim), dtype=np.float32)
     for start in range(0, n_samples, chunk):
         lab = labels[start:start + chunk]
-        scale = id_spread[lab] * np.where(rng.random(len(lab)) < hard_fraction, 2.0, 1.0)
+        scale = id_spread[lab] * np.where(rng.random(len(lab)) < hard_fraction, hard_scale, 1.0)
         noise = rng.standard_normal((len(lab), dim)).astype(np.float32) / np.sqrt(dim)
         x = centres[lab] + scale[:, None].astype(np.float32) * noise
         x = _unit(x)
@@ -305,6 +307,62 @@ def long_tail(embeddings: np.ndarray, labels: np.ndarray, *, exponent: float = 2
         keep.append(rng.choice(rows, size=s, replace=False))
     kept = np.sort(np.concatenate(keep))
     return np.asarray(embeddings)[kept], labels[kept], kept
+
+
+def similarity_profile(embeddings: np.ndarray, labels: np.ndarray, *, pairs: int = 60_000, seed: int = 0) -> dict:
+    """What a labelled set's geometry looks like: quantiles (5%, 25%, 50%) of same-identity
+    cosines (the low tail is where hard photos sit) and the spread of different-identity
+    cosines, on random pairs of unit rows."""
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(embeddings), np.asarray(labels)
+    a, b = rng.integers(0, len(y), pairs), rng.integers(0, len(y), pairs)
+    diff = y[a] != y[b]
+    cos_diff = np.einsum("ij,ij->i", x[a[diff]], x[b[diff]])
+    order = np.argsort(y, kind="stable")
+    ys = y[order]
+    starts = np.r_[0, np.flatnonzero(ys[1:] != ys[:-1]) + 1]
+    sizes = np.diff(np.r_[starts, len(ys)])
+    label_of = np.repeat(np.arange(len(sizes)), sizes)
+    ok = np.flatnonzero(sizes[label_of] >= 2)
+    i = rng.choice(ok, pairs)
+    j = starts[label_of[i]] + rng.integers(0, sizes[label_of[i]])
+    keep = i != j
+    cos_same = np.einsum("ij,ij->i", x[order[i[keep]]], x[order[j[keep]]])
+    q = np.quantile(cos_same, [0.05, 0.25, 0.5])
+    return {"same_q05": float(q[0]), "same_q25": float(q[1]), "same_median": float(q[2]),
+            "different_sd": float(cos_diff.std())}
+
+
+def fit_generator(embeddings: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> dict:
+    """``make_faces`` settings whose geometry matches a real labelled set's.
+
+    The set's :func:`similarity_profile` is matched in two steps on small generated sets of
+    the same dimension: ``effective_dim`` by the spread of different-identity cosines, then
+    ``spread``, ``spread_jitter``, ``hard_fraction`` and ``hard_scale`` by the same-identity
+    quantiles (a coarse grid, least squares). Returns the settings and both profiles.
+    """
+    target = similarity_profile(embeddings, labels, seed=seed)
+    dim = int(np.asarray(embeddings).shape[1])
+
+    def profile(**kw):
+        x, y = make_faces(3000, 150, dim, seed=seed, **kw)
+        return similarity_profile(x, y, pairs=20_000, seed=seed)
+
+    dims = [None] + [d for d in (100, 60, 40, 25, 15, 10) if d < dim]
+    effective = min(dims, key=lambda d: abs(profile(effective_dim=d)["different_sd"] - target["different_sd"]))
+    keys = ("same_q05", "same_q25", "same_median")
+    best, best_err, best_profile = None, np.inf, None
+    for spread in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        for jitter in (0.15, 0.3, 0.45):
+            for hard_fraction in (0.05, 0.1, 0.2):
+                for hard_scale in (2.0, 3.0, 5.0, 8.0):
+                    kw = dict(spread=spread, spread_jitter=jitter, hard_fraction=hard_fraction, hard_scale=hard_scale,
+                              effective_dim=effective)
+                    got = profile(**kw)
+                    err = sum((got[k] - target[k]) ** 2 for k in keys)
+                    if err < best_err:
+                        best, best_err, best_profile = kw, err, got
+    return {"settings": best, "target": target, "fitted": best_profile}
 
 
 # The noise mix of the real-set protocol (issue 13): 8% wrong labels (landing on the labels of

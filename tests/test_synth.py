@@ -131,3 +131,18 @@ def test_long_tail_keeps_most_identities_small_and_a_few_whole():
     assert len(np.unique(yl)) == 300 and (sizes <= 3).mean() > 0.7
     assert sizes.max() == np.bincount(y).max(), "the largest identity is kept whole"
     np.testing.assert_array_equal(xl, x[kept])
+
+
+def test_fit_generator_recovers_the_geometry_of_a_set_it_made():
+    from facecluster.synth import fit_generator, similarity_profile
+
+    # a set with a heavy low tail (hard photos at five times the noise) and a narrow space
+    x, y = make_faces(3000, 150, 64, spread=0.7, hard_fraction=0.2, hard_scale=5.0, effective_dim=15, seed=8)
+    fit = fit_generator(x, y, seed=1)
+    target, fitted = fit["target"], fit["fitted"]
+    assert target == similarity_profile(x, y, seed=1)
+    assert target["same_q05"] < 0.3, "the low tail is heavy"
+    for key in ("same_q05", "same_q25", "same_median"):
+        assert abs(fitted[key] - target[key]) < 0.06, key
+    assert abs(fitted["different_sd"] - target["different_sd"]) < 0.03
+    assert fit["settings"]["effective_dim"] is not None
