@@ -203,11 +203,15 @@ def knn_mislabel_score(agreement: LabelAgreement) -> np.ndarray:
 
 def _knn_candidates(signals: Signals, labels: np.ndarray, floor: float) -> np.ndarray:
     """Rows the kNN vote says carry another label: score at the floor, a label to suggest,
-    and a label with at least 2 images (a label's only image cannot be outvoted: strong votes
+    a label with at least 2 images (a label's only image cannot be outvoted: strong votes
     for another label mean a wrong label or one person under two names, and one image cannot
-    tell which)."""
+    tell which), and the row outside its label's core (a row whose own label's images are its
+    mutual, likely-same-person neighbours is that person, however its other neighbours vote:
+    on real dlib faces most false mislabel findings were such hard photos, and split halves
+    are merged, not torn apart row by row)."""
     agr = signals.agreement
-    return (knn_mislabel_score(agr) >= floor) & (agr.best_other >= 0) & (_label_sizes(labels) >= 2)
+    in_core = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
+    return (knn_mislabel_score(agr) >= floor) & (agr.best_other >= 0) & (_label_sizes(labels) >= 2) & ~in_core
 
 
 @dataclass(frozen=True)
