@@ -37,9 +37,15 @@ class Policy:
     probabilities that no labelled identity fits; the near-duplicate score is 0.5 exactly at
     the data-derived cut. So the thresholds are odds, not cosines: 0.75 is three to one.
 
+    quarantine : a mislabeled finding the policy does not relabel (its suggested label is not
+        certain enough) is dropped from the cleaned set rather than kept under a label the
+        evidence says is wrong; ``False`` keeps it (action keep, reason "[kept: below …]")
+
     conservative (default): relabel at three to one, which with four stages needs at least
-        three of them to agree; drop at 0.6, which needs both outlier stages leaning that way;
-        suggest merges without applying them.
+        three of them to agree; quarantine the other mislabeled findings; drop outliers at
+        0.6, which needs both outlier stages leaning that way; suggest merges without applying
+        them. Conservative about labels: it never writes a label it is not sure of, and it does
+        not keep one the evidence says is wrong.
     balanced: relabel at 0.6, drop at 0.5 (more likely than not); apply merges scored 0.75.
     aggressive: act on any pooled majority (0.5); apply every merge suggestion from 0.5.
     """
@@ -49,6 +55,7 @@ class Policy:
     drop_min: float
     dedupe_min: float
     merge_min: float | None
+    quarantine: bool = True
 
 
 POLICIES = {
@@ -104,10 +111,14 @@ def decide_actions(manifest: pd.DataFrame, labels: np.ndarray, label_names: np.n
     action[relabel] = "relabel"
 
     drop = (issue == "outlier") & (score >= policy.drop_min)
+    quarantined = (issue == "mislabeled") & ~relabel & policy.quarantine
+    drop |= quarantined
     dedupe = (issue == "near_duplicate") & (score >= policy.dedupe_min)
     action[drop], action[dedupe] = "drop", "dedupe"
     final[drop | dedupe] = ""
 
+    for i in np.flatnonzero(quarantined):
+        reason[i] = f"{reason[i]} [quarantined: label looks wrong, the right one is below the {policy.name} threshold]"
     below = (issue != "") & (issue != "review") & (action == "keep")
     for i in np.flatnonzero(below):
         reason[i] = f"{reason[i]} [kept: below {policy.name} threshold]"

@@ -104,7 +104,8 @@ def test_finds_most_injected_problems_in_the_bundled_example(example_run):
     acted = issue_scores(result.audit.fc_issue, truth, acted=result.audit.fc_action != "keep")
     # measured on the bundled example (see README); floors leave a little room
     assert scores["mislabeled"]["precision"] >= 0.95 and scores["mislabeled"]["recall"] >= 0.95
-    assert acted["mislabeled"]["precision"] >= 0.98 and acted["mislabeled"]["recall"] >= 0.9
+    # acted on = relabelled or quarantined (dropped): every mislabeled finding is acted on
+    assert acted["mislabeled"]["precision"] >= 0.95 and acted["mislabeled"]["recall"] >= 0.95
     assert scores["near_duplicate"]["precision"] >= 0.98 and scores["near_duplicate"]["recall"] >= 0.98
     # outliers reported at the 0.5 floor (P 0.88, R 0.94 measured) and dropped at the policy's 0.6
     assert scores["outlier"]["precision"] >= 0.85 and scores["outlier"]["recall"] >= 0.9

@@ -69,8 +69,19 @@ def test_finding_at_threshold_is_acted_on_and_just_below_is_kept(name, issue, at
     at = _audit(_one(issue, threshold, suggested=2), name).iloc[0]
     assert (at.fc_action, at.fc_label, at.fc_reason) == (action, label, f"{issue} evidence")
     below = _audit(_one(issue, np.nextafter(threshold, np.float32(0)), suggested=2), name).iloc[0]
-    assert (below.fc_action, below.fc_label) == ("keep", "ann")
-    assert below.fc_reason == f"{issue} evidence [kept: below {name} threshold]"
+    if issue == "mislabeled":  # a label the evidence says is wrong is not kept: quarantined
+        assert (below.fc_action, below.fc_label) == ("drop", "")
+        assert below.fc_reason == (f"{issue} evidence [quarantined: label looks wrong, the right one is below the "
+                                   f"{name} threshold]")
+    else:
+        assert (below.fc_action, below.fc_label) == ("keep", "ann")
+        assert below.fc_reason == f"{issue} evidence [kept: below {name} threshold]"
+
+
+def test_a_policy_without_quarantine_keeps_an_uncertain_mislabel():
+    keep = Policy("keep-all", relabel_min=0.75, drop_min=0.6, dedupe_min=0.5, merge_min=None, quarantine=False)
+    row = _audit(_one("mislabeled", 0.6, suggested=2), keep).iloc[0]
+    assert (row.fc_action, row.fc_label) == ("keep", "ann") and row.fc_reason.endswith("[kept: below keep-all threshold]")
 
 
 def test_relabel_writes_suggested_name_and_leaves_other_rows_untouched():
@@ -143,14 +154,15 @@ def test_cleaned_manifest_holds_kept_relabelled_and_merged_rows_with_cleaned_lab
     cleaned = cleaned_manifest(_mixed_audit(), "label")
     manifest = _manifest()
     assert list(cleaned.columns) == list(manifest.columns)
-    assert list(cleaned.path) == [f"img/{i}.jpg" for i in (1, 3, 4, 5, 6, 7)]
-    assert list(cleaned.label) == ["dan", "ann", "ann", "cat", "cat", "dan"]
-    assert list(cleaned.camera) == list(manifest.camera[[1, 3, 4, 5, 6, 7]])
-    pd.testing.assert_index_equal(cleaned.index, pd.RangeIndex(6))
+    # row 5's mislabel finding is too weak to relabel: quarantined, not kept under its label
+    assert list(cleaned.path) == [f"img/{i}.jpg" for i in (1, 3, 4, 6, 7)]
+    assert list(cleaned.label) == ["dan", "ann", "ann", "cat", "dan"]
+    assert list(cleaned.camera) == list(manifest.camera[[1, 3, 4, 6, 7]])
+    pd.testing.assert_index_equal(cleaned.index, pd.RangeIndex(5))
 
 
 def test_action_counts_counts_every_action_including_zeros():
-    assert action_counts(_mixed_audit()) == {"keep": 3, "relabel": 1, "drop": 1, "merge": 2, "dedupe": 1}
+    assert action_counts(_mixed_audit()) == {"keep": 2, "relabel": 1, "drop": 2, "merge": 2, "dedupe": 1}
     assert action_counts(_audit(_findings())) == {"keep": N, "relabel": 0, "drop": 0, "merge": 0, "dedupe": 0}
 
 
@@ -163,7 +175,9 @@ def test_get_policy_rejects_unknown_names_listing_the_choices():
 
 def test_custom_policy_thresholds_and_name_are_used():
     strict = Policy("strict", relabel_min=0.95, drop_min=0.99, dedupe_min=0.9, merge_min=0.9)
-    kept = _audit(_one("mislabeled", 0.94, suggested=2), strict).iloc[0]
+    quarantined = _audit(_one("mislabeled", 0.94, suggested=2), strict).iloc[0]
+    assert quarantined.fc_action == "drop" and quarantined.fc_reason.endswith("below the strict threshold]")
+    kept = _audit(_one("outlier", 0.98), strict).iloc[0]
     assert kept.fc_action == "keep" and kept.fc_reason.endswith("[kept: below strict threshold]")
     assert _audit(_one("mislabeled", 0.96, suggested=2), strict).fc_action[0] == "relabel"
     merged = _audit(_one("", 0, merges=[("bob", "ann", 0.9, "e")]), strict)
