@@ -222,7 +222,8 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     nb = graph.indices
     valid = nb >= 0
     nb_safe = np.where(valid, nb, 0)
-    p = np.where(valid, calibration(graph.sims), 0.0).astype(np.float64)
+    p_same = calibration(graph.sims)  # P(same person) of every kNN edge, read once
+    p = np.where(valid, p_same, 0.0).astype(np.float64)
     if dup_group is not None:
         g_self = dup_group[:, None]
         same_dup = (g_self >= 0) & (dup_group[nb_safe] == g_self)
@@ -239,7 +240,7 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     first = np.argmax(other, axis=1)
     has = other.any(axis=1)
     rows = np.arange(len(labels))
-    core = _label_cores(graph, labels, valid & ~other & (calibration(graph.sims) >= 0.5))
+    core = _label_cores(graph, labels, valid & ~other & (p_same >= 0.5))
     return LabelAgreement(
         given_support=given.astype(np.float32),
         best_other=best,
