@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 
 from .calibration import Calibration, fit_calibration
 from .knn import KnnGraph, graph_from_vectors
-from .partition import Partition, agreement_report, relabel_by_first
+from .partition import Partition, agreement_report, label_codes, relabel_by_first
 
 # --------------------------------------------------------------------------- signed graph
 
@@ -585,12 +585,7 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         config = CorrelationConfig(bias=None if self.bias is None else float(self.bias), refine=bool(self.refine))
         graph = graph_from_vectors(X, self.k, device=self.device, seed=self.seed)
-        codes = None
-        if y is not None:
-            y = np.asarray(y)
-            if y.shape != (graph.n_samples,):
-                raise ValueError(f"y must have shape ({graph.n_samples},), got {y.shape}")
-            codes = np.unique(y, return_inverse=True)[1].astype(np.int64)
+        codes = None if y is None else label_codes(y, graph.n_samples)
         part = correlation_stage(graph, codes, config, rng=np.random.default_rng(self.seed))
         result = part.detail["result"]
         self.stats_ = part.stats

@@ -188,6 +188,12 @@ def cluster_evidence(partition: np.ndarray, labels: np.ndarray) -> ClusterEviden
 # --------------------------------------------------------------------------- one function per question
 
 
+def partition_evidence(signals: Signals, labels: np.ndarray) -> list[tuple[str, ClusterEvidence]]:
+    """What each partition that ran says about each row's label, by stage name. The
+    per-question functions compute it when not given; :func:`find_issues` computes it once."""
+    return [(name, cluster_evidence(part.labels, labels)) for name, part in signals.partitions()]
+
+
 def _label_sizes(labels: np.ndarray, n_labels: int | None = None) -> np.ndarray:
     """Images of each row's label, per row."""
     return np.bincount(labels, minlength=n_labels or 0)[labels]
@@ -234,7 +240,8 @@ class Mislabeled:
     n_terms: int
 
 
-def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float = 0.5) -> Mislabeled:
+def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float = 0.5,
+                    evidence: list | None = None) -> Mislabeled:
     """Rows whose label the evidence says is wrong, with the label it says is right.
 
     Which rows: the kNN vote decides (:func:`knn_mislabel_score` at ``report_floor``, labels
@@ -252,8 +259,7 @@ def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float
     mask = _knn_candidates(signals, labels, report_floor)
     terms = [knn.astype(np.float64)]
     corroborated_by = {}
-    for name, part in signals.partitions():
-        ev = cluster_evidence(part.labels, labels)
+    for name, ev in evidence if evidence is not None else partition_evidence(signals, labels):
         agrees = (ev.majority == suggestion) & (suggestion >= 0)
         terms.append(np.where(agrees, ev.majority_share, 0.0))
         corroborated_by[name] = mask & agrees
@@ -382,7 +388,8 @@ class DuplicateIdentities:
 
 
 def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
-                              embeddings: np.ndarray | None = None) -> DuplicateIdentities:
+                              embeddings: np.ndarray | None = None,
+                              evidence: list | None = None) -> DuplicateIdentities:
     """Labels that are one person under two names, and which name each merges into.
 
     When one person is filed under two names, each half's neighbours carry the other name
@@ -404,8 +411,8 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     n_labels = len(label_names)
     merged_into = np.full(n_labels, -1, dtype=np.int64)
     label_score = np.zeros(n_labels, dtype=np.float32)
-    pairs, evidence = _vote_pairs(signals.agreement, labels, label_names)
-    partitions = [(name, cluster_evidence(part.labels, labels)) for name, part in signals.partitions()]
+    partitions = evidence if evidence is not None else partition_evidence(signals, labels)
+    pairs, vote_text = _vote_pairs(signals.agreement, labels, label_names)
     seen = {(min(a, b), max(a, b)) for a, b, _ in pairs}
     for a, b, sc, text in _claimed_labels(signals.agreement, labels, label_names):
         key = (min(a, b), max(a, b))
@@ -416,7 +423,7 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
             pairs.append((a, b, sc))
             seen.add(key)
             for lab in (a, b):
-                evidence.setdefault(lab, []).append(text)
+                vote_text.setdefault(lab, []).append(text)
     if not pairs:
         return DuplicateIdentities(pd.DataFrame(columns=MERGE_COLUMNS), merged_into, label_score, {})
     sizes = np.bincount(labels, minlength=n_labels)
@@ -436,8 +443,8 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     for a, b, vote in rows:
         pooled, parts = _pooled_merge(vote, partitions, labels, embeddings, a, b, label_names)
         label_score[a] = pooled
-        out.append((label_names[a], label_names[b], pooled, "; ".join(["; ".join(evidence[a]), *parts])))
-    return DuplicateIdentities(pd.DataFrame(out, columns=MERGE_COLUMNS), merged_into, label_score, evidence)
+        out.append((label_names[a], label_names[b], pooled, "; ".join(["; ".join(vote_text[a]), *parts])))
+    return DuplicateIdentities(pd.DataFrame(out, columns=MERGE_COLUMNS), merged_into, label_score, vote_text)
 
 
 def _pooled_merge(vote: float, partitions, labels, embeddings, a: int, b: int, label_names=None):
@@ -578,7 +585,7 @@ class Review:
 
 
 def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
-                config: FindingsConfig | None = None) -> Review:
+                config: FindingsConfig | None = None, evidence: list | None = None) -> Review:
     """Rows the evidence cannot judge, for a person to look at.
 
     - "Cannot tell": a label with one or two images has no majority to outvote or to disagree
@@ -596,8 +603,9 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     cannot_tell = (sizes <= 2) & ~candidate & ((agr.none_prob >= floor) | (mis >= 0.5 * floor))
     text = np.full(len(labels), "", dtype=object)
     score = np.where(cannot_tell, np.maximum(mis, agr.none_prob), 0.0).astype(np.float32)
-    for name, part in signals.partitions():
-        ev = cluster_evidence(part.labels, labels)
+    parts = dict(signals.partitions())
+    for name, ev in evidence if evidence is not None else partition_evidence(signals, labels):
+        part = parts[name]
         alone = (~candidate & (ev.majority >= 0) & (ev.majority != labels) & (ev.majority_share >= config.review_share)
                  & (np.bincount(part.labels)[part.labels] >= config.review_min_cluster) & (sizes >= 2))
         for i in np.flatnonzero(alone):
@@ -642,11 +650,12 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     config = config or FindingsConfig()
     floor = config.report_floor
     labels = np.asarray(labels, dtype=np.int64)
-    mis = find_mislabeled(signals, labels, report_floor=floor)
+    evidence = partition_evidence(signals, labels)
+    mis = find_mislabeled(signals, labels, report_floor=floor, evidence=evidence)
     out = find_outliers(signals, labels, report_floor=floor)
     near = find_near_duplicates(signals, labels)
-    dupid = find_duplicate_identities(signals, labels, label_names, embeddings=embeddings)
-    review = find_review(signals, labels, label_names, config=config)
+    dupid = find_duplicate_identities(signals, labels, label_names, embeddings=embeddings, evidence=evidence)
+    review = find_review(signals, labels, label_names, config=config, evidence=evidence)
     member = dupid.merged_into[labels] >= 0
     issue, score = resolve(
         {"near_duplicate": near.mask, "outlier": out.mask, "duplicate_identity": member, "mislabeled": mis.mask},
@@ -657,7 +666,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     needs_review = review.mask & (issue == NO_ISSUE)
     issue[needs_review] = REVIEW
     score[needs_review] = review.score[needs_review]
-    reason = _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review, needs_review)
+    reason = _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review, needs_review, evidence)
 
     corroborated = np.zeros(len(labels), dtype=bool)
     for agree in mis.corroborated_by.values():
@@ -673,13 +682,13 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                     merges=dupid.merges, corroborated=corroborated, stats=stats)
 
 
-def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review, needs_review) -> np.ndarray:
+def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review, needs_review,
+             evidences) -> np.ndarray:
     """The evidence behind each row's final issue (or its review), in one short line."""
     agr, conf = signals.agreement, signals.camsoftmax
     reason = np.full(len(labels), "", dtype=object)
     g, b = agr.given_support, agr.other_support
     names = label_names
-    evidences = [(name, cluster_evidence(part.labels, labels)) for name, part in signals.partitions()]
     for i in np.flatnonzero(issue == "mislabeled"):
         s = mis.suggested[i]
         text = (f"pooled p({names[s]})={mis.score[i]:.2f} over {mis.n_terms} stage(s); "

@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from .calibration import Calibration, fit_calibration
 from .knn import KnnGraph, graph_from_vectors
 from .metrics import pairwise_scores
-from .partition import Partition, agreement_report, relabel_by_first
+from .partition import Partition, agreement_report, label_codes, relabel_by_first
 
 # --------------------------------------------------------------------------- graph machinery
 
@@ -458,12 +458,7 @@ def _check_common(est) -> None:
 def _fit_input(est, X, y):
     """The graph (built from vectors when needed) and the labels as an int array, checked."""
     graph = graph_from_vectors(X, est.k, device=est.device, seed=est.seed)
-    if y is None:
-        return graph, None
-    y = np.asarray(y)
-    if y.shape != (graph.n_samples,):
-        raise ValueError(f"y must have shape ({graph.n_samples},), got {y.shape}")
-    return graph, np.unique(y, return_inverse=True)[1].astype(np.int64)
+    return graph, None if y is None else label_codes(y, graph.n_samples)
 
 
 class GraphAverageLinkage(ClusterMixin, BaseEstimator):

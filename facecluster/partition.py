@@ -33,6 +33,14 @@ class Partition:
         return int(self.labels.max()) + 1 if len(self.labels) else 0
 
 
+def label_codes(y, n_samples: int) -> np.ndarray:
+    """Any label array of shape (n_samples,) as int64 codes 0..n_labels-1 (the estimators' ``y``)."""
+    y = np.asarray(y)
+    if y.shape != (n_samples,):
+        raise ValueError(f"y must have shape ({n_samples},), got {y.shape}")
+    return np.unique(y, return_inverse=True)[1].astype(np.int64)
+
+
 def relabel_by_first(labels: np.ndarray) -> np.ndarray:
     """Renumber cluster ids 0.. in order of each cluster's first sample (deterministic)."""
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
