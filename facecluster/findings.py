@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .calibration import Calibration
 from .partition import Partition
@@ -41,6 +42,9 @@ NO_ISSUE = ""
 # torn apart row by row, so its rows are duplicate_identity rather than mislabeled.
 PRECEDENCE = ("near_duplicate", "outlier", "duplicate_identity", "mislabeled")
 MERGE_COLUMNS = ["label", "merged_into", "score", "evidence"]
+# A label pair is judged as one person when its one-person score reaches a quarter: with
+# every other term perfect the pooled mean could still reach the bar of 1/2 from there.
+MERGE_CANDIDATE = 0.25
 
 
 @dataclass(frozen=True)
@@ -378,13 +382,13 @@ class DuplicateIdentities:
     merges : DataFrame (label, merged_into, score, evidence), one row per label to merge
     merged_into : (n_labels,) int64, the label code each label merges into (-1: none)
     label_score : (n_labels,) float32, each merged label's pooled score (0 elsewhere)
-    vote_evidence : label code → the vote texts that made the suggestion
+    evidence : merged label code → the evidence behind its suggestion, in one line
     """
 
     merges: pd.DataFrame
     merged_into: np.ndarray
     label_score: np.ndarray
-    vote_evidence: dict
+    evidence: dict
 
 
 def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
@@ -392,65 +396,90 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
                               evidence: list | None = None) -> DuplicateIdentities:
     """Labels that are one person under two names, and which name each merges into.
 
-    When one person is filed under two names, each half's neighbours carry the other name
-    and a per-sample vote would tear the smaller half away row by row. If labels L and L*
-    were one person, a member of L would give L* a share of its reliable votes near
-    e = n(L*) / (n(L) + n(L*) − 1) (neighbours split in proportion to the halves). So for
-    each pair, R(L→L*) is the mean over ALL of L's images of min(1, s_i / e), s_i being image
-    i's vote share for L* (0 when L* is not its best other label). A split gives R ≈ 1 in both
-    directions; flips from L* into L give it only for the flipped subset, and not back. The
-    pair's vote score is min(R(L→L*), R(L*→L)); a score ≥ 1/2 with at least two images on each
-    side voting makes a suggestion. Chains (A→B, B→C) are resolved as connected components
-    with networkx; each group merges into its largest label.
-
-    The suggestion's score pools that vote score with, per partition, the share of each
-    label's images sharing a cluster with the other (smaller direction), and, given
-    ``embeddings`` ((n_samples, n_features), the processed unit vectors), a centroid test
-    (:func:`_centroid_term`).
+    Candidate pairs come from three places: labels joined by enough same-person kNN mass
+    (the vote stage's one-person test, :func:`facecluster.votes.label_pairs`, score ≥ 1/4),
+    labels whose images vote for each other (:func:`_vote_pairs`), and labels claimed whole by
+    another label's mislabel votes (:func:`_claimed_labels`, which finds one- and two-image
+    parts). Each candidate is judged by the mean of independent terms: the one-person test,
+    per partition the share of each label's images sharing a cluster with the other (smaller
+    direction), and, given ``embeddings`` ((n_samples, n_features), the processed unit
+    vectors), the centroid test (:func:`_centroid_term`). A mean of at least 1/2 makes a
+    suggestion (three-to-one, 3/4, when one label has a single image), scored by that mean. The votes of a split's halves are discounted because
+    each half looks mislabeled to the other, so the vote tests only propose; the one-person
+    test, which weighs every edge by its calibrated P(same person) alone, judges.
+    Chains (A→B, B→C) are resolved as connected components with networkx; each group merges
+    into its largest label.
     """
     n_labels = len(label_names)
     merged_into = np.full(n_labels, -1, dtype=np.int64)
     label_score = np.zeros(n_labels, dtype=np.float32)
     partitions = evidence if evidence is not None else partition_evidence(signals, labels)
-    pairs, vote_text = _vote_pairs(signals.agreement, labels, label_names)
-    seen = {(min(a, b), max(a, b)) for a, b, _ in pairs}
+    pairs = signals.agreement.pairs
+    vote_pairs, vote_text = _vote_pairs(signals.agreement, labels, label_names)
+    # the vote tests' own scores stand in for the one-person test only where the vote stage
+    # gave none (evidence assembled by hand)
+    vote_score = {(min(a, b), max(a, b)): sc for a, b, sc in vote_pairs}
+    candidates = set(vote_score)
     for a, b, sc, text in _claimed_labels(signals.agreement, labels, label_names):
-        key = (min(a, b), max(a, b))
-        # one-way evidence is weaker than votes both ways: the claim stands only when the
-        # other stages, pooled with it, make one person three times as likely as two (the
-        # odds the conservative policy asks of a relabel)
-        if key not in seen and _pooled_merge(sc, partitions, labels, embeddings, a, b)[0] >= 0.75:
-            pairs.append((a, b, sc))
-            seen.add(key)
-            for lab in (a, b):
-                vote_text.setdefault(lab, []).append(text)
-    if not pairs:
-        return DuplicateIdentities(pd.DataFrame(columns=MERGE_COLUMNS), merged_into, label_score, {})
-    sizes = np.bincount(labels, minlength=n_labels)
-    graph = nx.Graph()
-    best: dict[int, float] = {}
-    for a, b, sc in pairs:
+        candidates.add((min(a, b), max(a, b)))
+        vote_score[(min(a, b), max(a, b))] = max(sc, vote_score.get((min(a, b), max(a, b)), 0.0))
         for lab in (a, b):
-            best[lab] = max(best.get(lab, 0.0), sc)
+            vote_text.setdefault(lab, []).append(text)
+    if pairs is not None and len(pairs.a):
+        # joined by kNN edges and either sharing enough same-person mass or, both labels of
+        # three images or more, put together by every partition (most of each label's images
+        # in clusters holding the other); a partition puts a label of one or two images in
+        # whichever cluster is nearest, which says little about its person
+        sizes = np.bincount(labels, minlength=n_labels)
+        together = np.minimum(sizes[pairs.a], sizes[pairs.b]) >= 3
+        for _, ev in partitions:
+            together &= np.minimum(shared_shares(ev.partition, labels, pairs.a, pairs.b),
+                                   shared_shares(ev.partition, labels, pairs.b, pairs.a)) >= 0.5
+        strong = (pairs.score >= MERGE_CANDIDATE) | (together & (len(partitions) > 0))
+        candidates.update(zip(pairs.a[strong].tolist(), pairs.b[strong].tolist()))
+    accepted = []
+    sizes = np.bincount(labels, minlength=n_labels)
+    for a, b in sorted(candidates):
+        one = _one_person(pairs, a, b) if pairs is not None else vote_score[(a, b)]
+        pooled, parts = _pooled_merge(one, partitions, labels, embeddings, a, b, label_names)
+        # a label of one image is one observation, its "share" of mass says where that image
+        # leans, not how strongly: such a merge asks for three-to-one odds (the conservative
+        # policy's bar for a relabel), others for more likely than not
+        if pooled >= (0.75 if min(sizes[a], sizes[b]) == 1 else 0.5):
+            accepted.append((a, b, pooled, [f"one person: {one:.2f} (same-person kNN mass shared as one "
+                                            f"identity's would be; 1 = fully)", *parts]))
+    if not accepted:
+        return DuplicateIdentities(pd.DataFrame(columns=MERGE_COLUMNS), merged_into, label_score, {})
+    graph = nx.Graph()
+    best: dict[int, tuple] = {}
+    for a, b, pooled, parts in accepted:
+        for lab, other in ((a, b), (b, a)):
+            if pooled > best.get(lab, (-1.0,))[0]:
+                best[lab] = (pooled, other, parts)
         graph.add_edge(a, b)
-    rows = []
+    out, why = [], {}
     for component in nx.connected_components(graph):
         canonical = max(component, key=lambda lab: (sizes[lab], -lab))
         for lab in sorted(component - {canonical}):
             merged_into[lab] = canonical
-            rows.append((lab, canonical, best[lab]))
-    out = []
-    for a, b, vote in rows:
-        pooled, parts = _pooled_merge(vote, partitions, labels, embeddings, a, b, label_names)
-        label_score[a] = pooled
-        out.append((label_names[a], label_names[b], pooled, "; ".join(["; ".join(vote_text[a]), *parts])))
-    return DuplicateIdentities(pd.DataFrame(out, columns=MERGE_COLUMNS), merged_into, label_score, vote_text)
+            pooled, other, parts = best[lab]
+            label_score[lab] = pooled
+            text = "; ".join([*vote_text.get(lab, []), f"with {label_names[other]}: " + "; ".join(parts)])
+            out.append((label_names[lab], label_names[canonical], pooled, text))
+            why[lab] = text
+    return DuplicateIdentities(pd.DataFrame(out, columns=MERGE_COLUMNS), merged_into, label_score, why)
 
 
-def _pooled_merge(vote: float, partitions, labels, embeddings, a: int, b: int, label_names=None):
-    """A merge's pooled score: the vote score, each partition's shared-cluster share (smaller
-    direction) and the centroid test, averaged; with the texts naming each term."""
-    terms, text = [vote], []
+def _one_person(pairs, a: int, b: int) -> float:
+    """The vote stage's one-person score of labels a and b (0 when no edge joins them)."""
+    j = pairs.lookup(a, b)
+    return float(pairs.score[j]) if j >= 0 else 0.0
+
+
+def _pooled_merge(one_person: float, partitions, labels, embeddings, a: int, b: int, label_names=None):
+    """A merge's pooled score: the one-person test, each partition's shared-cluster share
+    (smaller direction) and the centroid test, averaged; with the texts naming each term."""
+    terms, text = [one_person], []
     for name, ev in partitions:
         ab, ba = _shared_share(ev, labels, a, b), _shared_share(ev, labels, b, a)
         terms.append(min(ab, ba))
@@ -527,6 +556,21 @@ def _vote_pairs(agreement: LabelAgreement, labels: np.ndarray, label_names: np.n
             evidence.setdefault(lab, []).append(text)
         pairs.append((a, b, float(min(pair_score[j], 1.0))))
     return pairs, evidence
+
+
+def shared_shares(partition: np.ndarray, labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each label pair (a[i], b[i]): the share of label a's images that sit in clusters also
+    holding an image of label b, vectorised with a sparse label × cluster count table."""
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    if not len(a):
+        return np.zeros(0)
+    _, cluster = np.unique(partition, return_inverse=True)
+    n_labels = int(max(labels.max(), a.max(), b.max())) + 1
+    counts = sp.csr_matrix((np.ones(len(labels)), (labels, cluster)), shape=(n_labels, int(cluster.max()) + 1))
+    present = (counts > 0).astype(np.float64)
+    shared = np.asarray(counts[a].multiply(present[b]).sum(axis=1)).ravel()
+    sizes = np.asarray(counts.sum(axis=1)).ravel()
+    return shared / np.maximum(sizes[a], 1.0)
 
 
 def _shared_share(ev: ClusterEvidence, labels: np.ndarray, a: int, b: int) -> float:
@@ -707,7 +751,7 @@ def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review,
     for i in np.flatnonzero(issue == "duplicate_identity"):
         lab = labels[i]
         reason[i] = (f"duplicate identity: {names[lab]} looks like {names[dupid.merged_into[lab]]} "
-                     f"({'; '.join(dupid.vote_evidence[lab])})")
+                     f"({dupid.evidence[lab]})")
     for i in np.flatnonzero(issue == "near_duplicate"):
         reason[i] = f"near-duplicate of row {near.keep[i] + 1} (closest partner row {near.partner[i] + 1})"
     sizes = _label_sizes(labels, len(names))

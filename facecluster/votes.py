@@ -171,6 +171,7 @@ class LabelAgreement:
         (calibrated P ≥ 1/2), when that group has at least two rows. A small identity whose
         images are each other's nearest neighbours is its own core; strangers or flips filed
         under a label sit outside it.
+    pairs : :class:`LabelPairs`, label pairs tested as one person under two names
     """
 
     given_support: np.ndarray
@@ -182,6 +183,80 @@ class LabelAgreement:
     nearest_other: np.ndarray | None = None
     nearest_other_sim: np.ndarray | None = None
     core: np.ndarray | None = None
+    pairs: LabelPairs | None = None
+
+
+@dataclass(frozen=True)
+class LabelPairs:
+    """Label pairs joined by likely-same-person kNN edges, with how well the pair passes for
+    one person (:func:`label_pairs`); arrays of shape (n_pairs,).
+
+    a, b : int64 label codes, a < b, sorted by (a, b)
+    score : float32 in [0, 1], the one-person consistency: min(R_a, R_b, W_a, W_b)
+    cross_share_a, cross_share_b : float32, share of each label's same-person mass that
+        reaches the other label
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    score: np.ndarray
+    cross_share_a: np.ndarray
+    cross_share_b: np.ndarray
+
+    def lookup(self, a: int, b: int) -> int:
+        """Index of the pair (a, b) in either order, -1 when the labels share no edge."""
+        lo, hi = min(a, b), max(a, b)
+        # pairs are sorted by (a, b): two binary searches
+        start, stop = np.searchsorted(self.a, lo, "left"), np.searchsorted(self.a, lo, "right")
+        j = start + np.searchsorted(self.b[start:stop], hi)
+        return int(j) if j < stop and self.b[j] == hi else -1
+
+
+def label_pairs(graph: KnnGraph, labels: np.ndarray, p_same: np.ndarray, n_labels: int) -> LabelPairs:
+    """Test every pair of labels joined by kNN edges as one person under two names.
+
+    Every undirected kNN edge carries its calibrated P(same person) (``p_same``, shape of
+    ``graph.indices``, 0 for edges that must not count, such as copies of one photo); a
+    label's mass M_L is the sum over its images of those weights. If labels A and B were one
+    person of n = n_A + n_B images, an image's same-person mass would spread over the other
+    n − 1 images alike: A would send a share e_A = n_B / (n − 1) of its mass to B and keep
+    (n_A − 1) / (n − 1) inside A. With R_A = min(1, observed / expected share to B) and W_A the
+    same for the share kept inside A (1 for a one-image label), the score is
+    min(R_A, R_B, W_A, W_B): near 1 for a split identity whatever its halves' sizes (one image
+    included); near 0 for two people (little cross mass) and for a label holding a stranger
+    who happens to be B's person (its own images do not hold together). The expected shares
+    are the label sizes', so the bar adapts to every pair; no cosine enters but through the
+    calibration.
+    """
+    n = graph.n_samples
+    labels = np.asarray(labels, dtype=np.int64)
+    valid = graph.indices >= 0
+    rows = np.repeat(np.arange(n, dtype=np.int64), graph.k)[valid.ravel()]
+    w = sp.csr_matrix((p_same[valid].astype(np.float64), (rows, graph.indices[valid])), shape=(n, n))
+    w = w.maximum(w.T)
+    member = sp.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, n_labels))
+    between = (member.T @ w @ member).tocoo()
+    mass = np.bincount(between.row, weights=between.data, minlength=n_labels)
+    inside = np.zeros(n_labels)
+    diag = between.row == between.col
+    inside[between.row[diag]] = between.data[diag]
+    keep = between.row < between.col
+    order = np.lexsort((between.col[keep], between.row[keep]))
+    a, b = between.row[keep][order].astype(np.int64), between.col[keep][order].astype(np.int64)
+    cross = between.data[keep][order]
+    sizes = np.bincount(labels, minlength=n_labels).astype(np.float64)
+    others = np.maximum(sizes[a] + sizes[b] - 1.0, 1.0)
+
+    def ratio(observed, expected):
+        return np.minimum(1.0, observed / np.maximum(expected, 1e-12))
+
+    share_a = cross / np.maximum(mass[a], 1e-12)
+    share_b = cross / np.maximum(mass[b], 1e-12)
+    within_a = np.where(sizes[a] >= 2, ratio(inside[a] / np.maximum(mass[a], 1e-12), (sizes[a] - 1) / others), 1.0)
+    within_b = np.where(sizes[b] >= 2, ratio(inside[b] / np.maximum(mass[b], 1e-12), (sizes[b] - 1) / others), 1.0)
+    score = np.minimum.reduce([ratio(share_a, sizes[b] / others), ratio(share_b, sizes[a] / others), within_a, within_b])
+    return LabelPairs(a=a, b=b, score=score.astype(np.float32), cross_share_a=share_a.astype(np.float32),
+                      cross_share_b=share_b.astype(np.float32))
 
 
 def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray, n_labels: int):
@@ -241,6 +316,7 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     has = other.any(axis=1)
     rows = np.arange(len(labels))
     core = _label_cores(graph, labels, valid & ~other & (p_same >= 0.5))
+    pairs = label_pairs(graph, labels, np.where(valid, p, 0.0), n_labels)
     return LabelAgreement(
         given_support=given.astype(np.float32),
         best_other=best,
@@ -251,6 +327,7 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
         nearest_other=np.where(has, nb_labels[rows, first], -1).astype(np.int64),
         nearest_other_sim=np.where(has, graph.sims[rows, first], -np.inf).astype(np.float32),
         core=core,
+        pairs=pairs,
     )
 
 

@@ -250,3 +250,34 @@ def test_find_issues_writes_one_reason_per_finding_and_reviews_only_rows_without
     assert not f.review[3] and f.review[8] and f.reason[8].startswith("review: cannot tell")
     assert f.counts()["review"] == 1 and (f.reason[f.issue == ""] == "").all()
     assert f.score[8] == pytest.approx(0.9), "review scores how strongly the evidence leans against the label"
+
+
+def test_label_pairs_one_person_test_tells_a_split_from_two_people_and_from_a_stranger():
+    """The vote stage's one-person test: a split scores high whatever its halves' sizes (one
+    image included), two people low, and a two-image label whose second image is another
+    person's look-alike low too (its own images do not hold together)."""
+    from facecluster.knn import build_knn_graph
+    from facecluster.votes import label_pairs
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((4, 24)) * 3
+    x = np.vstack([c + rng.standard_normal((12, 24)) for c in centres])
+    x = np.vstack([x, centres[3] + rng.standard_normal((1, 24)), rng.standard_normal((1, 24)) * 3])
+    # person 0 under "p0"; person 1 split 8 / 4 under "p1" and "p1b"; person 2 under "p2";
+    # person 3's 12 images under "p3"; one more image of person 3 filed with a stranger as "mix"
+    labels = np.array([0] * 12 + [1] * 8 + [2] * 4 + [3] * 12 + [4] * 12 + [5, 5])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    graph = build_knn_graph(unit, k=12, device="cpu")
+    # a calibration that knows these people: P(same) = 1 above the halfway cosine, 0 below
+    p_same = (graph.sims > 0.5).astype(np.float64) * (graph.indices >= 0)
+    pairs = label_pairs(graph, labels, p_same, 6)
+
+    def score(a, b):
+        j = pairs.lookup(a, b)
+        return float(pairs.score[j]) if j >= 0 else 0.0
+
+    assert score(1, 2) >= 0.6, "the split halves pass for one person"
+    assert score(2, 1) == score(1, 2), "lookup in either order"
+    assert score(0, 1) <= 0.1 and score(0, 3) <= 0.1, "two people do not"
+    assert score(4, 5) <= 0.1, "a label whose images do not hold together is not a second name"
+    assert list(zip(pairs.a, pairs.b)) == sorted(zip(pairs.a, pairs.b))

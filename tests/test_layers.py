@@ -60,3 +60,4 @@ def test_the_import_checker_sees_a_violation(tmp_path, monkeypatch):
     (fake / "votes.py").write_text("from .hierarchical import _contract\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert _imports("votes") == [("hierarchical", ["_contract"])]
+

@@ -30,14 +30,18 @@ def _scores(folder: Path, long_tail: bool) -> dict:
     return run_bench(noisy, peers=[], seed=0)[0].scores
 
 
-# measured 2026-11-23 (docs/benchmarks.md): the floors sit a little under each figure
+# measured 2026-11-23 (docs/benchmarks.md), on the base set less the documented mixed identities
+# and several-face photos: the floors sit a little under each figure
 FLOORS = {
-    ("celeba_wild_dlib", True): dict(noise_found_f1=0.79, near_duplicate_f1=0.90, kept_label_precision=0.93,
+    ("celeba_wild_dlib", False): dict(noise_found_f1=0.92, near_duplicate_f1=0.90, kept_label_precision=0.98,
+                                      clean_rows_lost_share=0.025, merge_p=0.9, merge_r=0.8),
+    ("celeba_wild_dlib", True): dict(noise_found_f1=0.77, near_duplicate_f1=0.88, kept_label_precision=0.94,
                                      clean_rows_lost_share=0.05),
     ("celeba_wild_omz_facereid0095", True): dict(noise_found_f1=0.79, near_duplicate_f1=0.92,
-                                                 kept_label_precision=0.95, clean_rows_lost_share=0.05),
+                                                 kept_label_precision=0.91, clean_rows_lost_share=0.04),
     ("celeba_wild_omz_facereid0095", False): dict(noise_found_f1=0.92, near_duplicate_f1=0.92,
-                                                  kept_label_precision=0.98, clean_rows_lost_share=0.025),
+                                                  kept_label_precision=0.98, clean_rows_lost_share=0.025,
+                                                  merge_p=0.9, merge_r=0.9),
 }
 
 
