@@ -42,6 +42,9 @@ NO_ISSUE = ""
 # torn apart row by row, so its rows are duplicate_identity rather than mislabeled.
 PRECEDENCE = ("near_duplicate", "outlier", "duplicate_identity", "mislabeled")
 MERGE_COLUMNS = ["label", "merged_into", "score", "evidence"]
+# Significance level of "its own label's nearest image is nearer than chance": an outlier
+# candidate below it is contested and goes to review (a probability, not a similarity).
+CHANCE = 0.05
 # A label pair is judged as one person when its one-person score reaches a quarter: with
 # every other term perfect the pooled mean could still reach the bar of 1/2 from there.
 MERGE_CANDIDATE = 0.25
@@ -234,6 +237,8 @@ class Mislabeled:
     suggested : int64, the label the kNN votes back most among the others (-1 if none)
     corroborated_by : stage name → bool mask of candidates whose suggestion that stage shares
     n_terms : stages in the pool (kNN, each partition, cam-softmax)
+    contested : bool, candidates whose own label's nearest image is nearer than chance
+        (:attr:`~facecluster.votes.LabelAgreement.label_chance` < CHANCE): sent to review
     """
 
     mask: np.ndarray
@@ -242,6 +247,7 @@ class Mislabeled:
     suggested: np.ndarray
     corroborated_by: dict
     n_terms: int
+    contested: np.ndarray | None = None
 
 
 def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float = 0.5,
@@ -277,8 +283,15 @@ def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float
         pooled = np.where(ok, counted.mean(axis=0), counted[:-1].mean(axis=0))
     else:
         pooled = np.vstack(terms).mean(axis=0)
+    # as for outliers: a candidate whose own label's nearest image is nearer than chance is a
+    # person's call (a hard photo, or a flip that landed beside a look-alike of its label)
+    contested = np.zeros(len(labels), dtype=bool)
+    if agr.label_chance is not None:
+        contested = mask & (agr.label_chance < CHANCE)
+        mask = mask & ~contested
+        corroborated_by = {name: m & ~contested for name, m in corroborated_by.items()}
     return Mislabeled(mask, pooled.astype(np.float32), knn, np.where(suggestion >= 0, suggestion, -1).astype(np.int64),
-                      corroborated_by, len(terms))
+                      corroborated_by, len(terms), contested)
 
 
 @dataclass(frozen=True)
@@ -292,6 +305,7 @@ class Outliers:
     mask: np.ndarray
     score: np.ndarray
     knn_score: np.ndarray
+    contested: np.ndarray | None = None
 
 
 def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float = 0.5) -> Outliers:
@@ -306,7 +320,8 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     label claims is a mislabel candidate, not a row that fits no one. A row in its label's core
     (:attr:`~facecluster.votes.LabelAgreement.core`: the largest group of the label's rows
     joined by mutual, likely-same-person kNN edges) belongs to a coherent identity and is
-    never an outlier.
+    never an outlier; a row whose own label's nearest image is nearer than a random label's
+    would be (at the :data:`CHANCE` level) is contested and goes to review.
     """
     sizes = _label_sizes(labels)
     agr = signals.agreement
@@ -321,7 +336,14 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     # identity whose images are each other's neighbours used to be dropped this way
     backed = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
     mask = ~_knn_candidates(signals, labels, report_floor) & (pooled >= report_floor) & (sizes >= 3) & ~backed
-    return Outliers(mask, np.where(sizes >= 3, pooled, 0.0).astype(np.float32), knn)
+    # a row whose own label's nearest image is nearer than a random label's would be at the
+    # CHANCE level is tied to its label however low the similarity (a hard photo), or a
+    # stranger that landed beside a look-alike by chance: a person's call, not a drop
+    contested = np.zeros(len(labels), dtype=bool)
+    if agr.label_chance is not None:
+        contested = mask & (agr.label_chance < CHANCE)
+        mask &= ~contested
+    return Outliers(mask, np.where(sizes >= 3, pooled, 0.0).astype(np.float32), knn, contested)
 
 
 @dataclass(frozen=True)
@@ -707,9 +729,12 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
          "mislabeled": mis.score})
     suggested = np.where(issue == "mislabeled", mis.suggested, -1).astype(np.int64)
     keep_of_group = np.where(issue == "near_duplicate", near.keep, -1).astype(np.int64)
-    needs_review = review.mask & (issue == NO_ISSUE)
+    contested_out = np.zeros(len(labels), dtype=bool) if out.contested is None else out.contested
+    contested_mis = np.zeros(len(labels), dtype=bool) if mis.contested is None else mis.contested
+    needs_review = (review.mask | contested_out | contested_mis) & (issue == NO_ISSUE)
     issue[needs_review] = REVIEW
-    score[needs_review] = review.score[needs_review]
+    score[needs_review] = np.maximum.reduce([review.score, np.where(contested_out, out.score, 0.0),
+                                             np.where(contested_mis, mis.knn_score, 0.0)])[needs_review]
     reason = _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review, needs_review, evidence)
 
     corroborated = np.zeros(len(labels), dtype=bool)
@@ -761,6 +786,13 @@ def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review,
             hint = (f"; its nearest neighbour of another label is {names[near]} (cosine {agr.nearest_other_sim[i]:.2f})"
                     if near >= 0 else "")
             reason[i] = f"review: cannot tell, label has {sizes[i]} image(s){hint}"
+        elif (out.contested is not None and out.contested[i]) or (mis.contested is not None and mis.contested[i]):
+            lean = (f"kNN: {b[i]:.1f} reliable votes for {names[agr.best_other[i]]} vs {g[i]:.1f} for its label"
+                    if mis.contested is not None and mis.contested[i] else
+                    f"no label supported (P(no same-person neighbour)={out.knn_score[i]:.2f})")
+            text = (f"review: {lean}, yet its label's nearest image is nearer than a random label's would be "
+                    f"(chance {agr.label_chance[i]:.3f})")
+            reason[i] = "; ".join(t for t in (text, review.partition_text[i]) if t)
         else:
             reason[i] = review.partition_text[i]
     return reason

@@ -172,6 +172,13 @@ class LabelAgreement:
         images are each other's nearest neighbours is its own core; strangers or flips filed
         under a label sit outside it.
     pairs : :class:`LabelPairs`, label pairs tested as one person under two names
+    label_chance : (n,) float32, how often a label unrelated to the image would have one of
+        its images as near as the row's own label does: 1 − (1 − q)^(r + 1) for the rank r of
+        the first neighbour in the row's label's core (copies of the row not counted), q =
+        (n_label − 1) / (n − 1) the chance that a random other row carries it; 1 where no
+        neighbour in the list does. A hard photo whose nearest face is of its own label gets a
+        small value however low the similarity; a stranger filed under a random label does
+        not, but by chance.
     """
 
     given_support: np.ndarray
@@ -184,6 +191,7 @@ class LabelAgreement:
     nearest_other_sim: np.ndarray | None = None
     core: np.ndarray | None = None
     pairs: LabelPairs | None = None
+    label_chance: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -299,6 +307,7 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     nb_safe = np.where(valid, nb, 0)
     p_same = calibration(graph.sims)  # P(same person) of every kNN edge, read once
     p = np.where(valid, p_same, 0.0).astype(np.float64)
+    same_dup = np.zeros(nb.shape, dtype=bool)
     if dup_group is not None:
         g_self = dup_group[:, None]
         same_dup = (g_self >= 0) & (dup_group[nb_safe] == g_self)
@@ -317,6 +326,13 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     rows = np.arange(len(labels))
     core = _label_cores(graph, labels, valid & ~other & (p_same >= 0.5))
     pairs = label_pairs(graph, labels, np.where(valid, p, 0.0), n_labels)
+    # only images of the label's core count: two flips of one person into one label would
+    # otherwise vouch for each other
+    own = valid & ~other & ~same_dup & core[nb_safe]
+    size = np.bincount(labels, minlength=n_labels)[labels].astype(np.float64)
+    q = (size - 1.0) / max(len(labels) - 1, 1)
+    rank = np.argmax(own, axis=1)
+    chance = np.where(own.any(axis=1), -np.expm1((rank + 1) * np.log1p(-np.minimum(q, 1 - 1e-12))), 1.0)
     return LabelAgreement(
         given_support=given.astype(np.float32),
         best_other=best,
@@ -328,6 +344,7 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
         nearest_other_sim=np.where(has, graph.sims[rows, first], -np.inf).astype(np.float32),
         core=core,
         pairs=pairs,
+        label_chance=chance.astype(np.float32),
     )
 
 

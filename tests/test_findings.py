@@ -281,3 +281,45 @@ def test_label_pairs_one_person_test_tells_a_split_from_two_people_and_from_a_st
     assert score(0, 1) <= 0.1 and score(0, 3) <= 0.1, "two people do not"
     assert score(4, 5) <= 0.1, "a label whose images do not hold together is not a second name"
     assert list(zip(pairs.a, pairs.b)) == sorted(zip(pairs.a, pairs.b))
+
+
+def test_an_outlier_whose_label_is_nearer_than_chance_goes_to_review_not_out():
+    """A hard photo of a 6-image label: no neighbour looks like the same person, yet its
+    nearest face is of its own label (chance 0.01). It is contested: review, kept, with the
+    reason saying why; the same row at chance 1 (no face of its label near) is an outlier."""
+    import dataclasses
+
+    from facecluster.findings import find_issues, find_outliers
+
+    labels = np.array([0] * 6 + [1] * 6)
+    names = np.array(["a", "b"], dtype=object)
+    sig = _evidence(labels, given=[0.0] + [4.0] * 11, other=[0.0] * 12, best_other=[-1] * 12,
+                    none_prob=[0.9] + [0.0] * 11)
+    for chance, expect in ((1.0, "outlier"), (0.01, "review")):
+        agreement = dataclasses.replace(sig.agreement, label_chance=np.array([chance] + [1.0] * 11, np.float32))
+        sig_c = dataclasses.replace(sig, agreement=agreement)
+        out = find_outliers(sig_c, labels)
+        assert out.mask[0] == (expect == "outlier") and bool(out.contested[0]) == (expect == "review")
+        found = find_issues(sig_c, labels, names)
+        assert found.issue[0] == expect
+        if expect == "review":
+            assert "nearer than a random label's would be (chance 0.010)" in found.reason[0]
+
+
+def test_label_chance_counts_only_the_labels_core_so_two_flips_do_not_vouch_for_each_other():
+    from facecluster.calibration import fit_calibration
+    from facecluster.knn import build_knn_graph
+    from facecluster.votes import knn_label_agreement
+
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((5, 24)) * 3
+    x = np.vstack([c + rng.standard_normal((10, 24)) for c in centres])
+    # two photos of person 1 filed under label 0, next to each other
+    x = np.vstack([x, centres[1] + rng.standard_normal((2, 24))])
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 10 + [3] * 10 + [4] * 10 + [0, 0])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    graph = build_knn_graph(unit, k=10, device="cpu")
+    agreement = knn_label_agreement(graph, labels, fit_calibration(graph, labels))
+    q = 11 / 51  # a random other row carries label 0
+    assert np.allclose(agreement.label_chance[:10], q, atol=1e-6), "a member's nearest face is its label's"
+    assert (agreement.label_chance[-2:] == 1.0).all(), "the flips' own-label neighbour is the other flip"
