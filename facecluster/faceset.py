@@ -261,22 +261,30 @@ def _check_array(path: Path, array: np.ndarray) -> np.ndarray:
 
 def _normalise_checked(path: Path, raw: np.ndarray, chunk_bytes: int = 32 << 20) -> np.ndarray:
     """float32 L2-normalised copy of ``raw``, checking NaN/Inf and zero rows chunk by chunk
-    (float64 chunks of ``chunk_bytes``, so a memmapped input is never held twice)."""
+    (float64 chunks of ``chunk_bytes``, so a memmapped input is never held twice).
+
+    Each row is first divided by its largest absolute value, so the norm is taken of values
+    in [-1, 1]: squaring cannot overflow (a row at 1e200) or underflow to zero (a row at
+    1e-200). Only a row whose values are all exactly 0 is refused as all-zero.
+    """
     n, d = raw.shape
     chunk = max(1, chunk_bytes // (8 * d))
     out = np.empty((n, d), dtype=np.float32)
     for start in range(0, n, chunk):
+        # may be a view of a float64 input: never written to
         block = np.asarray(raw[start:start + chunk], dtype=np.float64)
         finite = np.isfinite(block)
         if not finite.all():
             r, c = np.argwhere(~finite)[0]
             raise InputError(path, f"non-finite value {block[r, c]!r}", row=start + int(r) + 1, column=int(c))
-        norms = np.linalg.norm(block, axis=1)
-        zero = norms <= np.finfo(np.float32).tiny
+        scale = np.maximum(block.max(axis=1), -block.min(axis=1))  # max |x| per row, no (rows, d) temporary
+        zero = scale == 0.0
         if zero.any():
             r = int(np.flatnonzero(zero)[0])
             raise InputError(path, "all-zero embedding vector (cannot be normalised)", row=start + r + 1)
-        out[start:start + chunk] = block / norms[:, None]
+        scaled = block / scale[:, None]  # every |value| <= 1, the largest exactly 1
+        scaled /= np.sqrt(np.einsum("ij,ij->i", scaled, scaled))[:, None]  # norm in [1, sqrt(d)]
+        out[start:start + chunk] = scaled
     return out
 
 
@@ -337,7 +345,7 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
         if degenerate.any():
             r = int(np.flatnonzero(degenerate)[0])
             raise InputError(file, "embedding equals the set's mean direction; cannot centre "
-                             "(pass centre=False / --no-centre)", row=r + 1)
+                             "(pass centre=False / --centre no)", row=r + 1)
         unit /= norms[:, None]
     return unit, bool(do_centre), stats
 
@@ -369,7 +377,10 @@ def load_faceset(
     """
     if isinstance(manifest, pd.DataFrame):
         manifest_path: Path = Path("<manifest>")
-        frame = manifest.astype(str).reset_index(drop=True)
+        # Missing cells (NaN, None, pd.NA, NaT) become "" exactly as an empty CSV cell or a
+        # Parquet null does, so _check_columns refuses a missing path or label by row and
+        # column; present values (numeric labels included) are kept as their text.
+        frame = manifest.astype(object).where(manifest.notna(), "").astype(str).reset_index(drop=True)
         _check_duplicate_columns(manifest_path, list(map(str, frame.columns)))
         if len(frame) == 0:
             raise InputError(manifest_path, "manifest has no rows")

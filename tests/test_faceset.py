@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from facecluster import InputError, load_faceset
-from facecluster.faceset import centring_decision, prepare_embeddings
+from facecluster.faceset import (
+    _normalise_checked,
+    centring_decision,
+    prepare_embeddings,
+)
 from facecluster.synth import make_faces
 
 from .conftest import write_set
@@ -76,6 +82,84 @@ def test_empty_label_names_first_row(tmp_path):
     assert (err.row, err.column) == (7, "label") and "empty label" in str(err)
 
 
+def _frame(n=6, **cols):
+    frame = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(n)], "label": [f"p{i % 2}" for i in range(n)]})
+    for key, values in cols.items():
+        frame[key] = values
+    return frame, np.random.default_rng(0).standard_normal((n, 8))
+
+
+@pytest.mark.parametrize("missing", [np.nan, None, pd.NA])
+def test_missing_label_in_a_dataframe_names_row_and_column(missing):
+    frame, x = _frame()
+    frame["label"] = frame["label"].astype(object)
+    frame.loc[3, "label"] = missing
+    frame.loc[5, "label"] = missing
+    err = _raises(frame, x)
+    assert (err.row, err.column) == (4, "label") and "empty label" in str(err)
+    assert "row 4" in str(err) and "column 'label'" in str(err) and "2 row(s)" in str(err)
+
+
+def test_nan_in_a_numeric_label_column_of_a_dataframe_names_row_and_column():
+    frame, x = _frame(label=[1, 2, np.nan, 1, 2, 1])
+    err = _raises(frame, x)
+    assert (err.row, err.column) == (3, "label") and "empty label" in str(err)
+
+
+def test_numeric_labels_in_a_dataframe_stay_valid():
+    frame, x = _frame(label=[7, 8, 7, 9, 8, 7])
+    fs = load_faceset(frame, x, centre=False)
+    assert fs.label_names.tolist() == ["7", "8", "9"]
+    assert fs.label_names[fs.labels].tolist() == ["7", "8", "7", "9", "8", "7"]
+
+
+@pytest.mark.parametrize("missing", [np.nan, None, "", "  "])
+def test_missing_path_in_a_dataframe_names_row_and_column(missing):
+    frame, x = _frame()
+    frame["path"] = frame["path"].astype(object)
+    frame.loc[1, "path"] = missing
+    err = _raises(frame, x)
+    assert (err.row, err.column) == (2, "path") and "empty path" in str(err)
+
+
+def test_dataframe_row_numbers_are_positions_whatever_the_index():
+    frame, x = _frame()
+    frame.index = [100, 50, 7, 3, 2, 1]
+    frame["label"] = frame["label"].astype(object)
+    frame.loc[7, "label"] = np.nan  # third data row
+    err = _raises(frame, x)
+    assert (err.row, err.column) == (3, "label")
+
+
+def test_missing_values_in_other_dataframe_columns_read_as_empty_text_like_a_file():
+    frame, x = _frame(note=["a", np.nan, None, "", "b", "c"])
+    fs = load_faceset(frame, x, centre=False)
+    assert fs.manifest["note"].tolist() == ["a", "", "", "", "b", "c"]
+
+
+def test_empty_path_cell_in_a_csv_names_row_and_column(tmp_path):
+    path, _ = _good(tmp_path)
+    frame = pd.read_csv(path, dtype=str)
+    frame.loc[4, "path"] = ""
+    frame.to_csv(path, index=False)
+    err = _raises(path)
+    assert (err.row, err.column) == (5, "path") and "empty path" in str(err)
+
+
+def test_null_label_and_path_in_a_parquet_manifest_name_row_and_column(tmp_path):
+    path, x = _good(tmp_path)
+    frame = pd.read_csv(path, dtype=str).astype(object)
+    frame.loc[8, "label"] = None
+    frame.to_parquet(tmp_path / "m.parquet")
+    err = _raises(tmp_path / "m.parquet", x)
+    assert (err.row, err.column) == (9, "label") and "empty label" in str(err)
+    frame.loc[8, "label"] = "p0"
+    frame.loc[2, "path"] = None
+    frame.to_parquet(tmp_path / "m.parquet")
+    err = _raises(tmp_path / "m.parquet", x)
+    assert (err.row, err.column) == (3, "path") and "empty path" in str(err)
+
+
 def test_row_count_mismatch(tmp_path):
     path, x = _good(tmp_path)
     np.save(path.with_suffix(".npy"), x[:-2])
@@ -98,6 +182,98 @@ def test_all_zero_vector(tmp_path):
     np.save(path.with_suffix(".npy"), x)
     err = _raises(path)
     assert err.row == 4 and "all-zero" in str(err)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e300, 1e-300])
+def test_extreme_scale_rows_normalise_to_the_unscaled_unit_vector(scale):
+    x = np.random.default_rng(4).standard_normal((40, 128))
+    ref = prepare_embeddings(x, centre=False)[0]
+    scaled = x.copy()
+    scaled[[5, 17]] *= scale
+    unit, centred, _ = prepare_embeddings(scaled, centre=False)
+    assert unit.dtype == np.float32 and not centred
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-6)
+    assert np.allclose(unit, ref, atol=1e-6)
+    expected = x[5] / np.linalg.norm(x[5])
+    assert np.allclose(unit[5], expected, atol=1e-6)
+
+
+def test_extreme_scale_rows_load_and_centre_like_the_unscaled_set(tmp_path):
+    path, x = _good(tmp_path, n=60, d=32)
+    x = x.astype(np.float64) + 3.0  # a shared offset, so "auto" centres
+    np.save(path.with_suffix(".npy"), x)
+    ref = load_faceset(path)
+    big_small = x.copy()
+    big_small[7] *= 1e200
+    big_small[21] *= 1e-200
+    np.save(path.with_suffix(".npy"), big_small)
+    fs = load_faceset(path)  # neither row is refused as all-zero or non-finite
+    assert fs.centred == ref.centred and fs.centred
+    # the vectors every later stage sees are the unscaled set's: nothing to flag
+    assert np.allclose(fs.embeddings, ref.embeddings, atol=1e-6)
+
+
+def test_chunked_normalisation_of_a_memmap_matches_and_locates_rows(tmp_path):
+    base = np.random.default_rng(3).standard_normal((50, 16))
+    x = base.copy()
+    x[9] *= 1e200
+    x[33] *= 1e-200
+    np.save(tmp_path / "e.npy", x)
+    mm = np.load(tmp_path / "e.npy", mmap_mode="r")
+    small_chunks = _normalise_checked(tmp_path / "e.npy", mm, chunk_bytes=8 * 16 * 7)  # 7 rows a chunk
+    assert np.array_equal(small_chunks, _normalise_checked(tmp_path / "e.npy", mm))
+    assert np.allclose(small_chunks, base / np.linalg.norm(base, axis=1, keepdims=True), atol=1e-6)
+    x[40] = 0
+    np.save(tmp_path / "z.npy", x)
+    with pytest.raises(InputError) as info:
+        _normalise_checked(tmp_path / "z.npy", np.load(tmp_path / "z.npy", mmap_mode="r"), chunk_bytes=8 * 16 * 7)
+    assert info.value.row == 41 and "all-zero" in str(info.value)
+
+
+def test_input_float64_array_is_not_modified_by_normalisation():
+    x = np.random.default_rng(2).standard_normal((10, 16)) * 1e200
+    before = x.copy()
+    prepare_embeddings(x, centre=False)
+    assert np.array_equal(x, before)
+
+
+def test_all_zero_row_among_extreme_rows_still_raises():
+    x = np.random.default_rng(1).standard_normal((10, 16))
+    x[2] *= 1e-300
+    x[6] = 0.0
+    with pytest.raises(InputError) as info:
+        prepare_embeddings(x, centre=False)
+    assert info.value.row == 7 and "all-zero" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_among_extreme_rows_still_raises(bad):
+    x = np.random.default_rng(1).standard_normal((10, 16)) * 1e200
+    x[4, 9] = bad
+    with pytest.raises(InputError) as info:
+        prepare_embeddings(x, centre=False)
+    assert (info.value.row, info.value.column) == (5, 9) and "non-finite" in str(info.value)
+
+
+def test_all_zero_row_exits_2_from_the_cli_with_one_line(tmp_path):
+    path, x = _good(tmp_path / "in")
+    x[11] = 0
+    np.save(path.with_suffix(".npy"), x)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["clean", str(path), "--out", str(out), "-q", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "row 12" in result.output and "all-zero" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_identical_vectors_hint_names_the_real_centre_option():
+    x = np.tile(np.random.default_rng(0).standard_normal(16), (20, 1))
+    with pytest.raises(InputError) as info:
+        prepare_embeddings(x, centre=True)
+    assert "--centre no" in str(info.value) and "--no-centre" not in str(info.value)
+    unit, centred, _ = prepare_embeddings(x, centre=False)
+    assert not centred and np.allclose(unit, unit[0])
 
 
 def test_non_numeric_array(tmp_path):
