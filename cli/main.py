@@ -63,6 +63,7 @@ def clean(
     stages: Annotated[str, typer.Option(help="Comma-separated stages that add evidence to the kNN votes: hierarchical, correlation, camsoftmax (empty: kNN votes alone).")] = "hierarchical,correlation,camsoftmax",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Analyse and print the summary; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
+    image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails; images outside it are never read. Default: the manifest's folder.")] = None,
 ) -> None:
     """Find mislabeled samples, outliers, near-duplicates and duplicate identities; write a cleaned manifest."""
     from facecluster import CleanConfig, InputError
@@ -80,7 +81,7 @@ def clean(
         _fail(exc)
     try:
         result = run_clean(manifest, embeddings, config, out_dir=None if dry_run else out,
-                           progress=NullProgress() if quiet else RichProgress(err_console))
+                           progress=NullProgress() if quiet else RichProgress(err_console), image_root=image_root)
     except InputError as exc:
         _fail(exc)
     if not quiet:

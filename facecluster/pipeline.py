@@ -119,15 +119,16 @@ class CleanResult:
     identities: pd.DataFrame
     report: dict = field(default_factory=dict)
 
-    def write(self, out_dir: str | Path) -> list[Path]:
+    def write(self, out_dir: str | Path, image_root: str | Path | None = None) -> list[Path]:
         """Write cleaned.csv, audit.csv, identities.csv, report.json, report.html and the kNN
-        graph cache, all staged and moved into place together."""
+        graph cache, all staged and moved into place together. ``image_root``: the folder the
+        report's thumbnails may be read from (default: the manifest's folder)."""
         from .report import render_html
 
         check_output_dir(out_dir, list(self.faceset.source.values()), OUTPUT_FILES + (GRAPH_FILE,))
         return write_outputs(out_dir, {"cleaned.csv": self.cleaned, "audit.csv": self.audit,
                                        "identities.csv": self.identities}, self.report,
-                             {"report.html": render_html(self)}, _graph_writer(self.graph))
+                             {"report.html": render_html(self, image_root=image_root)}, _graph_writer(self.graph))
 
     def summary(self) -> dict:
         """Counts for a short printed summary."""
@@ -237,6 +238,7 @@ def clean(
     *,
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
+    image_root: str | Path | None = None,
     **overrides,
 ) -> CleanResult:
     """Find label problems in a face set and decide what to do about each row.
@@ -250,6 +252,8 @@ def clean(
     out_dir : when given, the outputs are written there (atomically) and the kNN graph is
         cached there for identical re-runs
     progress : a :class:`~facecluster.progress.Progress` (the CLI passes rich bars)
+    image_root : folder the manifest's image paths are relative to, for report.html's
+        thumbnails; no image outside it is read (default: the manifest's folder)
 
     Returns
     -------
@@ -294,7 +298,7 @@ def clean(
     result = CleanResult(faceset, graph, signals, findings, audit, cleaned, identities, report)
     if out_dir is not None:
         with progress.task("write outputs", total=None):
-            result.write(out_dir)
+            result.write(out_dir, image_root=image_root)
     return result
 
 

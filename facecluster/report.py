@@ -12,6 +12,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
+import stat
+import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -81,24 +86,118 @@ def _plots(result) -> dict[str, str]:
     return out
 
 
-def _thumbnail(path: Path, size: int = 72) -> str | None:
-    try:
-        from PIL import Image
+# Thumbnails read files named by the manifest, which may come from anywhere: they are read only
+# from inside one folder (the image root), only when they are regular files, and within bounds on
+# bytes, pixels and total time; a thumbnail that cannot be made is skipped and counted by reason.
+THUMB_MAX_BYTES = 50 * 2**20  # 50 MiB: a face photo is far smaller; a bigger file is not worth reading for a 72 px thumb
+THUMB_MAX_PIXELS = 50_000_000  # ~7000 x 7000: below Pillow's own bomb warning (89 MP); ~150 MB decoded as RGB
+THUMB_TIME_BUDGET_S = 10.0  # all thumbnails of one page together; the rest are skipped as "time budget"
+THUMB_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")  # no EPS (Ghostscript) or other exotic decoders
+SKIP_REASONS = ("outside the image root", "not a regular file", "missing", "too large", "unreadable", "time budget")
 
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=80)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    except (OSError, ValueError, ImportError):
-        return None
+
+class _Skip(Exception):
+    """A thumbnail that is not made; ``args[0]`` is one of SKIP_REASONS."""
+
+
+def _open_regular(path: Path, root: Path):
+    """A binary file object for ``path`` (relative to ``root``, or absolute) when it resolves
+    inside ``root`` to a regular file within the byte limit; else raises _Skip. Nothing that is
+    not a regular file (a FIFO, a device, a folder) is ever opened."""
+    try:
+        resolved = (root / path).resolve()  # follows every symlink, so a link out of the root is caught
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+        raise _Skip("unreadable") from exc
+    if not resolved.is_relative_to(root):
+        raise _Skip("outside the image root")
+    try:
+        st = os.stat(resolved)
+    except FileNotFoundError as exc:
+        raise _Skip("missing") from exc
+    except (OSError, ValueError) as exc:
+        raise _Skip("unreadable") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise _Skip("not a regular file")
+    if st.st_size > THUMB_MAX_BYTES:
+        raise _Skip("too large")
+    # the file could be swapped between stat and open: open without blocking or following a
+    # link, then check that what was opened is the regular file that was checked
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(resolved, flags)
+    except OSError as exc:
+        raise _Skip("unreadable") from exc
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) \
+            or opened.st_size > THUMB_MAX_BYTES:
+        os.close(fd)
+        raise _Skip("unreadable")
+    return os.fdopen(fd, "rb")
+
+
+def _thumbnail(path: str | Path, root: Path, size: int = 72) -> str:
+    """A JPEG data: URI of at most ``size`` px, or raises _Skip with the reason."""
+    from PIL import Image
+
+    with _open_regular(Path(path), root) as fh, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fh, formats=THUMB_FORMATS) as im:  # reads the header only
+                width, height = im.size
+                if width * height > THUMB_MAX_PIXELS:
+                    raise _Skip("too large")
+                im.draft("RGB", (size, size))  # a JPEG decodes at reduced scale; no effect on other formats
+                im = im.convert("RGB")
+                im.thumbnail((size, size))
+                buf = io.BytesIO()
+                im.save(buf, format="JPEG", quality=80)
+        except _Skip:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _Skip("too large") from exc
+        except Exception as exc:  # a corrupt file can raise anything from a decoder: skip it, never fail the page
+            raise _Skip("unreadable") from exc
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class _Thumbnails:
+    """Makes the page's thumbnails under one time budget and counts the skipped ones."""
+
+    def __init__(self, root: Path | None):
+        self.root = root
+        self.shown = 0
+        self.skipped: Counter[str] = Counter()
+        self.deadline = time.monotonic() + THUMB_TIME_BUDGET_S
+
+    def img(self, path) -> str:
+        if self.root is None:
+            return ""
+        try:
+            if time.monotonic() > self.deadline:
+                raise _Skip("time budget")
+            uri = _thumbnail(str(path), self.root)
+        except _Skip as skip:
+            self.skipped[skip.args[0]] += 1
+            return ""
+        self.shown += 1
+        return f'<img src="{uri}" alt="">'
+
+    def summary(self) -> str:
+        if self.root is None:
+            return "<p>Thumbnails: none (no image folder: the manifest is not a file on disk and no image root was given).</p>"
+        skipped = sum(self.skipped.values())
+        line = f"Thumbnails read only from {self.root}: {self.shown} shown, {skipped} skipped"
+        if skipped:
+            line += " (" + ", ".join(f"{reason}: {self.skipped[reason]}" for reason in SKIP_REASONS
+                                     if self.skipped[reason]) + ")"
+        return f"<p>{html.escape(line)}.</p>"
 
 
 def _offenders(result, per_issue: int, image_root: Path | None) -> str:
     audit = result.audit
     path_col = result.faceset.path_col
     label_col = result.faceset.label_col
+    thumbs = _Thumbnails(image_root)
     parts = []
     for name in ISSUE_COLOURS:
         rows = audit.index[audit["fc_issue"] == name]
@@ -107,10 +206,7 @@ def _offenders(result, per_issue: int, image_root: Path | None) -> str:
         worst = audit.loc[rows].sort_values("fc_score", ascending=False, kind="stable").head(per_issue)
         body = []
         for idx, row in worst.iterrows():
-            thumb = ""
-            if image_root is not None:
-                uri = _thumbnail(image_root / str(row[path_col]))
-                thumb = f'<img src="{uri}" alt="">' if uri else ""
+            thumb = thumbs.img(row[path_col])
             body.append(
                 f"<tr><td>{idx + 1}</td><td>{thumb}</td><td>{html.escape(str(row[path_col]))}</td>"
                 f"<td>{html.escape(str(row[label_col]))}</td><td>{html.escape(str(row['fc_label']))}</td>"
@@ -120,7 +216,7 @@ def _offenders(result, per_issue: int, image_root: Path | None) -> str:
             f'<h3 style="color:{ISSUE_COLOURS[name]}">{name}: {len(rows):,} (worst {len(worst)})</h3>'
             "<table><tr><th>row</th><th></th><th>path</th><th>given</th><th>cleaned</th><th>action</th>"
             "<th>score</th><th>evidence</th></tr>" + "".join(body) + "</table>")
-    return "".join(parts) or "<p>No issue found.</p>"
+    return thumbs.summary() + "".join(parts) if parts else "<p>No issue found.</p>"
 
 
 def _identity_table(report: dict, top: int = 20) -> str:
@@ -140,12 +236,17 @@ def _table(mapping: dict) -> str:
 
 def render_html(result, *, per_issue: int = 20, image_root: str | Path | None = None) -> str:
     """The page as a string. ``image_root``: folder the manifest's paths are relative to
-    (default: the manifest's folder); thumbnails appear for the paths that exist there."""
+    (default: the manifest's folder). Thumbnails are read only from regular files that resolve
+    (symlinks followed) inside it, within THUMB_MAX_BYTES, THUMB_MAX_PIXELS and a total of
+    THUMB_TIME_BUDGET_S; the page counts the skipped ones by reason."""
     report = result.report
     if image_root is None:
         manifest = result.faceset.source.get("manifest")
         image_root = Path(manifest).parent if manifest and Path(str(manifest)).exists() else None
-    image_root = None if image_root is None else Path(image_root)
+    try:
+        image_root = None if image_root is None else Path(image_root).resolve()
+    except (OSError, RuntimeError):
+        image_root = None
     plots = _plots(result)
     counts = report["counts"]
     summary = {"rows": f"{report['inputs']['rows']:,}", "identities": f"{report['inputs']['identities']:,}",
