@@ -89,7 +89,8 @@ class KnnGraph:
             raise ValueError("no fingerprint: pass one, or save a graph made by build_knn_graph")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-knn-", suffix=".npz")
+        # the pid in the name lets a later run tell a dead run's leftover from a live one's
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-knn-{os.getpid()}-", suffix=".npz")
         os.close(fd)
         try:
             with open(tmp, "wb") as fh:
@@ -102,8 +103,13 @@ class KnnGraph:
                 os.unlink(tmp)
 
     @classmethod
-    def load(cls, path: str | Path, fingerprint: str | None = None) -> KnnGraph | None:
-        """Load a saved graph; None when missing, unreadable or of another fingerprint."""
+    def load(cls, path: str | Path, fingerprint: str | None = None, *, n_samples: int | None = None,
+             k: int | None = None) -> KnnGraph | None:
+        """Load a saved graph; None when missing, unreadable, of another fingerprint, or not
+        a valid graph of ``n_samples`` rows × ``k`` neighbours (checked: shapes, dtypes,
+        every index in [-1, n_samples) and never the row itself, similarities finite where
+        an index is, -inf where none is). A file that fails is rebuilt, never trusted: the
+        fingerprint says which inputs the file claims, not that its arrays are sound."""
         path = Path(path)
         if not path.is_file():
             return None
@@ -112,9 +118,25 @@ class KnnGraph:
                 if fingerprint is not None and str(data["fingerprint"]) != fingerprint:
                     return None
                 info = json.loads(str(data["info"]))
-                return cls(indices=data["indices"], sims=data["sims"], info=info)
+                graph = cls(indices=data["indices"], sims=data["sims"], info=info)
         except Exception:  # a stale or damaged cache is rebuilt, never trusted
             return None
+        return graph if _valid_graph(graph, n_samples, k) else None
+
+
+def _valid_graph(graph: KnnGraph, n_samples: int | None, k: int | None) -> bool:
+    idx, sims = graph.indices, graph.sims
+    if not isinstance(graph.info, dict) or idx.ndim != 2 or sims.shape != idx.shape:
+        return False
+    if idx.dtype.kind != "i" or sims.dtype != np.float32:
+        return False
+    n, kk = idx.shape
+    if (n_samples is not None and n != n_samples) or (k is not None and kk != k):
+        return False
+    if idx.size and (idx.min() < -1 or idx.max() >= n or (idx == np.arange(n)[:, None]).any()):
+        return False
+    valid = idx >= 0
+    return bool(np.isfinite(sims[valid]).all() and np.isneginf(sims[~valid]).all())
 
 
 def graph_fingerprint(x: np.ndarray, **params) -> str:
@@ -188,6 +210,33 @@ def _knn_torch(x: np.ndarray, k: int, device: str, progress: Progress) -> tuple[
             sims[start:start + len(q)] = s
             advance(len(q))
     return indices, sims
+
+
+def rescore(x: np.ndarray, indices: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each found edge's cosine recomputed by one fixed summation, rows re-sorted by (−cosine,
+    neighbour index); missing neighbours (−1) last, at −inf.
+
+    BLAS and FAISS sum a dot product in an order that depends on the thread count and the
+    block sizes, so the same edge can differ in the 7th digit between two machines or two
+    ``OMP_NUM_THREADS``; every threshold derived from the similarities (the hierarchical cut,
+    the near-duplicate law) then moves. numpy's einsum over the gathered pairs is
+    single-threaded and sums each pair the same way every time: the graph's values and order
+    depend on the vectors only (the neighbour *sets* can still differ at an exact tie for the
+    k-th place). Costs N·k·D multiply-adds, a fraction of the search's N²·D.
+    """
+    n, k = indices.shape
+    out_idx = np.empty_like(indices)
+    out_sim = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, chunk):
+        idx = indices[start:start + chunk]
+        valid = idx >= 0
+        nb = x[np.where(valid, idx, 0)]
+        sim = np.einsum("ijk,ik->ij", nb, x[start:start + len(idx)])
+        sim = np.where(valid, sim, -np.inf).astype(np.float32)
+        order = np.lexsort((np.where(valid, idx, np.iinfo(idx.dtype).max), -sim), axis=1)
+        out_idx[start:start + len(idx)] = np.take_along_axis(idx, order, axis=1)
+        out_sim[start:start + len(idx)] = np.take_along_axis(sim, order, axis=1)
+    return out_idx, out_sim
 
 
 def _flat_index(x: np.ndarray, device: Device):
@@ -345,7 +394,7 @@ def build_knn_graph(
 
     fingerprint = graph_fingerprint(x, **params)
     if cache is not None:
-        cached = KnnGraph.load(cache, fingerprint)
+        cached = KnnGraph.load(cache, fingerprint, n_samples=n, k=k)
         if cached is not None:
             return KnnGraph(cached.indices, cached.sims, dict(cached.info, cache="hit", cache_path=str(cache)))
 
@@ -379,10 +428,8 @@ def build_knn_graph(
         info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
     if info["method"] == "exact":
         info["recall_at_k"] = 1.0
-    missing = indices < 0
-    if missing.any():
-        sims[missing] = -np.inf
-    info["missing_neighbours"] = int(missing.sum())
+    indices, sims = rescore(x, indices)
+    info["missing_neighbours"] = int((indices < 0).sum())
     info["seconds"] = round(time.perf_counter() - t0, 3)
     info["fingerprint"] = fingerprint
     if cache is not None:

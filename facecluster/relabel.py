@@ -2,29 +2,29 @@
 
 A :class:`Policy` says how strong a finding must be before anything is done about it; below
 that, the finding is still written to the audit (action ``keep``) so a person can review it.
-All files are staged in a temporary folder inside the output folder and moved into place
-only once every one of them is complete.
+All files are written as one set by :mod:`facecluster.outputs`: staged in a temporary
+folder inside the output folder and switched into place together, report.json last.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
 from .findings import Findings
+from .outputs import OUTPUT_FILES, check_output_dir, write_set
+
+__all__ = ["ACTIONS", "AUDIT_COLUMNS", "OUTPUT_FILES", "POLICIES", "Policy", "action_counts", "check_output_dir",
+           "cleaned_manifest", "decide_actions", "write_outputs"]
 
 ACTIONS = ("keep", "relabel", "drop", "merge", "dedupe")
 AUDIT_COLUMNS = ("fc_action", "fc_label", "fc_issue", "fc_score", "fc_reason")
 # fc_issue "review": the evidence cannot decide; never acted on, left for a person
-OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json", "report.html")
 
 
 @dataclass(frozen=True)
@@ -148,61 +148,28 @@ def action_counts(audit: pd.DataFrame) -> dict:
 # --------------------------------------------------------------------------- writing
 
 
-def check_output_dir(out_dir: str | Path, inputs: list[str | Path], names=OUTPUT_FILES) -> Path:
-    """Refuse an output folder whose files would overwrite an input."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "output path exists and is not a folder")
-    targets = {(out_dir / name).resolve() for name in names}
-    for path in inputs:
-        if path is not None and Path(path).resolve() in targets:
-            raise InputError(path, f"input would be overwritten by an output in {out_dir}; choose another --out")
-    return out_dir
-
-
 def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: dict,
                   texts: dict[str, str] | None = None, writers: dict | None = None) -> list[Path]:
-    """Write every output or none: staged in a temporary folder, then moved into place.
+    """Write every output as one set (:func:`facecluster.outputs.write_set`): staged in a
+    temporary folder inside ``out_dir``, switched into place together, report.json last
+    listing every other file with its SHA-256.
 
     ``tables`` become CSV files, ``report`` report.json, ``texts`` (name → content) text
     files, and ``writers`` (name → callable taking the staged path) any other file, such as
-    the kNN graph cache.
-
-    An exception (or Ctrl-C) while staging leaves the folder as it was; the temporary folder
-    is always removed.
+    the kNN graph cache. An exception (or Ctrl-C) while staging leaves the folder as it was.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".facecluster-tmp-"))
-    try:
-        staged = []
-        for name, table in tables.items():
-            path = stage / name
-            table.to_csv(path, index=False)
-            staged.append(path)
-        report_path = stage / "report.json"
-        with open(report_path, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2, sort_keys=False, default=_json_default)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        staged.append(report_path)
-        for name, text in (texts or {}).items():
-            path = stage / name
-            path.write_text(text, encoding="utf-8")
-            staged.append(path)
-        for name, write in (writers or {}).items():
-            path = stage / name
-            write(path)
-            staged.append(path)
-        final = []
-        for path in staged:
-            target = out_dir / path.name
-            os.replace(path, target)
-            final.append(target)
-        return final
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    files = {name: (lambda path, t=table: t.to_csv(path, index=False)) for name, table in tables.items()}
+    files.update({name: (lambda path, t=text: path.write_text(t, encoding="utf-8")) for name, text in (texts or {}).items()})
+    files.update(writers or {})
+    return write_set(out_dir, files, report, _dump_report)
+
+
+def _dump_report(report: dict, path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, sort_keys=False, default=_json_default)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _json_default(value):

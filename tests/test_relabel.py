@@ -224,9 +224,13 @@ def test_write_outputs_writes_every_file_on_success(tmp_path):
     report = {"counts": action_counts(audit), "n": np.int64(8), "rate": np.float32(0.5), "v": np.arange(2)}
     paths = write_outputs(out, {"cleaned.csv": cleaned_manifest(audit, "label"), "audit.csv": audit},
                           report, {"report.html": "<html></html>"})
-    names = ["cleaned.csv", "audit.csv", "report.json", "report.html"]
+    names = ["cleaned.csv", "audit.csv", "report.html", "report.json"]  # report.json last: it seals the set
     assert paths == [out / n for n in names] and sorted(p.name for p in out.iterdir()) == sorted(names)
-    assert json.loads((out / "report.json").read_text()) == {**report, "n": 8, "rate": 0.5, "v": [0, 1]}
+    written = json.loads((out / "report.json").read_text())
+    listed = written.pop("outputs")
+    assert written == {**report, "n": 8, "rate": 0.5, "v": [0, 1]}
+    assert sorted(listed) == ["audit.csv", "cleaned.csv", "report.html"]
+    assert listed["audit.csv"]["bytes"] == (out / "audit.csv").stat().st_size
     assert len(pd.read_csv(out / "audit.csv")) == N
 
 
