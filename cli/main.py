@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import signal
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -41,6 +44,46 @@ def main() -> None:
     """facecluster: find and fix label problems in face datasets from their embeddings."""
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so the same cleanup runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextmanager
+def _interrupts():
+    """Ctrl-C and SIGTERM end a command with one line and the shell's status (130 / 143).
+    The library's ``finally`` blocks remove what was staged; a signal that arrives while the
+    outputs are switched in takes effect after the switch (facecluster.outputs)."""
+    from facecluster.outputs import InterruptedAfterWrite
+
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except InterruptedAfterWrite:
+        err_console.print("[bold red]interrupted[/] after the outputs were written in full", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as exc:
+        name = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        err_console.print(f"[bold red]{name}[/], nothing written", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=143 if isinstance(exc, _Terminated) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interruptible(command):
+    """Run the whole command (its lazy imports included) under :func:`_interrupts`."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        with _interrupts():
+            return command(*args, **kwargs)
+
+    return run
+
+
 def _fail(exc: Exception) -> None:
     # one line whatever the terminal's width (a pipeline greps it): rich must not wrap it
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -48,6 +91,7 @@ def _fail(exc: Exception) -> None:
 
 
 @app.command()
+@_interruptible
 def clean(
     manifest: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet manifest: one row per image, path + label columns.")],
     embeddings: Annotated[Optional[Path], typer.Option(help="Row-aligned embeddings (.npy/.npz/.parquet). Default: <manifest stem>.npy beside the manifest.")] = None,
@@ -95,6 +139,7 @@ class ClusterMethod(str, Enum):
 
 
 @app.command()
+@_interruptible
 def cluster(
     manifest: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet manifest: one row per image; a label column is optional.")],
     embeddings: Annotated[Optional[Path], typer.Option(help="Row-aligned embeddings (.npy/.npz/.parquet). Default: <manifest stem>.npy.")] = None,
@@ -151,6 +196,7 @@ def cluster(
 
 
 @app.command()
+@_interruptible
 def bench(
     size: Annotated[int, typer.Option(min=100, help="Rows of the generated clean set (noise is added on top).")] = 10_000,
     dim: Annotated[int, typer.Option(min=2, help="Embedding dimension of the generated set.")] = 512,

@@ -152,9 +152,11 @@ def write_set(out_dir: str | Path, files: dict, report: dict, dump_report) -> li
     sha256 of every other file) and written last by ``dump_report(report, path)``.
     """
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGE_PREFIX}{os.getpid()}-"))
+    switched = False
     try:
         staged = []
         for name, write in files.items():
@@ -174,11 +176,17 @@ def write_set(out_dir: str | Path, files: dict, report: dict, dump_report) -> li
                 final.append(target)
             os.replace(seal, out_dir / SEAL)
             final.append(out_dir / SEAL)
+            switched = True
         if pending:
             raise InterruptedAfterWrite(f"{pending[0]} arrived while the outputs were switched in; they are complete")
         return final
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created and not switched:
+            try:  # a folder this call made and filled with nothing goes again
+                out_dir.rmdir()
+            except OSError:
+                pass
 
 
 def _after_rename(target: Path) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +203,65 @@ def test_no_temporary_survives_a_failed_write(small_set, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         clean(small_set, out_dir=out)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_mid_run_ends_with_one_line_and_leaves_nothing(tmp_path, sig, status, word):
+    """A real process, a real signal while it computes: one line, the shell's status, no output
+    folder, no temporaries."""
+    from facecluster.synth import label_names, make_faces
+
+    from .conftest import write_set
+
+    x, y = make_faces(12000, 800, 128, seed=1)  # about 20 s on 2 cores: the signal lands mid-run
+    manifest = write_set(tmp_path / "in", x, label_names(y))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "clean", str(manifest), "--out", str(out), "-q"],
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    time.sleep(5)
+    assert proc.poll() is None, "the run ended before the signal"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert err.strip().splitlines() == [f"{word}, nothing written"]
+    assert not out.exists()
+
+
+def test_a_signal_during_the_switch_takes_effect_after_it(tmp_path, monkeypatch):
+    """SIGINT arriving between two renames: the whole set still goes in, then the interrupt
+    is raised (as InterruptedAfterWrite, so the CLI can say the outputs are complete)."""
+    import pandas as pd
+
+    from facecluster.outputs import InterruptedAfterWrite
+    from facecluster.relabel import write_outputs
+
+    sent = []
+
+    def signal_once(target):
+        if not sent:
+            sent.append(target.name)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(outputs, "_after_rename", signal_once)
+    out = tmp_path / "out"
+    table = pd.DataFrame({"a": [1, 2]})
+    with pytest.raises(InterruptedAfterWrite):
+        write_outputs(out, {"cleaned.csv": table, "audit.csv": table}, {"n": 2}, {"report.html": "<p>x</p>"})
+    assert sent == ["cleaned.csv"]
+    assert verify_outputs(out) == (True, "complete")
+
+
+def test_an_interrupt_while_staging_into_a_new_folder_leaves_no_folder(tmp_path):
+    import pandas as pd
+
+    from facecluster.relabel import write_outputs
+
+    class Interrupting:
+        def to_csv(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "new" / "out"
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(out, {"cleaned.csv": pd.DataFrame({"a": [1]}), "audit.csv": Interrupting()}, {"n": 1})
+    assert not out.exists()
