@@ -217,8 +217,11 @@ def test_a_signal_mid_run_ends_with_one_line_and_leaves_nothing(tmp_path, sig, s
     x, y = make_faces(12000, 800, 128, seed=1)  # about 20 s on 2 cores: the signal lands mid-run
     manifest = write_set(tmp_path / "in", x, label_names(y))
     out = tmp_path / "out"
+    # a shell that starts the suite in the background ignores SIGINT, and children inherit that:
+    # give the child the default disposition, as a terminal would
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "clean", str(manifest), "--out", str(out), "-q"],
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(5)
     assert proc.poll() is None, "the run ended before the signal"
     proc.send_signal(sig)
