@@ -22,8 +22,10 @@ from facecluster import clean
 from facecluster.errors import InputError
 from facecluster.knn import KnnGraph, build_knn_graph
 from facecluster.outputs import verify_outputs
+from facecluster.pipeline import CleanConfig
 
 runner = CliRunner()
+FAST = CleanConfig(stages=())  # the kNN votes alone: what is written is the same set of files
 DEAD_PID = 4_194_400  # above Linux's largest pid_max (2**22): no process can have it
 
 
@@ -75,7 +77,7 @@ def test_a_bad_output_folder_is_refused_before_any_compute(small_set, tmp_path, 
 
     monkeypatch.setattr("facecluster.pipeline.build_knn_graph", no_graph)
     with pytest.raises(InputError, match=expect):
-        clean(small_set, out_dir=out)
+        clean(small_set, config=FAST, out_dir=out)
     assert expect in _refused(["clean", str(small_set), "--out", str(out), "-q"])
 
 
@@ -99,7 +101,7 @@ def test_a_run_removes_the_temporaries_a_killed_run_left_and_spares_a_live_runs(
     dead_graph.write_bytes(b"half")
     live = out / f".facecluster-tmp-{os.getppid()}-live"  # the test runner's parent: alive
     live.mkdir()
-    clean(small_set, out_dir=out)
+    clean(small_set, config=FAST, out_dir=out)
     names = {p.name for p in out.iterdir()}
     assert dead_stage.name not in names and dead_graph.name not in names
     assert live.name in names
@@ -109,7 +111,7 @@ def test_a_run_removes_the_temporaries_a_killed_run_left_and_spares_a_live_runs(
 
 def test_outputs_switch_as_a_set_a_failure_between_renames_leaves_no_mixed_set(small_set, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    clean(small_set, out_dir=out)
+    clean(small_set, config=FAST, out_dir=out)
     old_report = (out / "report.json").read_text()
     assert verify_outputs(out)[0]
     # a second run (another k: other tables) that dies after its first file is in place
@@ -120,10 +122,8 @@ def test_outputs_switch_as_a_set_a_failure_between_renames_leaves_no_mixed_set(s
         raise OSError("simulated crash between renames")
 
     monkeypatch.setattr(outputs, "_after_rename", die_after_first)
-    from facecluster.pipeline import CleanConfig
-
     with pytest.raises(OSError, match="simulated crash"):
-        clean(small_set, config=CleanConfig(k=7), out_dir=out)
+        clean(small_set, config=CleanConfig(k=7, stages=()), out_dir=out)
     assert len(renamed) == 1
     # the old report.json went first: no old seal beside a new table
     assert not (out / "report.json").exists()
@@ -131,14 +131,14 @@ def test_outputs_switch_as_a_set_a_failure_between_renames_leaves_no_mixed_set(s
     assert not ok and "did not finish" in reason
     assert not [p for p in out.iterdir() if p.name.startswith(".facecluster-tmp-")]
     monkeypatch.undo()
-    clean(small_set, out_dir=out)
+    clean(small_set, config=FAST, out_dir=out)
     assert verify_outputs(out)[0] and json.loads((out / "report.json").read_text())["outputs"]
     assert json.loads(old_report)["outputs"]
 
 
 def test_verify_outputs_notices_a_file_changed_after_the_run(small_set, tmp_path):
     out = tmp_path / "out"
-    clean(small_set, out_dir=out)
+    clean(small_set, config=FAST, out_dir=out)
     with open(out / "cleaned.csv", "a") as fh:
         fh.write("x,y\n")
     ok, reason = verify_outputs(out)
@@ -201,7 +201,7 @@ def test_no_temporary_survives_a_failed_write(small_set, tmp_path, monkeypatch):
 
     monkeypatch.setattr("facecluster.relabel._dump_report", boom)
     with pytest.raises(OSError, match="disk full"):
-        clean(small_set, out_dir=out)
+        clean(small_set, config=FAST, out_dir=out)
     assert not out.exists() or list(out.iterdir()) == []
 
 
