@@ -61,3 +61,14 @@ def test_the_import_checker_sees_a_violation(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert _imports("votes") == [("hierarchical", ["_contract"])]
 
+
+
+def test_import_facecluster_loads_nothing_heavy():
+    """``import facecluster`` defers every module (PEP 562): a fresh interpreter that imports
+    it has loaded neither numpy nor scikit-learn, torch or numba; the names still resolve."""
+    import subprocess
+
+    code = ("import sys, facecluster as fc; heavy = [m for m in ('numpy', 'sklearn', 'torch', 'numba', 'pandas') "
+            "if m in sys.modules]; assert not heavy, heavy; assert fc.clean.__module__ == 'facecluster.pipeline'; "
+            "assert set(fc.__all__) <= set(dir(fc))")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
