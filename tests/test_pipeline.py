@@ -52,7 +52,7 @@ def test_seed_and_device_are_decided_once_and_reach_every_stage(monkeypatch, sma
     other = pipeline.stage_generators(8)["camsoftmax"].bit_generator.state
     assert seen["camsoftmax"]["rng_state"] != other
     stats = result.report["stages"]["camsoftmax"]
-    assert stats["device"] == "cpu" and stats["config"]["epochs"] == 1 and len(stats["loss_first_last"][0]) == 2
+    assert stats["device"] == "cpu" and stats["config"]["epochs"] == 1 and len(stats["loss_first_last"]) == 2
 
 
 def test_same_seed_same_audit_other_seed_other_camsoftmax(small_set):
