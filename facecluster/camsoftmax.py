@@ -284,20 +284,21 @@ class _FoldHeads:
         return cos.view(b, h, self.n_classes), valid
 
     def adam(self, rows, grad, lr: float, adapter_grad=None, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-        """One Adam step on the weight ``rows`` (unique) given their gradient."""
+        """One Adam step on the weight ``rows`` (unique) given their gradient: lazy (the rows
+        touched only, as SparseAdam) when few are touched, dense when most are."""
         import torch
 
         self.t += 1
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         if 2 * len(rows) > len(self.weight):
-            # most rows touched: masked updates over the whole tensors, in place, beat
-            # gathering and scattering the touched rows (the same lazy Adam either way)
+            # most rows touched: plain Adam over the whole tensors, in place (the few untouched
+            # rows get a zero gradient and coast on their moments, as in torch's Adam), beats
+            # gathering and scattering the touched rows
             full = torch.zeros_like(self.weight).index_copy_(0, rows, grad)
-            touched = torch.zeros(len(self.weight), 1, dtype=torch.bool, device=grad.device)
-            touched[rows] = True
-            self.m.copy_(torch.where(touched, self.m * b1 + full * (1 - b1), self.m))
-            self.v.copy_(torch.where(touched, self.v * b2 + full * full * (1 - b2), self.v))
-            self.weight -= torch.where(touched, lr * (self.m / c1) / ((self.v / c2).sqrt() + eps), 0.0)
+            self.m.mul_(b1).add_(full, alpha=1 - b1)
+            self.v.mul_(b2).addcmul_(full, full, value=1 - b2)
+            denom = self.v.div(c2).sqrt_().add_(eps)
+            self.weight.addcdiv_(self.m, denom, value=-lr / c1)
         else:
             m = self.m[rows].mul_(b1).add_(grad, alpha=1 - b1)
             v = self.v[rows].mul_(b2).addcmul_(grad, grad, value=1 - b2)
