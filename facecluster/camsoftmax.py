@@ -312,7 +312,7 @@ class _FoldHeads:
 
 def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | None = None,
                           neighbours: np.ndarray | None = None, config: CamSoftmaxConfig | None = None, *,
-                          device="auto", seed: int | np.random.Generator = 0) -> Confidence:
+                          device="auto", seed: int | np.random.Generator = 0, progress=None) -> Confidence:
     """Cross-fitted cam-softmax confidence in every sample's label.
 
     Parameters
@@ -326,8 +326,11 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
     seed : an int or a numpy Generator; every random choice (folds, batch order, sampled
         negatives, the temperature's row sample) is drawn from it, and torch's own generator
         is seeded from it (torch's global state is left alone)
+    progress : a :class:`~facecluster.progress.Progress`; one bar over the training steps
     """
     import torch
+
+    from .progress import NullProgress
 
     config = config or CamSoftmaxConfig()
     labels = np.asarray(labels, dtype=np.int64)
@@ -355,7 +358,8 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
     schedule = CamSchedule(config.schedule, c_min=config.c_min, total_steps=steps, ramp=config.ramp,
                            quantile=config.quantile, momentum=config.momentum)
     nb_labels = None if full else np.where(neighbours >= 0, labels[np.maximum(neighbours, 0)], -1)
-    losses = _train_folds(heads, xt, yt, folds, nb_labels, schedule, config, rng, device)
+    with (progress or NullProgress()).task(f"cam-softmax ({config.folds} fold heads)", total=max(steps, 1)) as advance:
+        losses = _train_folds(heads, xt, yt, folds, nb_labels, schedule, config, rng, device, advance)
     logits = np.full((n, width), -np.inf, dtype=np.float32)
     scorable = np.zeros(n, dtype=bool)
     folds_t = torch.as_tensor(folds, device=device)
@@ -397,7 +401,8 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
     return Confidence(p_given, top, p_top, margin, stats)
 
 
-def _train_folds(heads: _FoldHeads, xt, yt, folds: np.ndarray, nb_labels, schedule, config, rng, device) -> list[float]:
+def _train_folds(heads: _FoldHeads, xt, yt, folds: np.ndarray, nb_labels, schedule, config, rng, device,
+                 advance=lambda n=1: None) -> list[float]:
     """Every fold's head in one pass: a batch of rows, each updating the heads of the other
     folds; per epoch, the mean loss. ``nb_labels`` (N, k) are the neighbours' labels
     (candidate softmax) or None (full softmax)."""
@@ -442,6 +447,7 @@ def _train_folds(heads: _FoldHeads, xt, yt, folds: np.ndarray, nb_labels, schedu
                     schedule.step(heads.last_target_cos)
                     total += loss * len(rows)
                     count += len(rows)
+                    advance(1)
                     continue
                 weight = heads.weight[touched].detach().requires_grad_()
                 cos, valid = heads.cosines(xb, hb, cand, weight=(weight, inverse), adapter=adapter)
@@ -454,6 +460,7 @@ def _train_folds(heads: _FoldHeads, xt, yt, folds: np.ndarray, nb_labels, schedu
             schedule.step(cos.detach().gather(2, target[:, :, None]).reshape(-1).cpu().numpy())
             total += loss.item() * len(rows)
             count += len(rows)
+            advance(1)
         losses.append(total / max(count, 1))
     return losses
 
