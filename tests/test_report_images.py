@@ -151,12 +151,8 @@ def test_a_fifo_a_folder_and_a_missing_file_are_never_opened(run, spies):
     assert thumb_line(page) == (n_shown - 5, {"not a regular file": 4, "missing": 1})
 
 
-def test_huge_images_are_skipped_before_decoding(run, monkeypatch, tmp_path):
-    result, folder, _ = run
-    Image.new("1", (14000, 14000)).save(folder / "img" / "bomb.png")  # 196 MP: past Pillow's own bomb error
-    Image.new("1", (10000, 10000)).save(folder / "img" / "warn.png")  # 100 MP: Pillow only warns
-    Image.new("1", (8000, 8000)).save(folder / "img" / "big.png")  # 64 MP: over our own pixel limit
-    (folder / "img" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+def _spy_decodes(monkeypatch) -> list:
+    """The sizes of the images Pillow decodes from now on (ImageFile.load is where pixels are read)."""
     loads = []
     real_load = ImageFile.ImageFile.load
 
@@ -165,6 +161,16 @@ def test_huge_images_are_skipped_before_decoding(run, monkeypatch, tmp_path):
         return real_load(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return loads
+
+
+def test_huge_images_are_skipped_before_decoding(run, monkeypatch, tmp_path):
+    result, folder, _ = run
+    Image.new("1", (14000, 14000)).save(folder / "img" / "bomb.png")  # 196 MP: past Pillow's own bomb error
+    Image.new("1", (10000, 10000)).save(folder / "img" / "warn.png")  # 100 MP: Pillow only warns
+    Image.new("1", (8000, 8000)).save(folder / "img" / "big.png")  # 64 MP: over our own pixel limit
+    (folder / "img" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    loads = _spy_decodes(monkeypatch)
     crafted_result, _ = with_paths(result, ["img/bomb.png", "img/warn.png", "img/big.png", "img/bad.jpg"],
                                    filler="img/nope.jpg")
     page = render_html(crafted_result, image_root=folder)  # no DecompressionBombError, no warning
@@ -180,14 +186,7 @@ def test_huge_images_are_skipped_before_decoding(run, monkeypatch, tmp_path):
 
 def test_a_small_jpeg_inside_the_root_gets_a_thumbnail_and_the_line_is_escaped(run, tmp_path, monkeypatch):
     result, folder, _ = run
-    loads = []
-    real_load = ImageFile.ImageFile.load
-
-    def load(self):
-        loads.append(self.size)
-        return real_load(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    loads = _spy_decodes(monkeypatch)
     root = tmp_path / "a<b&c"
     (root / "img").mkdir(parents=True)
     Image.fromarray(np.full((900, 1200, 3), 200, dtype=np.uint8)).save(root / "img" / "large.jpg")  # draft path
