@@ -169,6 +169,7 @@ def test_interrupted_write_leaves_no_partial_outputs(tmp_path, small_set, monkey
     assert not [name for name in leftovers if name.startswith(".facecluster-tmp")]
 
 
+@pytest.mark.slow
 def test_input_is_never_modified_and_cannot_be_overwritten(tmp_path, small_set):
     before = {p.name: _digest(p) for p in small_set.parent.iterdir()}
     fc.clean(small_set, out_dir=tmp_path / "out")

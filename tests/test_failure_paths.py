@@ -81,6 +81,7 @@ def test_a_bad_output_folder_is_refused_before_any_compute(small_set, tmp_path, 
     assert expect in _refused(["clean", str(small_set), "--out", str(out), "-q"])
 
 
+@pytest.mark.slow
 def test_error_messages_stay_on_one_line_in_a_narrow_non_terminal(small_set, tmp_path):
     x = np.load(small_set.with_suffix(".npy"))
     x[41, 3] = np.nan

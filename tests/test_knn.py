@@ -64,6 +64,7 @@ def test_exact_duplicates_do_not_leave_self_in_the_list():
     assert set(graph.indices[10, :2]) == {11, 12}
 
 
+@pytest.mark.slow
 def test_hnsw_recall_at_default_settings():
     x, _ = make_faces(8000, 600, 128, seed=2)
     graph = build_knn_graph(x, k=30, device="cpu", method="hnsw")
@@ -94,6 +95,7 @@ def test_auto_switches_to_approximate_above_exact_max():
     assert graph.info["method"] == "ivf" and 0.0 < graph.info["recall_at_k"] <= 1.0
 
 
+@pytest.mark.slow
 def test_ivf_falls_back_to_exact_when_it_cannot_beat_brute_force():
     # 512-d isotropic identities: neighbours scatter over the lists, so the recall target needs
     # most of them (measured: 1024 of 1265 lists at 100k, 10x slower than exact)

@@ -69,6 +69,6 @@ def test_import_facecluster_loads_nothing_heavy():
     import subprocess
 
     code = ("import sys, facecluster as fc; heavy = [m for m in ('numpy', 'sklearn', 'torch', 'numba', 'pandas') "
-            "if m in sys.modules]; assert not heavy, heavy; assert fc.clean.__module__ == 'facecluster.pipeline'; "
+            "if m in sys.modules]; assert not heavy, heavy; assert fc.InputError.__module__ == 'facecluster.errors'; "
             "assert set(fc.__all__) <= set(dir(fc))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -56,6 +56,7 @@ def test_report_is_one_self_contained_page(run_with_images):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (.ci/run installs Debian's chromium)")
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(run_with_images, tmp_path):
     from PIL import Image
 

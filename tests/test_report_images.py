@@ -164,6 +164,7 @@ def _spy_decodes(monkeypatch) -> list:
     return loads
 
 
+@pytest.mark.slow
 def test_huge_images_are_skipped_before_decoding(run, monkeypatch, tmp_path):
     result, folder, _ = run
     Image.new("1", (14000, 14000)).save(folder / "img" / "bomb.png")  # 196 MP: past Pillow's own bomb error

@@ -133,6 +133,7 @@ def test_long_tail_keeps_most_identities_small_and_a_few_whole():
     np.testing.assert_array_equal(xl, x[kept])
 
 
+@pytest.mark.slow
 def test_fit_generator_recovers_the_geometry_of_a_set_it_made():
     from facecluster.synth import fit_generator, similarity_profile
 
