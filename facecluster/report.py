@@ -3,7 +3,7 @@
 Summary counts, score histograms per issue, same-label vs different-label similarity of the kNN
 edges, the cluster-size distribution of each clustering stage, and the worst offenders per
 issue type with their evidence and, when the image files exist on disk, thumbnails. Plots are
-PNGs (matplotlib, Agg backend) and thumbnails JPEGs (Pillow), embedded as data: URIs, so the
+small SVG documents drawn here and thumbnails JPEGs (Pillow), embedded as data: URIs, so the
 page opens anywhere with no other file.
 """
 
@@ -26,63 +26,98 @@ ISSUE_COLOURS = {"mislabeled": "#d62728", "outlier": "#9467bd", "near_duplicate"
                  "duplicate_identity": "#ff7f0e", "review": "#7f7f7f"}
 
 
-def _figure_uri(fig) -> str:
-    import matplotlib.pyplot as plt
+# --------------------------------------------------------------------------- plots as SVG
+# The page's three plots are bars, overlaid histograms and a log-log scatter: drawn as small SVG
+# documents here (no plotting library: importing and rendering with matplotlib was a third of a
+# small run's time), embedded as data: URIs like the thumbnails.
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+_W, _H, _PAD = 300, 170, 34  # one panel, in px; _PAD leaves room for the axes' labels
+
+
+def _svg_uri(width: int, height: int, body: list[str]) -> str:
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">'
+           f'<rect width="{width}" height="{height}" fill="white"/>' + "".join(body) + "</svg>")
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+
+
+def _text(x: float, y: float, text: str, anchor: str = "middle", size: int = 10) -> str:
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}">'
+            f"{html.escape(str(text))}</text>")
+
+
+def _axes(x0: float, y0: float, w: float, h: float, xlo, xhi, ylo, yhi, xlabel: str, title: str) -> list[str]:
+    """Frame, the two axes' end values and labels, and the title of one panel."""
+    return [f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{w:.1f}" height="{h:.1f}" fill="none" stroke="#888"/>',
+            _text(x0, y0 + h + 12, _fmt(xlo), "start"), _text(x0 + w, y0 + h + 12, _fmt(xhi), "end"),
+            _text(x0 + w / 2, y0 + h + 24, xlabel), _text(x0 - 3, y0 + h, _fmt(ylo), "end"),
+            _text(x0 - 3, y0 + 8, _fmt(yhi), "end"), _text(x0 + w / 2, y0 - 6, title, size=11)]
+
+
+def _fmt(v) -> str:
+    v = float(v)
+    return f"{v:,.0f}" if abs(v) >= 100 or v == int(v) else f"{v:.2f}"
+
+
+def _bars(x0, y0, w, h, counts, colour, opacity=1.0, top=None) -> list[str]:
+    top = top or max(float(np.max(counts)) if len(counts) else 0.0, 1e-12)
+    step = w / max(len(counts), 1)
+    return [f'<rect x="{x0 + i * step:.1f}" y="{y0 + h - h * c / top:.1f}" width="{max(step - 0.5, 0.5):.1f}" '
+            f'height="{h * c / top:.1f}" fill="{colour}" fill-opacity="{opacity}"/>'
+            for i, c in enumerate(counts) if c > 0]
 
 
 def _plots(result) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     out = {}
     f = result.findings
     issues = [name for name in ISSUE_COLOURS if (f.issue == name).any()]
-    fig, axes = plt.subplots(1, max(len(issues), 1), figsize=(3.2 * max(len(issues), 1), 2.6), squeeze=False)
-    for ax, name in zip(axes[0], issues):
-        ax.hist(f.score[f.issue == name], bins=np.linspace(0, 1, 21), color=ISSUE_COLOURS[name])
-        ax.set_title(f"{name} ({int((f.issue == name).sum())})", fontsize=9)
-        ax.set_xlabel("score")
-    if not issues:
-        axes[0][0].text(0.5, 0.5, "no issues found", ha="center", va="center")
-        axes[0][0].set_axis_off()
-    out["scores"] = _figure_uri(fig)
+    body = []
+    for j, name in enumerate(issues or ["no issues found"]):
+        x0, y0, w, h = j * _W + _PAD, 16, _W - _PAD - 8, _H - 16 - _PAD
+        if not issues:
+            body.append(_text(_W / 2, _H / 2, name))
+            break
+        counts = np.histogram(f.score[f.issue == name], bins=np.linspace(0, 1, 21))[0]
+        body += _axes(x0, y0, w, h, 0, 1, 0, counts.max(), "score", f"{name} ({int((f.issue == name).sum()):,})")
+        body += _bars(x0, y0, w, h, counts, ISSUE_COLOURS[name])
+    out["scores"] = _svg_uri(_W * max(len(issues), 1), _H, body)
 
     graph, labels = result.graph, result.faceset.labels
     valid = graph.indices >= 0
     rows = np.repeat(np.arange(graph.n_samples), graph.k).reshape(graph.indices.shape)
     same = labels[rows[valid]] == labels[graph.indices[valid]]
     sims = graph.sims[valid]
-    fig, ax = plt.subplots(figsize=(6, 2.8))
-    lo, hi = float(sims.min()), float(sims.max())
-    bins = np.linspace(lo, hi if hi > lo else lo + 1e-3, 60)  # a tiny set can have one similarity only
-    for mask, name in ((same, "same label"), (~same, "different label")):
-        if mask.any():  # an empty density histogram divides by zero
-            ax.hist(sims[mask], bins=bins, alpha=0.6, density=True, label=f"{name} ({int(mask.sum()):,})")
-    ax.set_xlabel("cosine similarity of kNN edges (processed embeddings)")
-    ax.legend(fontsize=8)
-    out["similarity"] = _figure_uri(fig)
+    lo, hi = (float(sims.min()), float(sims.max())) if len(sims) else (0.0, 1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1e-3, 61)  # a tiny set can have one similarity only
+    dens = {name: np.histogram(sims[mask], bins=bins, density=True)[0] if mask.any() else np.zeros(60)
+            for mask, name in ((same, "same label"), (~same, "different label"))}
+    top = max(max(float(d.max()) for d in dens.values()), 1e-12)
+    x0, y0, w, h = _PAD + 8, 16, 2 * _W - _PAD - 24, _H - 16 - _PAD
+    body = _axes(x0, y0, w, h, lo, hi, 0, top, "cosine similarity of kNN edges (processed embeddings)",
+                 "density of kNN edge similarities")
+    for j, ((name, d), colour, mask) in enumerate(zip(dens.items(), ("#2ca02c", "#d62728"), (same, ~same))):
+        body += _bars(x0, y0, w, h, d, colour, 0.55, top)
+        body.append(f'<rect x="{x0 + w - 150:.1f}" y="{y0 + 5 + 12 * j:.1f}" width="8" height="8" fill="{colour}"/>')
+        body.append(_text(x0 + w - 138, y0 + 12 + 12 * j, f"{name} ({int(mask.sum()):,})", "start"))
+    out["similarity"] = _svg_uri(2 * _W, _H, body)
 
     parts = result.signals.partitions()
     if parts:
-        fig, ax = plt.subplots(figsize=(6, 2.8))
-        for name, part in parts:
-            sizes = np.bincount(np.bincount(part.labels))[1:]
-            x = np.flatnonzero(sizes) + 1
-            ax.loglog(x, sizes[x - 1], marker=".", linestyle="none", label=name)
-        label_sizes = np.bincount(np.bincount(labels))[1:]
-        x = np.flatnonzero(label_sizes) + 1
-        ax.loglog(x, label_sizes[x - 1], marker="x", linestyle="none", label="given labels", alpha=0.6)
-        ax.set_xlabel("cluster size (images)")
-        ax.set_ylabel("clusters")
-        ax.legend(fontsize=8)
-        out["clusters"] = _figure_uri(fig)
+        series = [(name, np.bincount(np.bincount(part.labels))[1:]) for name, part in parts]
+        series.append(("given labels", np.bincount(np.bincount(labels))[1:]))
+        xmax = max(len(c) for _, c in series)
+        ymax = max(int(c.max()) for _, c in series if len(c))
+        lx, ly = np.log10(max(xmax, 2)), np.log10(max(ymax, 2))
+        x0, y0, w, h = _PAD + 8, 16, 2 * _W - _PAD - 24, _H - 16 - _PAD
+        body = _axes(x0, y0, w, h, 1, xmax, 1, ymax, "cluster size (images), log scale", "clusters per size (log)")
+        for j, ((name, counts), colour) in enumerate(zip(series, ("#1f77b4", "#ff7f0e", "#555555"))):
+            size = np.flatnonzero(counts) + 1
+            px = x0 + w * np.log10(size) / lx
+            py = y0 + h - h * np.log10(counts[size - 1]) / ly
+            body += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2" fill="{colour}" fill-opacity="0.8"/>' for a, b in zip(px, py)]
+            body.append(f'<circle cx="{x0 + w - 110:.1f}" cy="{y0 + 8 + 12 * j:.1f}" r="3" fill="{colour}"/>')
+            body.append(_text(x0 + w - 104, y0 + 12 + 12 * j, name, "start"))
+        out["clusters"] = _svg_uri(2 * _W, _H, body)
     return out
 
 
