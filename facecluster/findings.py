@@ -447,12 +447,12 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         vote_score[(min(a, b), max(a, b))] = max(sc, vote_score.get((min(a, b), max(a, b)), 0.0))
         for lab in (a, b):
             vote_text.setdefault(lab, []).append(text)
+    sizes = np.bincount(labels, minlength=n_labels)
     if pairs is not None and len(pairs.a):
         # joined by kNN edges and either sharing enough same-person mass or, both labels of
         # three images or more, put together by every partition (most of each label's images
         # in clusters holding the other); a partition puts a label of one or two images in
         # whichever cluster is nearest, which says little about its person
-        sizes = np.bincount(labels, minlength=n_labels)
         together = np.minimum(sizes[pairs.a], sizes[pairs.b]) >= 3
         for _, ev in partitions:
             together &= np.minimum(shared_shares(ev.partition, labels, pairs.a, pairs.b),
@@ -460,10 +460,16 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         strong = (pairs.score >= MERGE_CANDIDATE) | (together & (len(partitions) > 0))
         candidates.update(zip(pairs.a[strong].tolist(), pairs.b[strong].tolist()))
     accepted = []
-    sizes = np.bincount(labels, minlength=n_labels)
-    for a, b in sorted(candidates):
+    ordered = sorted(candidates)
+    first = np.array([a for a, _ in ordered], dtype=np.int64)
+    second = np.array([b for _, b in ordered], dtype=np.int64)
+    # each partition's shared-cluster shares, both directions, for every candidate at once
+    shares = [(name, shared_shares(ev.partition, labels, first, second),
+               shared_shares(ev.partition, labels, second, first)) for name, ev in partitions]
+    for j, (a, b) in enumerate(ordered):
         one = _one_person(pairs, a, b) if pairs is not None else vote_score[(a, b)]
-        pooled, parts = _pooled_merge(one, partitions, labels, embeddings, a, b, label_names)
+        pair_shares = [(name, ab[j], ba[j]) for name, ab, ba in shares]
+        pooled, parts = _pooled_merge(one, pair_shares, labels, embeddings, a, b, label_names)
         # a label of one image is one observation, its "share" of mass says where that image
         # leans, not how strongly: such a merge asks for three-to-one odds (the conservative
         # policy's bar for a relabel), others for more likely than not
@@ -498,12 +504,12 @@ def _one_person(pairs, a: int, b: int) -> float:
     return float(pairs.score[j]) if j >= 0 else 0.0
 
 
-def _pooled_merge(one_person: float, partitions, labels, embeddings, a: int, b: int, label_names=None):
+def _pooled_merge(one_person: float, shares, labels, embeddings, a: int, b: int, label_names=None):
     """A merge's pooled score: the one-person test, each partition's shared-cluster share
-    (smaller direction) and the centroid test, averaged; with the texts naming each term."""
+    (``shares``: (name, a's share with b, b's share with a) per partition; the smaller
+    direction counts) and the centroid test, averaged; with the texts naming each term."""
     terms, text = [one_person], []
-    for name, ev in partitions:
-        ab, ba = _shared_share(ev, labels, a, b), _shared_share(ev, labels, b, a)
+    for name, ab, ba in shares:
         terms.append(min(ab, ba))
         if label_names is not None:
             text.append(f"{name}: {ab:.0%} of {label_names[a]}'s images share a cluster with {label_names[b]}, "
@@ -593,14 +599,6 @@ def shared_shares(partition: np.ndarray, labels: np.ndarray, a: np.ndarray, b: n
     shared = np.asarray(counts[a].multiply(present[b]).sum(axis=1)).ravel()
     sizes = np.asarray(counts.sum(axis=1)).ravel()
     return shared / np.maximum(sizes[a], 1.0)
-
-
-def _shared_share(ev: ClusterEvidence, labels: np.ndarray, a: int, b: int) -> float:
-    """Share of label a's images in clusters that also hold label b."""
-    rows_a = labels == a
-    if not rows_a.any():
-        return 0.0
-    return float(np.isin(ev.partition[rows_a], np.unique(ev.partition[labels == b])).mean())
 
 
 def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -> float:
