@@ -442,9 +442,10 @@ def _train_folds(heads: _FoldHeads, xt, yt, folds: np.ndarray, nb_labels, schedu
                     # the loss's gradient by autograd on the (B, H, M) cosines only, then the
                     # chain rule into the touched class rows by one index_add: autograd's
                     # backward of the (B, H, M, D) gather was three quarters of the stage's time
-                    loss, grad = _candidate_step(heads, xb, hb, cand, touched, inverse, target, schedule.c, config)
+                    loss, grad, target_cos = _candidate_step(heads, xb, hb, cand, touched, inverse, target,
+                                                             schedule.c, config)
                     heads.adam(touched, grad, config.lr)
-                    schedule.step(heads.last_target_cos)
+                    schedule.step(target_cos)
                     total += loss * len(rows)
                     count += len(rows)
                     advance(1)
@@ -467,7 +468,7 @@ def _train_folds(heads: _FoldHeads, xt, yt, folds: np.ndarray, nb_labels, schedu
 
 def _candidate_step(heads: _FoldHeads, xb, hb, cand, touched, inverse, target, c: float, config):
     """One candidate-softmax step without an adapter: (loss, gradient of the touched class
-    rows), with autograd only on the (B, H, M) cosines.
+    rows, the target cosines for the schedule), with autograd only on the (B, H, M) cosines.
 
     cos_e = <w_u / |w_u|, z_e> for entry e of row u, so the gradient of row u is
     (Σ_e g_e z_e − (Σ_e g_e cos_e) · w_u / |w_u|) / |w_u|: one sparse (rows × entries) product
@@ -504,8 +505,8 @@ def _candidate_step(heads: _FoldHeads, xb, hb, cand, touched, inverse, target, c
             grad = weights.t() @ z
         along = torch.zeros(len(touched), device=z.device).index_add_(0, inv.reshape(-1), (g * cos).reshape(-1))
         grad = (grad - along[:, None] * wn_rows) / norms
-        heads.last_target_cos = cos.detach().gather(1, target.reshape(-1, 1))[:, 0].cpu().numpy()
-    return float(loss.item()), grad
+        target_cos = cos.detach().gather(1, target.reshape(-1, 1))[:, 0].cpu().numpy()
+    return float(loss.item()), grad, target_cos
 
 
 def _fit_temperature(logits: np.ndarray, target: np.ndarray, rng: np.random.Generator,
