@@ -299,16 +299,20 @@ class Outliers:
     """:func:`find_outliers`'s answer; arrays of shape (n_samples,).
 
     mask : bool, outliers; score : float32 pooled outlier probability (0 for labels under 3
-    images); knn_score : float32, P(no reliable neighbour is the same person)
+    images but strangers); knn_score : float32, P(no reliable neighbour is the same person);
+    contested : bool, sent to review (see :func:`find_outliers`); stranger : bool, outliers
+    found by :func:`strangers`
     """
 
     mask: np.ndarray
     score: np.ndarray
     knn_score: np.ndarray
     contested: np.ndarray | None = None
+    stranger: np.ndarray | None = None
 
 
-def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float = 0.5) -> Outliers:
+def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float = 0.5,
+                  evidence: list | None = None) -> Outliers:
     """Rows no labelled identity fits.
 
     The event "no labelled identity fits" gets two probabilities, pooled by their mean: the
@@ -322,6 +326,13 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     joined by mutual, likely-same-person kNN edges) belongs to a coherent identity and is
     never an outlier; a row whose own label's nearest image is nearer than a random label's
     would be (at the :data:`CHANCE` level) is contested and goes to review.
+
+    A stranger is an outlier whatever its label's size (:func:`strangers`): every partition
+    that ran puts it among at least two other rows, none of its own label, no label holding
+    half of them. That is the mark of an open-set person whose photos were filed under random
+    names, and the one kind of noise a label of one or two images can be judged on (it has
+    no majority to disagree with). Its score is the larger of the pooled one and the
+    partitions' mean share of rows that are not the cluster's majority label.
     """
     sizes = _label_sizes(labels)
     agr = signals.agreement
@@ -335,7 +346,13 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     # a row in its label's core (a coherent identity) is never an outlier: a whole small
     # identity whose images are each other's neighbours used to be dropped this way
     backed = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
-    mask = ~_knn_candidates(signals, labels, report_floor) & (pooled >= report_floor) & (sizes >= 3) & ~backed
+    candidate = _knn_candidates(signals, labels, report_floor)
+    evidence = evidence if evidence is not None else partition_evidence(signals, labels)
+    stranger = strangers(evidence, len(labels)) & ~candidate & ~backed
+    if stranger.any():
+        unclaimed = np.mean([1.0 - ev.majority_share for _, ev in evidence], axis=0)
+        pooled = np.where(stranger, np.maximum(pooled, unclaimed), pooled)
+    mask = (~candidate & (pooled >= report_floor) & (sizes >= 3) & ~backed) | stranger
     # a row whose own label's nearest image is nearer than a random label's would be at the
     # CHANCE level is tied to its label however low the similarity (a hard photo), or a
     # stranger that landed beside a look-alike by chance: a person's call, not a drop
@@ -343,7 +360,22 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     if agr.label_chance is not None:
         contested = mask & (agr.label_chance < CHANCE)
         mask &= ~contested
-    return Outliers(mask, np.where(sizes >= 3, pooled, 0.0).astype(np.float32), knn, contested)
+    return Outliers(mask, np.where((sizes >= 3) | stranger, pooled, 0.0).astype(np.float32), knn, contested,
+                    stranger & mask)
+
+
+def strangers(evidence: list[tuple[str, ClusterEvidence]], n_samples: int) -> np.ndarray:
+    """Rows that every partition puts among at least two other rows, none of them of the
+    row's label, no label holding half of them: a person with several photos in the set, each
+    under another name, and none under this row's. (n_samples,) bool; all False when no
+    partition ran. No similarity enters: the partitions drew the clusters."""
+    if not evidence:
+        return np.zeros(n_samples, dtype=bool)
+    masks = []
+    for _, ev in evidence:
+        others = np.bincount(ev.partition)[ev.partition] - 1
+        masks.append((others >= 2) & (ev.own_share == 0) & (ev.majority_share < 0.5))
+    return np.logical_and.reduce(masks)
 
 
 @dataclass(frozen=True)
@@ -653,8 +685,12 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     """Rows the evidence cannot judge, for a person to look at.
 
     - "Cannot tell": a label with one or two images has no majority to outvote or to disagree
-      with; when its row's kNN evidence leans against it (no-same-person probability at the
-      floor, or a mislabel score at half of it) it goes to review instead of being judged.
+      with; when its row's kNN evidence leans against it, it goes to review instead of being
+      judged: another label leans on the row (a mislabel score at half the floor), or, in a
+      two-image label, the two images do not back each other (no-same-person probability at
+      the floor: one of them may be a stranger, and which one is unknown). A one-image label
+      that no other label claims is a person photographed once, not a doubt: on the
+      long-tailed real sets such loners were most of the review list.
     - A partition alone: a row the kNN vote did not flag whose cluster (at least
       ``review_min_cluster`` rows) is mostly (``review_share``) another label.
     """
@@ -664,7 +700,7 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     candidate = _knn_candidates(signals, labels, floor)
     agr = signals.agreement
     mis = knn_mislabel_score(agr)
-    cannot_tell = (sizes <= 2) & ~candidate & ((agr.none_prob >= floor) | (mis >= 0.5 * floor))
+    cannot_tell = (sizes <= 2) & ~candidate & (((agr.none_prob >= floor) & (sizes == 2)) | (mis >= 0.5 * floor))
     text = np.full(len(labels), "", dtype=object)
     score = np.where(cannot_tell, np.maximum(mis, agr.none_prob), 0.0).astype(np.float32)
     parts = dict(signals.partitions())
@@ -716,7 +752,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     labels = np.asarray(labels, dtype=np.int64)
     evidence = partition_evidence(signals, labels)
     mis = find_mislabeled(signals, labels, report_floor=floor, evidence=evidence)
-    out = find_outliers(signals, labels, report_floor=floor)
+    out = find_outliers(signals, labels, report_floor=floor, evidence=evidence)
     near = find_near_duplicates(signals, labels)
     dupid = find_duplicate_identities(signals, labels, label_names, embeddings=embeddings, evidence=evidence)
     review = find_review(signals, labels, label_names, config=config, evidence=evidence)
@@ -766,8 +802,14 @@ def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review,
         if conf is not None and mis.corroborated_by["camsoftmax"][i]:
             text += f"; cam-softmax: p({names[labels[i]]})={conf.p_given[i]:.2f}, p({names[conf.top[i]]})={conf.p_top[i]:.2f}"
         reason[i] = text
+    cluster_sizes = np.bincount(evidences[0][1].partition) if evidences else None
     for i in np.flatnonzero(issue == "outlier"):
         text = f"kNN: no label supported (P(no same-person neighbour)={out.knn_score[i]:.2f})"
+        if out.stranger is not None and out.stranger[i]:
+            stage, ev = evidences[0]
+            text = (f"a stranger: every partition puts it among other names (the {stage} cluster: "
+                    f"{cluster_sizes[ev.partition[i]]} rows, none of {names[labels[i]]}, the largest label "
+                    f"{ev.majority_share[i]:.0%}); {text}")
         if conf is not None and np.isfinite(conf.p_given[i]):
             text += f"; cam-softmax: p({names[labels[i]]})={conf.p_given[i]:.2f}"
         reason[i] = text

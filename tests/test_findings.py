@@ -214,9 +214,48 @@ def test_find_review_sends_what_cannot_be_judged_to_a_person():
     sig = _evidence(labels, given=[1] * 9, other=[0] * 9, best_other=[-1] * 9, none_prob=none_prob,
                     partitions={"hierarchical": hier})
     review = find_review(sig, labels, NAMES)
-    assert review.cannot_tell.tolist() == [False] * 8 + [True], "one image, and no neighbour backs it"
+    # a one-image label nobody else claims is a person photographed once: nothing to review
+    assert review.cannot_tell.tolist() == [False] * 9, "a lone one-image label is not in doubt"
     assert review.partition_text[1] == "review: hierarchical cluster is 100% b"
-    assert review.mask.sum() == 2
+    assert review.mask.sum() == 1
+    # another label leaning on it (below a mislabel finding) is what puts it in doubt
+    leaned = _evidence(labels, given=[1] * 8 + [0], other=[0] * 8 + [0.5], best_other=[-1] * 8 + [1],
+                       none_prob=none_prob, partitions={"hierarchical": hier})
+    assert find_review(leaned, labels, NAMES).cannot_tell.tolist() == [False] * 8 + [True]
+    # two images that do not back each other: one of them may be a stranger, which is unknown
+    pair = np.array([0, 0, 1, 1, 1, 1, 1, 1, 2])
+    apart = _evidence(pair, given=[0] * 2 + [1] * 7, other=[0] * 9, best_other=[-1] * 9,
+                      none_prob=[0.9, 0.9] + [0.1] * 7, partitions={"hierarchical": hier})
+    assert find_review(apart, pair, NAMES).cannot_tell.tolist() == [True, True] + [False] * 7
+
+
+def test_a_stranger_filed_under_small_labels_is_an_outlier_and_a_lone_person_is_not():
+    """An open-set person whose photos went under random names: both partitions put each photo
+    with the others, none of its own label, no label holding half. That is found whatever
+    the labels' sizes (one or two images here, where no majority exists); a person
+    photographed once, alone in a cluster of their own, is left alone."""
+    from facecluster.findings import find_issues, find_outliers
+
+    # a ×4, b ×4; c, d, e one image each (the stranger's three photos); f one image (a loner);
+    # g two images: its row 14 is the stranger's fourth photo, row 15 g's own person
+    names = np.array(list("abcdefg"), dtype=object)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 3, 4, 5, 6, 6])
+    hier = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 2, 4]
+    corr = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 2, 4]
+    n = len(labels)
+    sig = _evidence(labels, given=[3] * 8 + [0] * 6, other=[0] * n, best_other=[-1] * n,
+                    none_prob=[0.05] * 8 + [0.6] * 6, partitions={"hierarchical": hier, "correlation": corr})
+    out = find_outliers(sig, labels)
+    assert out.mask.tolist() == [False] * 8 + [True, True, True, False, True, False]
+    assert (out.score[out.mask] > 0.5).all()
+    found = find_issues(sig, labels, names)
+    assert found.issue[[8, 9, 10, 12]].tolist() == ["outlier"] * 4
+    assert found.issue[11] == "", "a one-image label nobody claims is not in doubt"
+    # one partition that disagrees (puts the photos apart) is enough to hold back
+    apart = _evidence(labels, given=[3] * 8 + [0] * 6, other=[0] * n, best_other=[-1] * n,
+                      none_prob=[0.05] * 8 + [0.6] * 6,
+                      partitions={"hierarchical": hier, "correlation": list(range(n))})
+    assert not find_outliers(apart, labels).mask[8:].any()
 
 
 def test_resolve_applies_the_documented_precedence():
@@ -236,8 +275,8 @@ def test_find_issues_writes_one_reason_per_finding_and_reviews_only_rows_without
     from facecluster.findings import find_issues
 
     given = [0.5, 4, 4, 4, 4, 4, 4, 4, 0.0]
-    other = [3.0, 0, 0, 0, 0, 0, 0, 0, 0]
-    best = [1, -1, -1, -1, -1, -1, -1, -1, -1]
+    other = [3.0, 0, 0, 0, 0, 0, 0, 0, 0.5]  # row 8, a one-image label, leaned on by b
+    best = [1, -1, -1, -1, -1, -1, -1, -1, 1]
     none_prob = [0.1, 0.1, 0.1, 0.95, 0.1, 0.1, 0.1, 0.1, 0.9]
     sig = _evidence(LABELS, given=given, other=other, best_other=best, none_prob=none_prob,
                     partitions={"hierarchical": [1, 0, 0, 1, 1, 1, 1, 1, 2]})
