@@ -237,8 +237,9 @@ class Mislabeled:
     suggested : int64, the label the kNN votes back most among the others (-1 if none)
     corroborated_by : stage name → bool mask of candidates whose suggestion that stage shares
     n_terms : stages in the pool (kNN, each partition, cam-softmax)
-    contested : bool, candidates whose own label's nearest image is nearer than chance
-        (:attr:`~facecluster.votes.LabelAgreement.label_chance` < CHANCE): sent to review
+    contested : bool, candidates sent to review: their own label's nearest image is nearer
+        than chance (:attr:`~facecluster.votes.LabelAgreement.label_chance` < CHANCE), or their
+        label has at most two images and no stage but the kNN vote backs the suggestion
     """
 
     mask: np.ndarray
@@ -288,8 +289,15 @@ def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float
     contested = np.zeros(len(labels), dtype=bool)
     if agr.label_chance is not None:
         contested = mask & (agr.label_chance < CHANCE)
-        mask = mask & ~contested
-        corroborated_by = {name: m & ~contested for name, m in corroborated_by.items()}
+    # a label of two images has no majority: its other image not backing the row is no vote
+    # against it, and the kNN vote alone cannot tell a wrong label from a loner beside a big
+    # identity (on the long-tailed real sets such loners were half of these findings); another
+    # stage must back the suggested label, or a person decides
+    if corroborated_by:
+        backed = np.logical_or.reduce(list(corroborated_by.values()))
+        contested |= mask & (_label_sizes(labels) <= 2) & ~backed
+    mask = mask & ~contested
+    corroborated_by = {name: m & ~contested for name, m in corroborated_by.items()}
     return Mislabeled(mask, pooled.astype(np.float32), knn, np.where(suggestion >= 0, suggestion, -1).astype(np.int64),
                       corroborated_by, len(terms), contested)
 
@@ -830,8 +838,12 @@ def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review,
             lean = (f"kNN: {b[i]:.1f} reliable votes for {names[agr.best_other[i]]} vs {g[i]:.1f} for its label"
                     if mis.contested is not None and mis.contested[i] else
                     f"no label supported (P(no same-person neighbour)={out.knn_score[i]:.2f})")
-            text = (f"review: {lean}, yet its label's nearest image is nearer than a random label's would be "
-                    f"(chance {agr.label_chance[i]:.3f})")
+            if agr.label_chance is not None and agr.label_chance[i] < CHANCE:
+                text = (f"review: {lean}, yet its label's nearest image is nearer than a random label's would be "
+                        f"(chance {agr.label_chance[i]:.3f})")
+            else:
+                text = (f"review: {lean}, but its label has {sizes[i]} image(s) and no other stage backs "
+                        f"{names[agr.best_other[i]]}")
             reason[i] = "; ".join(t for t in (text, review.partition_text[i]) if t)
         else:
             reason[i] = review.partition_text[i]

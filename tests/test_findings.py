@@ -258,6 +258,23 @@ def test_a_stranger_filed_under_small_labels_is_an_outlier_and_a_lone_person_is_
     assert not find_outliers(apart, labels).mask[8:].any()
 
 
+def test_a_two_image_label_is_not_judged_on_the_knn_vote_alone():
+    """In a label of two images the other image is no majority: a kNN mislabel vote that no
+    other stage backs goes to review (a loner beside a big identity looks the same); with a
+    partition backing the suggestion it is a finding."""
+    from facecluster.findings import find_issues
+
+    # a ×4, b ×4, c ×2: row 8 (a c) leans to b in the kNN vote
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    names = np.array(list("abc"), dtype=object)
+    kw = dict(given=[3] * 8 + [0, 0], other=[0] * 8 + [3.0, 0], best_other=[-1] * 8 + [1, -1],
+              none_prob=[0.05] * 8 + [0.9, 0.9])
+    alone = find_issues(_evidence(labels, **kw, partitions={"hierarchical": [0] * 4 + [1] * 4 + [2, 3]}), labels, names)
+    assert alone.issue[8] == "review" and "no other stage backs b" in alone.reason[8]
+    backed = find_issues(_evidence(labels, **kw, partitions={"hierarchical": [0] * 4 + [1] * 4 + [1, 3]}), labels, names)
+    assert backed.issue[8] == "mislabeled" and backed.suggested[8] == 1
+
+
 def test_resolve_applies_the_documented_precedence():
     from facecluster.findings import PRECEDENCE, resolve
 
