@@ -319,6 +319,18 @@ def _csr(n, a, b, w):
     return mat.indptr.astype(np.int64), mat.indices.astype(np.int64), mat.data.astype(np.float64)
 
 
+def _contract(n, a, b, x, u, labels):
+    """GAEC on the cluster graph of ``labels`` (every cluster pair whose join gains is
+    contracted, greedily); the new cluster of every node."""
+    m = int(labels.max()) + 1
+    ca, cb = labels[a], labels[b]
+    keep = ca != cb
+    size = np.bincount(labels, minlength=m).astype(np.float64)
+    usum = np.bincount(labels, weights=u, minlength=m)
+    joined = _gaec(m, ca[keep], cb[keep], x[keep], size, usum) if keep.any() else np.arange(m)
+    return joined[labels]
+
+
 def _refine(n, a, b, x, u, labels, max_rounds: int = 50, max_sweeps: int = 100):
     """Alternate node moves and joins of clusters with positive total gain until neither helps."""
     indptr, indices, xs = _csr(n, a, b, x)
@@ -327,22 +339,21 @@ def _refine(n, a, b, x, u, labels, max_rounds: int = 50, max_sweeps: int = 100):
         moves = _node_moves(n, indptr, indices, xs, u, labels, max_sweeps)
         labels = relabel_by_first(labels)
         # join clusters: GAEC on the cluster graph (contracts every cluster pair that gains)
-        m = int(labels.max()) + 1
-        ca, cb = labels[a], labels[b]
-        keep = ca != cb
-        size = np.bincount(labels, minlength=m).astype(np.float64)
-        usum = np.bincount(labels, weights=u, minlength=m)
-        joined = _gaec(m, ca[keep], cb[keep], x[keep], size, usum) if keep.any() else np.arange(m)
-        joins = int((joined != np.arange(m)).sum())
-        labels = relabel_by_first(joined[labels])
+        joined = relabel_by_first(_contract(n, a, b, x, u, labels))
+        joins = int(labels.max()) - int(joined.max())
+        labels = joined
         if moves == 0 and joins == 0:
             break
     return labels
 
 
-def _solve_component(n, a, b, w, u, refine: bool, seed: int) -> tuple[np.ndarray, dict]:
+def _solve_component(n, a, b, w, u, refine: bool, seed: int, start=None) -> tuple[np.ndarray, dict]:
     x = w - (u[a] + u[b]) / 2  # edge weight less the non-edge share the cluster terms count
-    greedy = relabel_by_first(_gaec(n, a, b, x, np.ones(n), u))
+    if start is None:
+        greedy = relabel_by_first(_gaec(n, a, b, x, np.ones(n), u))
+    else:
+        # warm start: contraction goes on from the given partition's clusters
+        greedy = relabel_by_first(_contract(n, a, b, x, u, relabel_by_first(start)))
     obj_greedy = objective(a, b, w, greedy, u)
     if not refine:
         return greedy, {"gaec": obj_greedy, "refined": obj_greedy, "pivot": None, "chosen": "gaec"}
@@ -368,8 +379,12 @@ class CorrelationResult:
 
 
 def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: int = 0,
-                           n_jobs: int | None = None) -> CorrelationResult:
-    """Solve correlation clustering on ``signed``, component by component of positive edges."""
+                           n_jobs: int | None = None, start: np.ndarray | None = None) -> CorrelationResult:
+    """Solve correlation clustering on ``signed``, component by component of positive edges.
+
+    ``start``: (n,) a partition to continue contracting from instead of single nodes (a warm
+    start), such as the solution of the same graph at a lower bias: raising the bias only
+    adds positive edges, so none of its clusters crosses a component here."""
     n, a, b, w = signed.n, signed.a, signed.b, signed.w
     u = np.zeros(n) if signed.u is None else np.minimum(np.asarray(signed.u, dtype=np.float64), 0.0)
     pos = w > 0
@@ -389,7 +404,8 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
     def solve(c):
         nodes = n_order[n_bounds[c]:n_bounds[c + 1]]
         sl = slice(e_bounds[c], e_bounds[c + 1])
-        lab, st = _solve_component(len(nodes), local[ea[sl]], local[eb[sl]], ew[sl], u[nodes], refine, seed + c)
+        lab, st = _solve_component(len(nodes), local[ea[sl]], local[eb[sl]], ew[sl], u[nodes], refine, seed + c,
+                                   None if start is None else start[nodes])
         return nodes, lab, st
 
     labels = np.empty(n, dtype=np.int64)
@@ -423,8 +439,9 @@ def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, m
     k, how well the calibration separates), so it is measured, like the hierarchical cut,
     against the labels: a hill climb from 0 in steps of ``step`` (0, ±1, then onwards in the
     better direction while F improves), typically three or four solves, one per bias at
-    most. Returns the best bias, the curve [(bias, pairwise F, n_clusters, objective)]
-    sorted by bias, and the solution at the best bias (so it is not solved again).
+    most, each upward one warm-started from the solution one step below. Returns the best
+    bias, the curve [(bias, pairwise F, n_clusters, objective)] sorted by bias, and the
+    solution at the best bias (so it is not solved again).
     """
     from .metrics import pairwise_scores
 
@@ -433,13 +450,17 @@ def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, m
 
     def score(bias: float) -> float:
         if bias not in seen:
-            result = results[bias] = correlation_clustering(signed.with_bias(bias), refine=refine, seed=seed)
+            # warm start from the solution one step below, where there is one: a higher bias
+            # only adds positive edges, so contraction goes on from there
+            below = results.get(bias - step)
+            result = results[bias] = correlation_clustering(signed.with_bias(bias), refine=refine, seed=seed,
+                                                            start=None if below is None else below.labels)
             seen[bias] = (float(bias), pairwise_scores(labels, result.labels)["f"], int(result.labels.max()) + 1,
                           result.objective_refined)
         return seen[bias][1]
 
     best = 0.0
-    f0, f_down, f_up = score(0.0), score(-step), score(step)
+    f_down, f0, f_up = score(-step), score(0.0), score(step)
     direction = -step if f_down > max(f0, f_up) else (step if f_up > f0 else 0.0)
     if direction:
         best = direction

@@ -124,6 +124,31 @@ def test_components_of_positive_edges_are_solved_apart():
     assert result.stats["components"] == 2
 
 
+
+@pytest.mark.parametrize("offset", [0.0, 2.2])
+def test_a_warm_start_continues_from_a_partition_and_never_loses_on_it(offset):
+    """choose_bias warm-starts each upward bias from the solution one step below: a start
+    of single nodes is the cold solve, a start at a solution of the same graph cannot come
+    out worse, and the start from a lower bias gives a partition no worse than the start
+    itself on the new graph (contraction and moves only ever lower the objective)."""
+    from facecluster.correlation import choose_bias
+    from facecluster.faceset import prepare_embeddings
+
+    x, y = make_faces(600, 40, 32, offset=offset, seed=5)
+    unit, _, _ = prepare_embeddings(x)
+    base = signed_graph(build_knn_graph(unit, k=15, device="cpu"), y)
+    cold = correlation_clustering(base)
+    singles = correlation_clustering(base, start=np.arange(base.n))
+    assert singles.labels.tolist() == cold.labels.tolist() and singles.objective_refined == cold.objective_refined
+    again = correlation_clustering(base, start=cold.labels)
+    assert again.objective_refined <= cold.objective_refined + 1e-9
+    up = base.with_bias(1.0)
+    warm = correlation_clustering(up, start=cold.labels)
+    u = None if up.u is None else np.minimum(up.u, 0.0)
+    assert warm.objective_refined <= objective(up.a, up.b, up.w, cold.labels, u) + 1e-9
+    bias, curve, result = choose_bias(base, y)
+    assert [b for b, *_ in curve] == sorted({b for b, *_ in curve}) and result.labels.shape == (base.n,)
+
 @pytest.mark.parametrize("offset", [0.0, 2.2])
 def test_signed_weights_follow_similarity_and_the_estimator_runs(offset):
     x, y = make_faces(800, 50, 48, offset=offset, seed=3)
