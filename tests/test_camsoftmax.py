@@ -94,6 +94,62 @@ def test_candidate_softmax_equals_full_softmax_when_candidates_are_all_classes()
         pytest.approx(full.item(), rel=1e-12)
 
 
+def _small_heads(seed=0, n=60, d=8, n_classes=6, folds=3):
+    from facecluster.camsoftmax import _FoldHeads, stratified_folds
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.arange(n) % n_classes
+    labels[-1] = n_classes - 1
+    fold = stratified_folds(labels, folds, 0)
+    heads = _FoldHeads(torch.as_tensor(x), torch.as_tensor(labels), fold, folds, n_classes, False, "cpu")
+    return heads, torch.as_tensor(x), labels, fold
+
+
+def test_candidate_step_gradient_is_autograds_through_the_gathered_weights():
+    """The hand-made chain rule of the candidate step (valid entries only, one sparse product)
+    equals autograd through the plain formulation: gather each candidate's class weight,
+    normalise, cosine, cam-softmax loss; padding (-1) and repeated candidates carry nothing."""
+    from facecluster.camsoftmax import CamSoftmaxConfig, _candidate_step
+
+    heads, x, labels, fold = _small_heads()
+    config = CamSoftmaxConfig()
+    rows = np.arange(0, 60, 3)
+    others = torch.as_tensor([[h for h in range(3) if h != f] for f in range(3)])
+    hb = others[torch.as_tensor(fold[rows])]
+    cand = torch.as_tensor(np.c_[labels[rows], (labels[rows] + 1) % 6, np.full(len(rows), -1), (labels[rows] + 3) % 6])
+    loss, grad, target_cos, touched = _candidate_step(heads, x[rows], hb, cand, 1.1, config)
+
+    leaf = heads.weight.clone().requires_grad_()
+    flat = hb[:, :, None] * heads.n_classes + cand.clamp_min(0)[:, None, :]
+    w = torch.nn.functional.normalize(leaf[flat], dim=3, eps=1e-6)
+    cos = torch.einsum("bhmd,bd->bhm", w, x[rows])
+    valid = (cand >= 0)[:, None, :] & heads.present.view(-1)[flat]
+    ref = cam_softmax_loss(cos.reshape(-1, 4), torch.zeros(cos.shape[0] * 2, dtype=torch.int64), 1.1, config.scale,
+                           valid.reshape(-1, 4))
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(grad, leaf.grad[touched], atol=1e-5)
+    assert (leaf.grad.abs().sum(dim=1) > 0).sum() == len(touched), "only rows with a valid entry are touched"
+    assert np.allclose(target_cos, cos[:, :, 0].reshape(-1).detach().numpy(), atol=1e-6)
+
+
+def test_fused_adam_is_the_same_update_as_the_plain_one(monkeypatch):
+    heads, *_ = _small_heads(seed=1)
+    other, *_ = _small_heads(seed=1)
+    rows = torch.arange(len(heads.weight))  # every row: the dense path
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(heads.weight.shape, generator=gen) for _ in range(3)]
+    for g in grads:
+        heads.adam(rows, g, 0.01)
+    monkeypatch.delattr(torch, "_fused_adam_", raising=False)
+    for g in grads:
+        other.adam(rows, g, 0.01)
+    assert torch.allclose(heads.weight, other.weight, atol=1e-6)
+    assert torch.allclose(heads.m, other.m) and torch.allclose(heads.v, other.v)
+
+
 def test_schedules():
     ref = CamSchedule("reference")
     for _ in range(100):
