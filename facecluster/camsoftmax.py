@@ -266,6 +266,27 @@ class _FoldHeads:
         valid = (classes >= 0)[:, None, :] & self.present.view(-1)[flat]
         return cos, valid
 
+    def sampled_cosines(self, xb, head, classes, unit_weight):
+        """(B, M) cosines of each row, as its one ``head`` (B,) sees it, against its candidate
+        ``classes`` (B, M; -1 = none), and which are valid; only the valid dot products are
+        computed (``unit_weight``: the normalised class weights), no (B, M, D) gather. No
+        adapter."""
+        import torch
+        import torch.nn.functional as F
+
+        flat = head[:, None] * self.n_classes + classes.clamp_min(0)
+        valid = (classes >= 0) & self.present.view(-1)[flat]
+        crow = torch.zeros(len(flat) + 1, dtype=torch.int64, device=xb.device)
+        crow[1:] = torch.cumsum(valid.sum(dim=1), 0)
+        cols = flat[valid]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), device=xb.device),
+                                              (len(flat), len(unit_weight)), check_invariants=False)
+            values = torch.sparse.sampled_addmm(pattern, F.normalize(xb, dim=1, eps=_EPS), unit_weight.T,
+                                                beta=0.0).values()
+        return torch.zeros(flat.shape, device=xb.device).masked_scatter_(valid, values), valid
+
     def full_cosines(self, xb, heads, weight=None, adapter=None):
         """(B, H, C) cosines against every class, head by head (one matmul per fold)."""
         import torch
@@ -374,14 +395,21 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
     scorable = np.zeros(n, dtype=bool)
     folds_t = torch.as_tensor(folds, device=device)
     with torch.no_grad():
-        for lo in range(0, n, 2048):
-            rows = np.arange(lo, min(n, lo + 2048))
+        sampled = not full and heads.adapter is None
+        unit_weight = torch.nn.functional.normalize(heads.weight, dim=1, eps=_EPS) if sampled else None
+        chunk = 8192 if sampled else 2048
+        for lo in range(0, n, chunk):
+            rows = np.arange(lo, min(n, lo + chunk))
             own_heads = folds_t[rows][:, None]
             if full:
                 cos, valid = heads.full_cosines(xt[rows], own_heads)
+                cos, valid = cos[:, 0], valid[:, 0]
+            elif sampled:
+                cand_t = torch.as_tensor(score_cand[rows], device=device)
+                cos, valid = heads.sampled_cosines(xt[rows], own_heads[:, 0], cand_t, unit_weight)
             else:
                 cos, valid = heads.cosines(xt[rows], own_heads, torch.as_tensor(score_cand[rows], device=device))
-            cos, valid = cos[:, 0], valid[:, 0]
+                cos, valid = cos[:, 0], valid[:, 0]
             logits[rows] = (config.scale * cos).masked_fill(~valid, float("-inf")).cpu().numpy()
             own_col = yt[rows] if full else torch.zeros(len(rows), dtype=torch.int64, device=device)
             scorable[rows] = valid.gather(1, own_col[:, None])[:, 0].cpu().numpy()

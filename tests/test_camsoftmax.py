@@ -135,6 +135,17 @@ def test_candidate_step_gradient_is_autograds_through_the_gathered_weights():
     assert np.allclose(target_cos, cos[:, :, 0].reshape(-1).detach().numpy(), atol=1e-6)
 
 
+def test_sampled_scoring_cosines_are_the_gathered_ones():
+    heads, x, labels, fold = _small_heads(seed=2)
+    cand = torch.as_tensor(np.c_[labels, (labels + 2) % 6, np.full(len(labels), -1), labels])
+    head = torch.as_tensor(fold)
+    unit = torch.nn.functional.normalize(heads.weight, dim=1, eps=1e-6)
+    cos, valid = heads.sampled_cosines(x, head, cand, unit)
+    ref, ref_valid = heads.cosines(x, head[:, None], cand)
+    assert torch.equal(valid, ref_valid[:, 0])
+    assert torch.allclose(cos[valid], ref[:, 0][valid], atol=1e-6) and (cos[~valid] == 0).all()
+
+
 def test_fused_adam_is_the_same_update_as_the_plain_one(monkeypatch):
     heads, *_ = _small_heads(seed=1)
     other, *_ = _small_heads(seed=1)
