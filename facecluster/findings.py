@@ -48,6 +48,10 @@ CHANCE = 0.05
 # A label pair is judged as one person when its one-person score reaches a quarter: with
 # every other term perfect the pooled mean could still reach the bar of 1/2 from there.
 MERGE_CANDIDATE = 0.25
+# A label of one image is one observation: a merge of it, and a review of it, ask for
+# three-to-one odds (a kNN mislabel score b / (b + 1) of 3/4: three reliable same-person votes
+# for one other label)
+SINGLE_IMAGE_ODDS = 0.75
 
 
 @dataclass(frozen=True)
@@ -513,7 +517,7 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         # a label of one image is one observation, its "share" of mass says where that image
         # leans, not how strongly: such a merge asks for three-to-one odds (the conservative
         # policy's bar for a relabel), others for more likely than not
-        if pooled >= (0.75 if min(sizes[a], sizes[b]) == 1 else 0.5):
+        if pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5):
             accepted.append((a, b, pooled, [f"one person: {one:.2f} (same-person kNN mass shared as one "
                                             f"identity's would be; 1 = fully)", *parts]))
     if not accepted:
@@ -694,11 +698,14 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
 
     - "Cannot tell": a label with one or two images has no majority to outvote or to disagree
       with; when its row's kNN evidence leans against it, it goes to review instead of being
-      judged: another label leans on the row (a mislabel score at half the floor), or, in a
-      two-image label, the two images do not back each other (no-same-person probability at
-      the floor: one of them may be a stranger, and which one is unknown). A one-image label
-      that no other label claims is a person photographed once, not a doubt: on the
-      long-tailed real sets such loners were most of the review list.
+      judged. A two-image label: another label leans on the row (a mislabel score at half the
+      floor), or the two images do not back each other (no-same-person probability at the
+      floor: one of them may be a stranger, and which one is unknown). A one-image label is
+      one observation: it is reviewed when another label claims it at three to one
+      (:data:`SINGLE_IMAGE_ODDS`, the odds a merge of a one-image label needs; three
+      reliable same-person votes for one label). A loner beside a big identity is a person
+      photographed once, not a doubt: on the long-tailed real sets such loners were most of
+      the review list, over 80% of it clean.
     - A partition alone: a row the kNN vote did not flag whose cluster (at least
       ``review_min_cluster`` rows) is mostly (``review_share``) another label.
     """
@@ -708,7 +715,9 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     candidate = _knn_candidates(signals, labels, floor)
     agr = signals.agreement
     mis = knn_mislabel_score(agr)
-    cannot_tell = (sizes <= 2) & ~candidate & (((agr.none_prob >= floor) & (sizes == 2)) | (mis >= 0.5 * floor))
+    pair = (sizes == 2) & ((agr.none_prob >= floor) | (mis >= 0.5 * floor))
+    single = (sizes == 1) & (mis >= SINGLE_IMAGE_ODDS)
+    cannot_tell = ~candidate & (pair | single)
     text = np.full(len(labels), "", dtype=object)
     score = np.where(cannot_tell, np.maximum(mis, agr.none_prob), 0.0).astype(np.float32)
     parts = dict(signals.partitions())

@@ -218,10 +218,14 @@ def test_find_review_sends_what_cannot_be_judged_to_a_person():
     assert review.cannot_tell.tolist() == [False] * 9, "a lone one-image label is not in doubt"
     assert review.partition_text[1] == "review: hierarchical cluster is 100% b"
     assert review.mask.sum() == 1
-    # another label leaning on it (below a mislabel finding) is what puts it in doubt
-    leaned = _evidence(labels, given=[1] * 8 + [0], other=[0] * 8 + [0.5], best_other=[-1] * 8 + [1],
+    # another label claiming it at three to one (three reliable votes) is what puts it in doubt;
+    # a lean of one vote is a loner beside a big identity
+    leaned = _evidence(labels, given=[1] * 8 + [0], other=[0] * 8 + [3.0], best_other=[-1] * 8 + [1],
                        none_prob=none_prob, partitions={"hierarchical": hier})
     assert find_review(leaned, labels, NAMES).cannot_tell.tolist() == [False] * 8 + [True]
+    weak = _evidence(labels, given=[1] * 8 + [0], other=[0] * 8 + [1.0], best_other=[-1] * 8 + [1],
+                     none_prob=none_prob, partitions={"hierarchical": hier})
+    assert not find_review(weak, labels, NAMES).cannot_tell[8]
     # two images that do not back each other: one of them may be a stranger, which is unknown
     pair = np.array([0, 0, 1, 1, 1, 1, 1, 1, 2])
     apart = _evidence(pair, given=[0] * 2 + [1] * 7, other=[0] * 9, best_other=[-1] * 9,
@@ -292,7 +296,7 @@ def test_find_issues_writes_one_reason_per_finding_and_reviews_only_rows_without
     from facecluster.findings import find_issues
 
     given = [0.5, 4, 4, 4, 4, 4, 4, 4, 0.0]
-    other = [3.0, 0, 0, 0, 0, 0, 0, 0, 0.5]  # row 8, a one-image label, leaned on by b
+    other = [3.0, 0, 0, 0, 0, 0, 0, 0, 3.0]  # row 8, a one-image label, claimed by b at three to one
     best = [1, -1, -1, -1, -1, -1, -1, -1, 1]
     none_prob = [0.1, 0.1, 0.1, 0.95, 0.1, 0.1, 0.1, 0.1, 0.9]
     sig = _evidence(LABELS, given=given, other=other, best_other=best, none_prob=none_prob,
