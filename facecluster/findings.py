@@ -470,7 +470,12 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     per partition the share of each label's images sharing a cluster with the other (smaller
     direction), and, given ``embeddings`` ((n_samples, n_features), the processed unit
     vectors), the centroid test (:func:`_centroid_term`). A mean of at least 1/2 makes a
-    suggestion (three-to-one, 3/4, when one label has a single image), scored by that mean. The votes of a split's halves are discounted because
+    suggestion (three-to-one, 3/4, when one label has a single image), scored by that mean,
+    and only where the one-person test sees some evidence (a score above 0): a pair it scores
+    0 (no same-person mass shared, or a label whose own images do not hold together) is no
+    merge however close the partitions and centroids put it. On the long-tailed real sets
+    such pairs were most false merges: a label holding a flip of the other's person beside
+    an image of someone else. The votes of a split's halves are discounted because
     each half looks mislabeled to the other, so the vote tests only propose; the one-person
     test, which weighs every edge by its calibrated P(same person) alone, judges.
     Chains (A→B, B→C) are resolved as connected components with networkx; each group merges
@@ -517,7 +522,7 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         # a label of one image is one observation, its "share" of mass says where that image
         # leans, not how strongly: such a merge asks for three-to-one odds (the conservative
         # policy's bar for a relabel), others for more likely than not
-        if pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5):
+        if one > 0 and pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5):
             accepted.append((a, b, pooled, [f"one person: {one:.2f} (same-person kNN mass shared as one "
                                             f"identity's would be; 1 = fully)", *parts]))
     if not accepted:

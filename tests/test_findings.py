@@ -205,6 +205,32 @@ def test_a_label_claimed_whole_by_another_is_a_merge_even_without_votes_back():
     assert len(find_duplicate_identities(half, labels, names).merges) == 0
 
 
+def test_a_merge_needs_some_evidence_from_the_one_person_test():
+    """Partitions and centroids put labels together that are not one person (a label holding a
+    flip of the other's person beside someone else's photo): the one-person test judges, and a
+    pair it scores 0 is no merge, however the other terms pool."""
+    import dataclasses
+
+    from facecluster.findings import find_duplicate_identities
+    from facecluster.votes import LabelPairs
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    names = np.array(["a", "b", "c"], dtype=object)
+    hier = [0] * 8 + [1, 1]  # a and b share one cluster
+    sig = _evidence(labels, given=[3] * 10, other=[0] * 10, best_other=[-1] * 10, none_prob=[0] * 10,
+                    partitions={"hierarchical": hier})
+
+    def with_score(score):
+        pairs = LabelPairs(np.array([0]), np.array([1]), np.array([score], np.float32),
+                           np.array([0.5], np.float32), np.array([0.5], np.float32))
+        return dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, pairs=pairs))
+
+    assert len(find_duplicate_identities(with_score(0.0), labels, names).merges) == 0
+    merged = find_duplicate_identities(with_score(0.3), labels, names).merges
+    assert merged[["label", "merged_into"]].values.tolist() == [["a", "b"]] or \
+        merged[["label", "merged_into"]].values.tolist() == [["b", "a"]]
+
+
 def test_find_review_sends_what_cannot_be_judged_to_a_person():
     from facecluster.findings import find_review
 
