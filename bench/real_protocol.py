@@ -16,11 +16,12 @@ identities around it (7314, 7316, 7317, 7319: lowest within-identity similarity,
 centroid similarity, byte-identical files shared across them); their rows have no truth to
 score against. The one documented split identity (7392 and 7393, one woman) becomes one
 label. Where several face models embedded the same photos (the celeba_wild sets), the rows
-that every model places nearer another identity's centroid than their own leave-one-out
-centroid are left out as well: natural wrong labels and unusable detections that independent
-models agree on (71 of 4,632 rows; before this, most "clean rows lost" were such rows, which
-the other model also rejected 76–85% of the time against 2–5% for the clean rows kept). What
-remains is taken as clean; natural label noise still in it counts against every method alike.
+whose mean cosine to another identity's photos beats, in every model, their mean cosine to
+the other photos of their own identity are left out as well: natural wrong labels and
+unusable detections that independent models agree on (71 of 4,632 rows; before this, most
+"clean rows lost" were such rows, which the other model also rejected 76–85% of the time
+against 2–5% for the clean rows kept). What remains is taken as clean; natural label noise
+still in it counts against every method alike.
 """
 
 from __future__ import annotations
@@ -121,11 +122,12 @@ def _already_close(x: np.ndarray, use: np.ndarray) -> np.ndarray:
 
 
 def _rejected_by_every_model(folder: Path, manifest: pd.DataFrame, use: np.ndarray) -> np.ndarray:
-    """Rows (among ``use``) that every face model in the data folder places nearer another
-    identity's centroid than their own leave-one-out centroid: the set's natural wrong labels
-    and unusable detections, as far as independent models agree on them. Only sets whose
-    photos (the manifest's path column) were embedded by at least two models are checked; a
-    single model cannot corroborate itself."""
+    """Rows (among ``use``) whose mean cosine to another identity's photos beats their mean
+    cosine to the other photos of their own identity (the dot product with the unnormalised
+    centroids, their own leave-one-out), in every face model of the data folder: the set's
+    natural wrong labels and unusable detections, as far as independent models agree on them.
+    Only sets whose photos (the manifest's path column) were embedded by at least two models
+    are checked; a single model cannot corroborate itself."""
     from facecluster.faceset import prepare_embeddings
 
     models = [folder]

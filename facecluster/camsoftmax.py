@@ -321,7 +321,7 @@ class _FoldHeads:
             fused = getattr(torch, "_fused_adam_", None)
             if fused is not None and self.weight.dtype == torch.float32:
                 if self._step is None:
-                    self._step = torch.zeros((), device=self.weight.device)
+                    self._step = torch.zeros((), dtype=torch.float32, device=self.weight.device)
                 self._step.fill_(float(self.t))
                 fused([self.weight], [full], [self.m], [self.v], [], [self._step], lr=lr, beta1=b1, beta2=b2,
                       weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)

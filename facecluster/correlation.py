@@ -445,23 +445,25 @@ def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, m
     """
     from .metrics import pairwise_scores
 
-    seen: dict[float, tuple] = {}
-    results: dict[float, CorrelationResult] = {}
+    # biases are whole numbers of steps (keys are step counts, so a float step cannot make a
+    # sum miss its key)
+    seen: dict[int, tuple] = {}
+    results: dict[int, CorrelationResult] = {}
 
-    def score(bias: float) -> float:
-        if bias not in seen:
+    def score(k: int) -> float:
+        if k not in seen:
             # warm start from the solution one step below, where there is one: a higher bias
             # only adds positive edges, so contraction goes on from there
-            below = results.get(bias - step)
-            result = results[bias] = correlation_clustering(signed.with_bias(bias), refine=refine, seed=seed,
-                                                            start=None if below is None else below.labels)
-            seen[bias] = (float(bias), pairwise_scores(labels, result.labels)["f"], int(result.labels.max()) + 1,
-                          result.objective_refined)
-        return seen[bias][1]
+            below = results.get(k - 1)
+            result = results[k] = correlation_clustering(signed.with_bias(k * step), refine=refine, seed=seed,
+                                                         start=None if below is None else below.labels)
+            seen[k] = (float(k * step), pairwise_scores(labels, result.labels)["f"], int(result.labels.max()) + 1,
+                       result.objective_refined)
+        return seen[k][1]
 
-    best = 0.0
-    f_down, f0, f_up = score(-step), score(0.0), score(step)
-    direction = -step if f_down > max(f0, f_up) else (step if f_up > f0 else 0.0)
+    best = 0
+    f_down, f0, f_up = score(-1), score(0), score(1)
+    direction = -1 if f_down > max(f0, f_up) else (1 if f_up > f0 else 0)
     if direction:
         best = direction
         for _ in range(max_steps - 1):
@@ -470,7 +472,7 @@ def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, m
                 break
             best = nxt
     curve = sorted(seen.values())
-    return best, curve, results[best]
+    return float(best * step), curve, results[best]
 
 
 @dataclass(frozen=True)

@@ -297,9 +297,8 @@ def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float
     # against it, and the kNN vote alone cannot tell a wrong label from a loner beside a big
     # identity (on the long-tailed real sets such loners were half of these findings); another
     # stage must back the suggested label, or a person decides
-    if corroborated_by:
-        backed = np.logical_or.reduce(list(corroborated_by.values()))
-        contested |= mask & (_label_sizes(labels) <= 2) & ~backed
+    backed = np.logical_or.reduce(list(corroborated_by.values())) if corroborated_by else np.zeros(len(labels), bool)
+    contested |= mask & (_label_sizes(labels) <= 2) & ~backed
     mask = mask & ~contested
     corroborated_by = {name: m & ~contested for name, m in corroborated_by.items()}
     return Mislabeled(mask, pooled.astype(np.float32), knn, np.where(suggestion >= 0, suggestion, -1).astype(np.int64),
@@ -340,7 +339,7 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     would be (at the :data:`CHANCE` level) is contested and goes to review.
 
     A stranger is an outlier whatever its label's size (:func:`strangers`): every partition
-    that ran puts it among at least two other rows, none of its own label, no label holding
+    that ran puts it among at least three other rows, none of its own label, no label holding
     half of them. That is the mark of an open-set person whose photos were filed under random
     names, and the one kind of noise a label of one or two images can be judged on (it has
     no majority to disagree with). Its score is the larger of the pooled one and the
@@ -364,6 +363,7 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     if stranger.any():
         unclaimed = np.mean([1.0 - ev.majority_share for _, ev in evidence], axis=0)
         pooled = np.where(stranger, np.maximum(pooled, unclaimed), pooled)
+        stranger &= pooled >= report_floor
     mask = (~candidate & (pooled >= report_floor) & (sizes >= 3) & ~backed) | stranger
     # a row whose own label's nearest image is nearer than a random label's would be at the
     # CHANCE level is tied to its label however low the similarity (a hard photo), or a
@@ -377,7 +377,7 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
 
 
 def strangers(evidence: list[tuple[str, ClusterEvidence]], n_samples: int) -> np.ndarray:
-    """Rows that every partition puts among at least two other rows, none of them of the
+    """Rows that every partition puts among at least three other rows, none of them of the
     row's label, no label holding half of them: a person with several photos in the set, each
     under another name, and none under this row's. (n_samples,) bool; all False when no
     partition ran. No similarity enters: the partitions drew the clusters."""
@@ -386,7 +386,8 @@ def strangers(evidence: list[tuple[str, ClusterEvidence]], n_samples: int) -> np
     masks = []
     for _, ev in evidence:
         others = np.bincount(ev.partition)[ev.partition] - 1
-        masks.append((others >= 2) & (ev.own_share == 0) & (ev.majority_share < 0.5))
+        # with two others of two labels one holds half: three others is the least that can pass
+        masks.append((others >= 3) & (ev.own_share == 0) & (ev.majority_share < 0.5))
     return np.logical_and.reduce(masks)
 
 

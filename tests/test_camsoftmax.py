@@ -147,6 +147,8 @@ def test_sampled_scoring_cosines_are_the_gathered_ones():
 
 
 def test_fused_adam_is_the_same_update_as_the_plain_one(monkeypatch):
+    if not hasattr(torch, "_fused_adam_"):
+        pytest.skip(f"torch {torch.__version__} has no fused Adam kernel: the plain update is the only one")
     heads, *_ = _small_heads(seed=1)
     other, *_ = _small_heads(seed=1)
     rows = torch.arange(len(heads.weight))  # every row: the dense path

@@ -146,8 +146,24 @@ def test_a_warm_start_continues_from_a_partition_and_never_loses_on_it(offset):
     warm = correlation_clustering(up, start=cold.labels)
     u = None if up.u is None else np.minimum(up.u, 0.0)
     assert warm.objective_refined <= objective(up.a, up.b, up.w, cold.labels, u) + 1e-9
-    bias, curve, result = choose_bias(base, y)
-    assert [b for b, *_ in curve] == sorted({b for b, *_ in curve}) and result.labels.shape == (base.n,)
+    # the climb hands each upward bias the solution one step below (a float step included)
+    import facecluster.correlation as corr
+
+    starts = []
+    real = corr.correlation_clustering
+
+    def recording(signed, **kw):
+        starts.append(kw.get("start") is not None)
+        return real(signed, **kw)
+
+    corr.correlation_clustering = recording
+    try:
+        bias, curve, result = choose_bias(base, y, step=0.3)
+    finally:
+        corr.correlation_clustering = real
+    assert starts[:3] == [False, True, True], "-step cold, then 0 and +step warm"
+    assert all(starts[3:]) or bias <= 0
+    assert result.labels.shape == (base.n,) and round(bias / 0.3) * 0.3 == pytest.approx(bias)
 
 @pytest.mark.parametrize("offset", [0.0, 2.2])
 def test_signed_weights_follow_similarity_and_the_estimator_runs(offset):

@@ -303,6 +303,8 @@ def test_a_two_image_label_is_not_judged_on_the_knn_vote_alone():
     assert alone.issue[8] == "review" and "no other stage backs b" in alone.reason[8]
     backed = find_issues(_evidence(labels, **kw, partitions={"hierarchical": [0] * 4 + [1] * 4 + [1, 3]}), labels, names)
     assert backed.issue[8] == "mislabeled" and backed.suggested[8] == 1
+    # with no other stage run at all, the kNN vote is just as alone
+    assert find_issues(_evidence(labels, **kw), labels, names).issue[8] == "review"
 
 
 def test_resolve_applies_the_documented_precedence():
