@@ -189,6 +189,30 @@ def _dedupe_rows(cand: np.ndarray) -> np.ndarray:
     return out
 
 
+def _valid_csr(valid, cols, values, n_cols: int):
+    """A (rows × n_cols) CSR matrix with one entry per True of ``valid`` (rows, M), in
+    row-major order: column ``cols``, value ``values`` (both of length valid.sum())."""
+    import torch
+
+    crow = torch.zeros(len(valid) + 1, dtype=torch.int64, device=valid.device)
+    crow[1:] = torch.cumsum(valid.sum(dim=1), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols, values, (len(valid), n_cols), check_invariants=False)
+
+
+def _sampled_dots(valid, cols, z, w):
+    """(rows, M) dot products <z_r, w_cols> at the True entries of ``valid`` (0 elsewhere),
+    and the same values flat: only those products are computed (sampled_addmm), no gather."""
+    import torch
+
+    pattern = _valid_csr(valid, cols, torch.zeros(len(cols), device=z.device), len(w))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.sparse.sampled_addmm(pattern, z, w.T, beta=0.0).values()
+    return torch.zeros(valid.shape, device=z.device).masked_scatter_(valid, flat), flat
+
+
 def _torch_device(device) -> str:
     """torch's device for a resolved :class:`~facecluster.device.Device` (or a request string):
     CUDA only when the device is a GPU and torch itself can use it."""
@@ -271,21 +295,12 @@ class _FoldHeads:
         ``classes`` (B, M; -1 = none), and which are valid; only the valid dot products are
         computed (``unit_weight``: the normalised class weights), no (B, M, D) gather. No
         adapter."""
-        import torch
         import torch.nn.functional as F
 
         flat = head[:, None] * self.n_classes + classes.clamp_min(0)
         valid = (classes >= 0) & self.present.view(-1)[flat]
-        crow = torch.zeros(len(flat) + 1, dtype=torch.int64, device=xb.device)
-        crow[1:] = torch.cumsum(valid.sum(dim=1), 0)
-        cols = flat[valid]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), device=xb.device),
-                                              (len(flat), len(unit_weight)), check_invariants=False)
-            values = torch.sparse.sampled_addmm(pattern, F.normalize(xb, dim=1, eps=_EPS), unit_weight.T,
-                                                beta=0.0).values()
-        return torch.zeros(flat.shape, device=xb.device).masked_scatter_(valid, values), valid
+        cos, _ = _sampled_dots(valid, flat[valid], F.normalize(xb, dim=1, eps=_EPS), unit_weight)
+        return cos, valid
 
     def full_cosines(self, xb, heads, weight=None, adapter=None):
         """(B, H, C) cosines against every class, head by head (one matmul per fold)."""
@@ -528,24 +543,14 @@ def _candidate_step(heads: _FoldHeads, xb, hb, cand, c: float, config):
         wn_rows = w_rows / norms
         z = heads.features(xb, hb).reshape(b * h, -1)  # (B·H, D)
         # only the sampled (entry, class-row) dot products: no (B·H, M, D) gather
-        crow = torch.zeros(b * h + 1, dtype=torch.int64, device=z.device)
-        crow[1:] = torch.cumsum(valid.sum(dim=1), 0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(crow, inv, torch.zeros(len(inv), device=z.device),
-                                              (b * h, len(touched)), check_invariants=False)
-            cos_valid = torch.sparse.sampled_addmm(pattern, z, wn_rows.T, beta=0.0).values()
-        cos = torch.zeros(b * h, m, device=z.device).masked_scatter_(valid, cos_valid)
+        cos, cos_valid = _sampled_dots(valid, inv, z, wn_rows)
     leaf = cos.requires_grad_()
     target = torch.zeros(b * h, dtype=torch.int64, device=z.device)  # column 0: the given label
     loss = cam_softmax_loss(leaf, target, c, config.scale, valid)
     loss.backward()
     with torch.no_grad():
         g = leaf.grad[valid]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            weights = torch.sparse_csr_tensor(crow, inv, g, (b * h, len(touched)), check_invariants=False)
-            grad = weights.t() @ z
+        grad = _valid_csr(valid, inv, g, len(touched)).t() @ z
         along = torch.zeros(len(touched), device=z.device).index_add_(0, inv, g * cos_valid)
         grad = (grad - along[:, None] * wn_rows) / norms
         target_cos = cos.detach()[:, 0].cpu().numpy()

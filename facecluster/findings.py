@@ -151,12 +151,14 @@ class ClusterEvidence:
         cluster (-1 for singletons)
     majority_share : (n,) share of the other members carrying ``majority``
     own_share : (n,) share of the other members carrying the sample's own label
+    cluster_size : (n,) int64, rows in the sample's cluster (itself included)
     """
 
     partition: np.ndarray
     majority: np.ndarray
     majority_share: np.ndarray
     own_share: np.ndarray
+    cluster_size: np.ndarray
 
 
 def cluster_evidence(partition: np.ndarray, labels: np.ndarray) -> ClusterEvidence:
@@ -193,6 +195,7 @@ def cluster_evidence(partition: np.ndarray, labels: np.ndarray) -> ClusterEviden
         majority=majority.astype(np.int64),
         majority_share=np.where(size > 1, maj_count / others, 0.0).astype(np.float32),
         own_share=np.where(size > 1, own_others / others, 0.0).astype(np.float32),
+        cluster_size=size.astype(np.int64),
     )
 
 
@@ -385,9 +388,8 @@ def strangers(evidence: list[tuple[str, ClusterEvidence]], n_samples: int) -> np
         return np.zeros(n_samples, dtype=bool)
     masks = []
     for _, ev in evidence:
-        others = np.bincount(ev.partition)[ev.partition] - 1
         # with two others of two labels one holds half: three others is the least that can pass
-        masks.append((others >= 3) & (ev.own_share == 0) & (ev.majority_share < 0.5))
+        masks.append((ev.cluster_size - 1 >= 3) & (ev.own_share == 0) & (ev.majority_share < 0.5))
     return np.logical_and.reduce(masks)
 
 
@@ -726,11 +728,9 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     cannot_tell = ~candidate & (pair | single)
     text = np.full(len(labels), "", dtype=object)
     score = np.where(cannot_tell, np.maximum(mis, agr.none_prob), 0.0).astype(np.float32)
-    parts = dict(signals.partitions())
     for name, ev in evidence if evidence is not None else partition_evidence(signals, labels):
-        part = parts[name]
         alone = (~candidate & (ev.majority >= 0) & (ev.majority != labels) & (ev.majority_share >= config.review_share)
-                 & (np.bincount(part.labels)[part.labels] >= config.review_min_cluster) & (sizes >= 2))
+                 & (ev.cluster_size >= config.review_min_cluster) & (sizes >= 2))
         for i in np.flatnonzero(alone):
             entry = f"review: {name} cluster is {ev.majority_share[i]:.0%} {label_names[ev.majority[i]]}"
             text[i] = f"{text[i]}; {entry}" if text[i] else entry
@@ -825,13 +825,12 @@ def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review,
         if conf is not None and mis.corroborated_by["camsoftmax"][i]:
             text += f"; cam-softmax: p({names[labels[i]]})={conf.p_given[i]:.2f}, p({names[conf.top[i]]})={conf.p_top[i]:.2f}"
         reason[i] = text
-    cluster_sizes = np.bincount(evidences[0][1].partition) if evidences else None
     for i in np.flatnonzero(issue == "outlier"):
         text = f"kNN: no label supported (P(no same-person neighbour)={out.knn_score[i]:.2f})"
         if out.stranger is not None and out.stranger[i]:
             stage, ev = evidences[0]
             text = (f"a stranger: every partition puts it among other names (the {stage} cluster: "
-                    f"{cluster_sizes[ev.partition[i]]} rows, none of {names[labels[i]]}, the largest label "
+                    f"{ev.cluster_size[i]} rows, none of {names[labels[i]]}, the largest label "
                     f"{ev.majority_share[i]:.0%}); {text}")
         if conf is not None and np.isfinite(conf.p_given[i]):
             text += f"; cam-softmax: p({names[labels[i]]})={conf.p_given[i]:.2f}"
