@@ -26,10 +26,24 @@ Schedules for c (``CamSoftmaxConfig.schedule``):
 - ``"fixed"``: c = π/2 throughout, i.e. the normalised-softmax head with no cam transform
   (the ablation baseline).
 
-The stage trains the head on the set's own (processed, unit) embeddings, optionally through a
-learned linear adapter initialised at the identity, with class weights initialised at the
-class centroids. Confidence is out-of-sample by cross-fitting: samples are split into folds
-stratified by label, and each fold is scored by a head trained on the others. Probabilities
+The heads start at their closed form: class weights at the class centroids (unit-normalised) of
+the rows each head is allowed to see. By default (``epochs = 0``) they are scored as they are,
+with numpy and a compiled kernel, and torch is never loaded. With ``epochs > 0`` they are then
+trained with the cam-softmax loss on the set's own (processed, unit) embeddings, optionally
+through a learned linear adapter initialised at the identity.
+
+Why the closed form is the default: on fixed face embeddings the trained head ranks wrong
+labels no better than its start. Measured (AUROC of 1 − p(given label) on injected flips and
+open-set images, docs/benchmarks.md): real dlib and OMZ protocol sets 0.9996 / 0.9999 / 0.9738 /
+0.9799 at the closed form against 0.9993 / 0.9998 / 0.9678 / 0.9666 after 6 epochs; synthetic
+13k × 5k 0.9941 against 0.9922; the real dlib set with its full softmax 0.9869 both (AP 0.916
+against 0.919). Training costs 5–60× the closed form's time. The loss is where the paper's
+robustness to wrong labels comes from when the features themselves are learned; on a head
+over fixed embeddings the class centroids already are close to the best weights, and wrong
+labels move a centroid by 1/n of their pull. Training stays one setting away.
+
+Confidence is out-of-sample by cross-fitting: samples are split into folds stratified by
+label, and each fold is scored by a head built (and trained) on the others. Probabilities
 are softmax(s·cos / T) with one temperature T fitted on the held-out logits (the cam logits
 are not calibrated, and f is never applied at prediction time).
 
@@ -47,6 +61,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from numba import njit
 
 HALF_PI = math.pi / 2
 SCHEDULES = ("adaptive", "linear", "reference", "fixed")
@@ -119,7 +134,7 @@ class CamSoftmaxConfig:
     ramp: float = 0.2
     quantile: float = 0.9
     momentum: float = 0.9
-    epochs: int = 6
+    epochs: int = 0  # the closed-form heads; > 0 trains them with the cam-softmax loss (see the module docstring)
     batch_size: int = 1024  # rows per step; each updates the F − 1 heads that do not score it
     lr: float = 0.01
     folds: int = 5
@@ -233,21 +248,13 @@ class _FoldHeads:
     moments of untouched rows are left as they are), so no optimiser module is loaded.
     """
 
-    def __init__(self, x, labels, folds, n_folds: int, n_classes: int, adapter: bool, device: str):
+    def __init__(self, weight: np.ndarray, present: np.ndarray, adapter: bool, device: str):
         import torch
 
-        d = x.shape[1]
-        fold_t = torch.as_tensor(folds, device=device)
-        sums = torch.zeros(n_folds * n_classes, d, device=device)
-        sums.index_add_(0, fold_t * n_classes + labels, x)
-        total = torch.zeros(n_classes, d, device=device)
-        total.index_add_(0, labels, x)
-        train_sums = total[None, :, :] - sums.view(n_folds, n_classes, d)  # each head: all rows but its fold
-        counts = torch.zeros(n_folds * n_classes, device=device)
-        counts.index_add_(0, fold_t * n_classes + labels, torch.ones(len(labels), device=device))
-        total_counts = torch.zeros(n_classes, device=device).index_add_(0, labels, torch.ones(len(labels), device=device))
-        self.present = (total_counts[None, :] - counts.view(n_folds, n_classes)) > 0
-        self.weight = (train_sums / train_sums.norm(dim=2, keepdim=True).clamp_min(_EPS)).reshape(-1, d).contiguous()
+        n_folds, n_classes = present.shape
+        d = weight.shape[1]
+        self.weight = torch.as_tensor(weight, device=device).contiguous()
+        self.present = torch.as_tensor(present, device=device)
         self.n_folds, self.n_classes, self.dim = n_folds, n_classes, d
         self.adapter = torch.eye(d, device=device).repeat(n_folds, 1, 1) if adapter else None
         self.m = torch.zeros_like(self.weight)
@@ -359,7 +366,9 @@ class _FoldHeads:
 def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | None = None,
                           neighbours: np.ndarray | None = None, config: CamSoftmaxConfig | None = None, *,
                           device="auto", seed: int | np.random.Generator = 0, progress=None) -> Confidence:
-    """Cross-fitted cam-softmax confidence in every sample's label.
+    """Cross-fitted confidence in every sample's label, from cosine-classifier heads that start
+    at their closed form (each fold's class centroids) and, with ``config.epochs`` > 0, are then
+    trained with the cam-softmax loss.
 
     Parameters
     ----------
@@ -368,14 +377,15 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
     neighbours : (N, k) kNN indices (-1 = none); their labels become each sample's candidate
         classes. Needed for the candidate softmax (many identities).
     config : CamSoftmaxConfig
-    device : a resolved :class:`~facecluster.device.Device` or "auto" / "cpu" / "cuda"
+    device : a resolved :class:`~facecluster.device.Device` or "auto" / "cpu" / "cuda"; training
+        runs there (torch); the closed-form heads (epochs = 0) are scored with numpy and numba
+        and never load torch
     seed : an int or a numpy Generator; every random choice (folds, batch order, sampled
         negatives, the temperature's row sample) is drawn from it, and torch's own generator
         is seeded from it (torch's global state is left alone)
-    progress : a :class:`~facecluster.progress.Progress`; one bar over the training steps
+    progress : a :class:`~facecluster.progress.Progress`; one bar over the training steps (or
+        the scoring chunks)
     """
-    import torch
-
     from .progress import NullProgress
 
     config = config or CamSoftmaxConfig()
@@ -392,19 +402,128 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
                else f"N x identities > {FULL_MAX_CELLS:,} held-out logits")
         mode = (f"candidate softmax: own label + labels of {neighbours.shape[1]} neighbours + "
                 f"{config.n_negatives} sampled identities ({why})")
-    device = _torch_device(device)
     rng = np.random.default_rng(seed)
     folds = stratified_folds(labels, config.folds, rng)
+    score_cand = None if full else candidate_classes(labels, neighbours, n_classes, config.n_negatives, rng)
+    weight, present = closed_form_heads(x, labels, folds, config.folds, n_classes)
+    progress = progress or NullProgress()
+    if config.epochs > 0:
+        logits, scorable, c_final, losses, device, steps = _trained_logits(
+            x, labels, folds, weight, present, neighbours, score_cand, full, config, rng, device, progress)
+        training = (f"{config.folds} fold heads started at their class centroids and trained together with the "
+                    f"cam-softmax loss, each row updating the {config.folds - 1} heads that do not score it")
+    else:
+        with progress.task(f"cam-softmax ({config.folds} closed-form fold heads)", total=-(-n // _SCORE_CHUNK)) as adv:
+            logits, scorable = _closed_form_logits(x, labels, folds, weight, present, score_cand, config.scale, adv)
+        c_final, losses, device, steps = HALF_PI, [], "cpu", 0
+        training = (f"none: {config.folds} closed-form fold heads, each the unit centroids of its training rows' "
+                    "classes (set epochs > 0 to train them with the cam-softmax loss)")
+    own = labels if full else np.zeros(n, dtype=np.int64)
+    temperature = _fit_temperature(logits[scorable], own[scorable], rng)
+    from scipy.special import softmax
+
+    prob = softmax(logits / temperature, axis=1)
+    cls = np.arange(n_classes)[None, :] if full else score_cand
+    p_given = prob[np.arange(n), own]
+    top_col = prob.argmax(axis=1)
+    p_top = prob[np.arange(n), top_col]
+    top = np.take_along_axis(np.broadcast_to(cls, prob.shape), top_col[:, None], axis=1)[:, 0]
+    masked = prob.copy()
+    masked[np.arange(n), own] = -1.0
+    margin = p_given - masked.max(axis=1)
+    nan = ~scorable
+    p_given, p_top, margin = (np.where(nan, np.nan, v).astype(np.float32) for v in (p_given, p_top, margin))
+    top = np.where(nan, -1, top).astype(np.int64)
+    stats = {"config": asdict(config), "mode": mode, "device": device, "temperature": round(float(temperature), 4),
+             "unscorable": int(nan.sum()), "steps": steps, "training": training,
+             "final_c": round(c_final, 4), "final_c_degrees": round(math.degrees(c_final), 2),
+             "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)] if losses else []}
+    return Confidence(p_given, top, p_top, margin, stats)
+
+
+_SCORE_CHUNK = 8192
+
+
+def closed_form_heads(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_folds: int, n_classes: int):
+    """Every fold's head at its closed form: (F·C, D) float32 unit centroids of each class over
+    the rows not in that fold (head f never sees fold f), and (F, C) whether head f saw the
+    class at all. One sparse product, no per-class loop."""
+    from scipy import sparse
+
+    n, d = x.shape
+    key = folds * n_classes + labels
+    member = sparse.csr_matrix((np.ones(n, dtype=np.float32), (key, np.arange(n))), shape=(n_folds * n_classes, n))
+    sums = np.asarray(member @ x, dtype=np.float32).reshape(n_folds, n_classes, d)
+    train = sums.sum(axis=0, keepdims=True) - sums  # each head: all rows but its fold
+    counts = np.bincount(key, minlength=n_folds * n_classes).reshape(n_folds, n_classes)
+    present = (counts.sum(axis=0, keepdims=True) - counts) > 0
+    train /= np.maximum(np.linalg.norm(train, axis=2, keepdims=True), _EPS)
+    return train.reshape(n_folds * n_classes, d), present
+
+
+def _closed_form_logits(x, labels, folds, weight, present, score_cand, scale: float, advance):
+    """Held-out logits scale·cos of every row against its own fold's closed-form head: all
+    classes (``score_cand`` None: one matmul per fold and chunk) or its candidate classes
+    (only those dot products, by a compiled kernel). Invalid entries are −inf."""
+    n, d = x.shape
+    n_folds, n_classes = present.shape
+    width = n_classes if score_cand is None else score_cand.shape[1]
+    logits = np.full((n, width), -np.inf, dtype=np.float32)
+    scorable = np.zeros(n, dtype=bool)
+    for lo in range(0, n, _SCORE_CHUNK):
+        rows = np.arange(lo, min(n, lo + _SCORE_CHUNK))
+        z = np.asarray(x[rows], dtype=np.float32)
+        z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), _EPS)
+        fold = folds[rows]
+        if score_cand is None:
+            valid = present[fold]
+            cos = np.empty((len(rows), n_classes), dtype=np.float32)
+            for f in np.unique(fold):
+                at = fold == f
+                cos[at] = z[at] @ weight[f * n_classes:(f + 1) * n_classes].T
+            scorable[rows] = valid[np.arange(len(rows)), labels[rows]]
+        else:
+            cand = score_cand[rows]
+            flat = fold[:, None] * n_classes + np.maximum(cand, 0)
+            valid = (cand >= 0) & present.reshape(-1)[flat]
+            cos = np.zeros(cand.shape, dtype=np.float32)
+            _sampled_row_dots(z, weight, flat, valid, cos)
+            scorable[rows] = valid[:, 0]
+        logits[rows] = np.where(valid, scale * cos, -np.inf)
+        advance(1)
+    return logits, scorable
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _sampled_row_dots(z, w, flat, valid, out):  # pragma: no cover - compiled
+    """out[r, m] = <z[r], w[flat[r, m]]> where valid[r, m]: only the candidates' products."""
+    for r in range(flat.shape[0]):
+        for m in range(flat.shape[1]):
+            if valid[r, m]:
+                row = flat[r, m]
+                s = np.float32(0.0)
+                for j in range(z.shape[1]):
+                    s += z[r, j] * w[row, j]
+                out[r, m] = s
+
+
+def _trained_logits(x, labels, folds, weight, present, neighbours, score_cand, full, config, rng, device, progress):
+    """The closed-form heads trained with the cam-softmax loss (torch, on ``device``), then
+    every row scored by its own fold's head: (logits, scorable, final c, losses per epoch,
+    the torch device, steps)."""
+    import torch
+
+    n, n_classes = len(labels), present.shape[1]
+    device = _torch_device(device)
     xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
     yt = torch.as_tensor(labels, device=device)
-    score_cand = None if full else candidate_classes(labels, neighbours, n_classes, config.n_negatives, rng)
     width = n_classes if full else score_cand.shape[1]
-    heads = _FoldHeads(xt, yt, folds, config.folds, n_classes, config.adapter, device)
+    heads = _FoldHeads(weight, present, config.adapter, device)
     steps = config.epochs * math.ceil(n / config.batch_size)
     schedule = CamSchedule(config.schedule, c_min=config.c_min, total_steps=steps, ramp=config.ramp,
                            quantile=config.quantile, momentum=config.momentum)
     nb_labels = None if full else np.where(neighbours >= 0, labels[np.maximum(neighbours, 0)], -1)
-    with (progress or NullProgress()).task(f"cam-softmax ({config.folds} fold heads)", total=max(steps, 1)) as advance:
+    with progress.task(f"cam-softmax ({config.folds} fold heads)", total=max(steps, 1)) as advance:
         losses = _train_folds(heads, xt, yt, folds, nb_labels, schedule, config, rng, device, advance)
     logits = np.full((n, width), -np.inf, dtype=np.float32)
     scorable = np.zeros(n, dtype=bool)
@@ -429,29 +548,7 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
             own_col = yt[rows] if full else torch.zeros(len(rows), dtype=torch.int64, device=device)
             scorable[rows] = valid.gather(1, own_col[:, None])[:, 0].cpu().numpy()
     c_final = schedule.history[-1] if schedule.history else HALF_PI
-    own = labels if full else np.zeros(n, dtype=np.int64)
-    temperature = _fit_temperature(logits[scorable], own[scorable], rng)
-    from scipy.special import softmax
-
-    prob = softmax(logits / temperature, axis=1)
-    cls = np.arange(n_classes)[None, :] if full else score_cand
-    p_given = prob[np.arange(n), own]
-    top_col = prob.argmax(axis=1)
-    p_top = prob[np.arange(n), top_col]
-    top = np.take_along_axis(np.broadcast_to(cls, prob.shape), top_col[:, None], axis=1)[:, 0]
-    masked = prob.copy()
-    masked[np.arange(n), own] = -1.0
-    margin = p_given - masked.max(axis=1)
-    nan = ~scorable
-    p_given, p_top, margin = (np.where(nan, np.nan, v).astype(np.float32) for v in (p_given, p_top, margin))
-    top = np.where(nan, -1, top).astype(np.int64)
-    stats = {"config": asdict(config), "mode": mode, "device": device, "temperature": round(float(temperature), 4),
-             "unscorable": int(nan.sum()), "steps": steps,
-             "training": f"{config.folds} fold heads trained together, each row updating the {config.folds - 1} "
-                         "heads that do not score it",
-             "final_c": round(c_final, 4), "final_c_degrees": round(math.degrees(c_final), 2),
-             "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)] if losses else []}
-    return Confidence(p_given, top, p_top, margin, stats)
+    return logits, scorable, c_final, losses, device, steps
 
 
 def _train_folds(heads: _FoldHeads, xt, yt, folds: np.ndarray, nb_labels, schedule, config, rng, device,
@@ -558,10 +655,10 @@ def _candidate_step(heads: _FoldHeads, xb, hb, cand, c: float, config):
 
 
 def _fit_temperature(logits: np.ndarray, target: np.ndarray, rng: np.random.Generator,
-                     max_rows: int = 200_000) -> float:
-    """The T minimising the held-out negative log-likelihood of the given labels (mostly right)."""
+                     max_rows: int = 50_000) -> float:
+    """The T minimising the held-out negative log-likelihood of the given labels (mostly right),
+    on at most ``max_rows`` rows (a sample of that size pins one scalar to well under 1%)."""
     from scipy.optimize import minimize_scalar
-    from scipy.special import logsumexp
 
     if not len(logits):
         return 1.0
@@ -569,11 +666,13 @@ def _fit_temperature(logits: np.ndarray, target: np.ndarray, rng: np.random.Gene
         pick = rng.choice(len(logits), max_rows, replace=False)
         logits, target = logits[pick], target[pick]
     z = logits.astype(np.float64)
-    own = z[np.arange(len(z)), target]
+    top = z.max(axis=1, keepdims=True)
+    shifted = z - top  # <= 0, -inf where invalid: exp gives 0
+    own = shifted[np.arange(len(z)), target]
 
-    def nll(log_t):
+    def nll(log_t):  # mean of logsumexp(z / t) - z_own / t, with the max shifted out
         t = math.exp(log_t)
-        return float(np.mean(logsumexp(z / t, axis=1) - own / t))
+        return float(np.mean(np.log(np.exp(shifted / t).sum(axis=1)) - own / t))
 
     res = minimize_scalar(nll, bounds=(math.log(0.02), math.log(50.0)), method="bounded")
     return float(math.exp(res.x))

@@ -95,7 +95,7 @@ def test_candidate_softmax_equals_full_softmax_when_candidates_are_all_classes()
 
 
 def _small_heads(seed=0, n=60, d=8, n_classes=6, folds=3):
-    from facecluster.camsoftmax import _FoldHeads, stratified_folds
+    from facecluster.camsoftmax import _FoldHeads, closed_form_heads, stratified_folds
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -103,7 +103,7 @@ def _small_heads(seed=0, n=60, d=8, n_classes=6, folds=3):
     labels = np.arange(n) % n_classes
     labels[-1] = n_classes - 1
     fold = stratified_folds(labels, folds, 0)
-    heads = _FoldHeads(torch.as_tensor(x), torch.as_tensor(labels), fold, folds, n_classes, False, "cpu")
+    heads = _FoldHeads(*closed_form_heads(x, labels, fold, folds, n_classes), False, "cpu")
     return heads, torch.as_tensor(x), labels, fold
 
 
@@ -211,12 +211,13 @@ def noisy_small():
     return noisy, unit, graph
 
 
+@pytest.mark.parametrize("epochs", [0, 3])
 @pytest.mark.parametrize("full_max", [0, 10_000])
-def test_confidence_finds_injected_noise_out_of_sample(noisy_small, full_max):
+def test_confidence_finds_injected_noise_out_of_sample(noisy_small, full_max, epochs):
     from sklearn.metrics import roc_auc_score
 
     noisy, unit, graph = noisy_small
-    config = CamSoftmaxConfig(epochs=3, full_max_classes=full_max)
+    config = CamSoftmaxConfig(epochs=epochs, full_max_classes=full_max)
     conf = camsoftmax_confidence(unit, noisy.labels, None, graph.indices, config, seed=0)
     assert ("candidate" in conf.stats["mode"]) == (full_max == 0)
     issue = noisy.truth["issue"].to_numpy()
@@ -261,3 +262,70 @@ def test_adapter_option_trains_and_scores(noisy_small):
     judged = np.isin(issue, ["", "flip", "open_set"]) & np.isfinite(conf.p_given)
     assert roc_auc_score(np.isin(issue, ["flip", "open_set"])[judged], 1 - conf.p_given[judged]) > 0.95
     assert conf.stats["config"]["adapter"] is True
+
+
+@given(st.integers(0, 10_000), st.integers(2, 5))
+@settings(max_examples=25, deadline=None)
+def test_closed_form_heads_are_each_folds_held_out_class_centroids(seed, folds):
+    from facecluster.camsoftmax import closed_form_heads
+
+    rng = np.random.default_rng(seed)
+    n, d, n_classes = 40, 5, 7
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    labels = rng.integers(0, n_classes, n)
+    fold = stratified_folds(labels, folds, seed)
+    weight, present = closed_form_heads(x, labels, fold, folds, n_classes)
+    for f in range(folds):
+        for c in range(n_classes):
+            seen = (labels == c) & (fold != f)
+            assert present[f, c] == seen.any()
+            if seen.any():
+                centroid = x[seen].sum(axis=0)
+                np.testing.assert_allclose(weight[f * n_classes + c], centroid / np.linalg.norm(centroid), atol=1e-5)
+
+
+@pytest.mark.parametrize("full_max", [0, 10_000])
+def test_closed_form_scoring_equals_the_torch_heads_untrained(noisy_small, full_max):
+    """The default (epochs = 0) scores with numpy and a compiled kernel; the same heads scored
+    by the torch path (no training step taken) give the same held-out logits."""
+    from facecluster.camsoftmax import (
+        _closed_form_logits,
+        _trained_logits,
+        closed_form_heads,
+    )
+    from facecluster.progress import NullProgress
+
+    noisy, unit, graph = noisy_small
+    labels = noisy.labels
+    n_classes = int(labels.max()) + 1
+    config = CamSoftmaxConfig(epochs=0, full_max_classes=full_max)
+    rng = np.random.default_rng(0)
+    fold = stratified_folds(labels, config.folds, rng)
+    full = full_max > 0
+    cand = None if full else candidate_classes(labels, graph.indices, n_classes, config.n_negatives, rng)
+    weight, present = closed_form_heads(unit, labels, fold, config.folds, n_classes)
+    ours, ok = _closed_form_logits(unit, labels, fold, weight, present, cand, config.scale, lambda n=1: None)
+    theirs, ok_t, *_ = _trained_logits(unit, labels, fold, weight.copy(), present, graph.indices, cand, full, config,
+                                       rng, "cpu", NullProgress())
+    np.testing.assert_array_equal(ok, ok_t)
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+    finite = np.isfinite(ours)
+    np.testing.assert_allclose(ours[finite], theirs[finite], atol=1e-4)
+
+
+def test_the_default_closed_form_never_loads_torch(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from facecluster.camsoftmax import camsoftmax_confidence\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.standard_normal((300, 16)).astype(np.float32)\n"
+        "x /= np.linalg.norm(x, axis=1, keepdims=True)\n"
+        "conf = camsoftmax_confidence(x, np.arange(300) % 20, seed=0)\n"
+        "assert np.isfinite(conf.p_given).all()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
