@@ -149,7 +149,7 @@ def cluster(
     out: Annotated[Path, typer.Option(help="Output folder for clusters.csv and report.json.")] = Path("facecluster-clusters"),
     path_col: Annotated[str, typer.Option(help="Manifest column with the image path.")] = "path",
     label_col: Annotated[Optional[str], typer.Option(help="Optional label column: when given, the cut that best agrees with it is chosen.")] = None,
-    method: Annotated[ClusterMethod, typer.Option(help="average: graph average linkage; finch: parameter-free FINCH; correlation: correlation clustering on the calibrated signed kNN graph.")] = ClusterMethod.average,
+    method: Annotated[ClusterMethod, typer.Option(help="correlation (default): correlation clustering on the calibrated signed kNN graph, shared kNN neighbours weighed in when unlabelled; average: graph average linkage; finch: parameter-free FINCH.")] = ClusterMethod.correlation,
     threshold: Annotated[Optional[float], typer.Option(help="Average-linkage cut (cosine). Default: from the labels, or from the data.")] = None,
     level: Annotated[Optional[int], typer.Option(help="FINCH level (0 = finest). Default: from the labels, or the finest.")] = None,
     bias: Annotated[Optional[float], typer.Option(help="Correlation clustering: log-odds added to every pair (> 0 merges more). Default: from the labels, or 0.")] = None,

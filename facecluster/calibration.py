@@ -138,11 +138,20 @@ def fit_calibration(graph: KnnGraph, labels: np.ndarray | None = None, *, max_pa
     -------
     Calibration
     """
+    rows, cols, sims = _kept_pairs(graph)
+    return fit_pair_calibration(rows, cols, sims, labels, max_pairs=max_pairs, rng=rng)
+
+
+def fit_pair_calibration(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, labels: np.ndarray | None = None,
+                         *, max_pairs: int = MAX_PAIRS, rng: np.random.Generator | None = None) -> Calibration:
+    """:func:`fit_calibration` for any per-pair observation that grows with the chance of one
+    person (``values`` of the pairs ``rows``, ``cols``), not only the cosine: the same
+    label-noise model with labels, the same mixture without."""
     from sklearn.isotonic import IsotonicRegression
     from sklearn.mixture import GaussianMixture
 
     rng = rng if rng is not None else np.random.default_rng(0)
-    rows, cols, sims = _kept_pairs(graph)
+    sims = np.asarray(values, dtype=np.float64)
     if len(sims) > max_pairs:
         pick = rng.choice(len(sims), size=max_pairs, replace=False)
         rows, cols, sims = rows[pick], cols[pick], sims[pick]

@@ -345,8 +345,9 @@ CLUSTER_FILES = ("clusters.csv", "report.json")
 class ClusterConfig:
     """Settings of one clustering run of (possibly unlabelled) faces.
 
-    method : "average" (graph average linkage), "finch" or "correlation" (correlation
-        clustering on the calibrated signed graph)
+    method : "correlation" (default: correlation clustering on the calibrated signed graph,
+        with the shared-neighbour evidence when unlabelled), "average" (graph average
+        linkage) or "finch"
     bias : correlation-clustering bias (log-odds added to every pair; > 0 merges more);
         None = chosen from the labels when given, else 0
     threshold : average-linkage cut (cosine, in the processed space); None = chosen from the
@@ -355,7 +356,7 @@ class ClusterConfig:
     label_col : None for unlabelled faces
     """
 
-    method: str = "average"
+    method: str = "correlation"
     threshold: float | None = None
     level: int | None = None
     bias: float | None = None

@@ -41,12 +41,22 @@ def test_cluster_writes_the_table_and_report(tmp_path, unlabelled):
     score = table.fc_score.astype(float)
     assert ((score >= 0) & (score <= 1)).all() and (score[sizes[clusters] == 1] == 0).all()
     report = json.loads((out / "report.json").read_text())
-    assert report["stages"]["clustering"]["threshold_source"].startswith("two-component")
+    stage = report["stages"]["clustering"]
+    assert stage["method"] == "correlation" and stage["bias_source"] == "default (no labels)"
+    assert stage["signed_graph"]["shared_neighbours"]["calibration"] == "mixture"
     assert clustering_scores(y, clusters)["bcubed_f"] > 0.8
 
 
+def test_average_linkage_cut_from_the_data_without_labels(tmp_path, unlabelled):
+    path, y = unlabelled
+    result = fc.cluster(path, method="average", k=15)
+    stage = result.report["stages"]["clustering"]
+    assert stage["threshold_source"].startswith("two-component")
+    assert clustering_scores(y, result.clusters.fc_cluster.to_numpy())["bcubed_f"] > 0.8
+
+
 def test_labels_guide_the_cut_when_given(small_set):
-    result = fc.cluster(small_set, label_col="label", k=15)
+    result = fc.cluster(small_set, method="average", label_col="label", k=15)
     stage = result.report["stages"]["clustering"]
     assert stage["threshold_source"].startswith("best pairwise F") and stage["threshold_curve"]
     assert stage["agreement_with_labels"]["pairwise_f"] > 0.9
