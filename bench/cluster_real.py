@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facecluster.bench import bench_set
+from facecluster.bench import bench_set, infomap_partition
 from facecluster.calibration import fit_calibration
 from facecluster.correlation import CorrelationConfig, correlation_stage
 from facecluster.faceset import prepare_embeddings
@@ -60,21 +60,6 @@ def best(truth: np.ndarray, candidates) -> tuple[tuple[float, float], object]:
         if f[0] > top[0][0]:
             top = (f, setting)
     return top
-
-
-def infomap_partition(graph, floor: float, seed: int) -> np.ndarray:
-    from infomap import Infomap
-
-    n = graph.n_samples
-    rows = np.repeat(np.arange(n), graph.k)
-    keep = (graph.indices.ravel() >= 0) & (graph.sims.ravel() > floor)
-    im = Infomap(f"--two-level --silent --seed {seed + 1}")
-    im.add_links(zip(rows[keep].tolist(), graph.indices.ravel()[keep].tolist(),
-                     graph.sims.ravel()[keep].astype(float).tolist()))
-    im.add_nodes(range(n))
-    im.run()
-    modules = im.get_modules()
-    return np.array([modules.get(i, -1 - i) for i in range(n)])
 
 
 def run_set(name: str, x: np.ndarray, truth: np.ndarray, *, k: int, seed: int, peers: bool) -> list[dict]:

@@ -304,21 +304,27 @@ def _run_clusterer(peer: str, x: np.ndarray, true_person: np.ndarray, k: int, se
             return km.index.search(x, 1)[1][:, 0]
         return _cluster_row("FAISS k-means (spherical, oracle K)", fn, true_person, "oracle K")
     if peer == "infomap":
-        from infomap import Infomap
-
         def fn():
-            graph = build_knn_graph(x, k=k, device="cpu", seed=seed)
-            im = Infomap(f"--two-level --silent --seed {seed + 1}")
-            rows = np.repeat(np.arange(n), graph.k)
-            keep = (graph.indices.ravel() >= 0) & (graph.sims.ravel() > 0)
-            im.add_links(zip(rows[keep].tolist(), graph.indices.ravel()[keep].tolist(),
-                             graph.sims.ravel()[keep].astype(float).tolist()))
-            im.add_nodes(range(n))
-            im.run()
-            modules = im.get_modules()
-            return np.array([modules.get(i, -1 - i) for i in range(n)])
+            return infomap_partition(build_knn_graph(x, k=k, device="cpu", seed=seed), 0.0, seed)
         return _cluster_row(f"Infomap (kNN graph, k={k})", fn, true_person, "includes its kNN graph build")
     raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+
+
+def infomap_partition(graph, floor: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Infomap's two-level modules on the kNN graph's edges of similarity above ``floor``
+    (weights: the similarities); a sample with no such edge is a module of its own."""
+    from infomap import Infomap
+
+    n = graph.n_samples
+    rows = np.repeat(np.arange(n), graph.k)
+    keep = (graph.indices.ravel() >= 0) & (graph.sims.ravel() > floor)
+    im = Infomap(f"--two-level --silent --seed {seed + 1}")
+    im.add_links(zip(rows[keep].tolist(), graph.indices.ravel()[keep].tolist(),
+                     graph.sims.ravel()[keep].astype(float).tolist()))
+    im.add_nodes(range(n))
+    im.run()
+    modules = im.get_modules()
+    return np.array([modules.get(i, -1 - i) for i in range(n)])
 
 
 def run_bench(noisy: NoisySet, *, peers=PEERS, k: int = 30, seed: int = 0, policy: str = "conservative",
