@@ -300,11 +300,15 @@ def _print_bench(rows, scale_rows, noisy) -> None:
     for note in notes:
         console.print(f"  note: {note}", highlight=False)
     if scale_rows:
-        scale = Table(title="Scaling: facecluster clean alone", header_style="bold")
-        for c in ["rows", "time s", "peak MB", "mislabeled F1", "near-dup F1", "kept-label prec"]:
+        scale = Table(title="Scaling: facecluster clean alone (one process)", header_style="bold")
+        for c in ["rows", "time s", "kNN s", "correlation s", "hierarchical s", "cam-softmax s", "peak MB",
+                  "µs / edge", "µs / edge w/o kNN", "mislabeled F1", "near-dup F1", "kept-label prec"]:
             scale.add_column(c, justify="right")
         for r in scale_rows:
-            scale.add_row(f"{r['n']:,}", _fmt(r["seconds"]), _fmt(r["peak_mb"]), _fmt(r["mislabeled_f1"]),
+            st = r["stage_seconds"]
+            scale.add_row(f"{r['n']:,}", _fmt(r["seconds"]), _fmt(st.get("knn")), _fmt(st.get("correlation")),
+                          _fmt(st.get("hierarchical")), _fmt(st.get("camsoftmax")), _fmt(r["peak_mb"]),
+                          _fmt(r["us_per_edge"]), _fmt(r["us_per_edge_without_knn"]), _fmt(r["mislabeled_f1"]),
                           _fmt(r["near_duplicate_f1"]), _fmt(r["kept_label_precision"]))
         console.print(scale)
 

@@ -160,7 +160,8 @@ def _timed(fn):
 # --------------------------------------------------------------------------- methods
 
 
-def _run_facecluster(noisy: NoisySet, k: int, seed: int, policy: str) -> list[BenchRow]:
+def _run_clean(noisy: NoisySet, k: int, seed: int, policy: str) -> tuple[list[BenchRow], object]:
+    """``clean`` once, timed: its row, one row per stage, and the result."""
     names = label_names(noisy.labels)
     manifest = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(len(names))], "label": names})
     result, seconds, peak = _timed(lambda: clean(manifest, noisy.embeddings, CleanConfig(k=k, seed=seed, policy=policy)))
@@ -176,6 +177,11 @@ def _run_facecluster(noisy: NoisySet, k: int, seed: int, policy: str) -> list[Be
                                  _stage_extras(result.report["stages"].get(stage))))
     rows.append(BenchRow("  stage: findings + decisions", "stage", round(t["findings"] + t["relabel"], 2),
                          None, {"mislabeled_corroborated": result.findings.stats.get("mislabeled_corroborated")}))
+    return rows, result
+
+
+def _run_facecluster(noisy: NoisySet, k: int, seed: int, policy: str) -> list[BenchRow]:
+    rows, _ = _run_clean(noisy, k, seed, policy)
     true_person = noisy.truth["true_person"].to_numpy()
     rows.append(_cluster_row(f"facecluster average linkage (k={k}, cut from noisy labels)",
                              lambda: _ours_average(noisy, k, seed), true_person, "includes its kNN graph build"))
@@ -352,14 +358,24 @@ def run_bench(noisy: NoisySet, *, peers=PEERS, k: int = 30, seed: int = 0, polic
 
 def scaling(sizes, *, dim: int = 512, offset: float = 0.0, effective_dim: float | None = None, k: int = 30,
             seed: int = 0, progress: Progress | None = None) -> list[dict]:
-    """Our pipeline alone at each size: wall time per stage, peak memory, headline quality."""
+    """Our ``clean`` alone at each size, in this process: wall time, each stage's time, peak
+    memory, headline quality, and the cost per kNN edge (N·k), which stays flat when the run
+    grows linearly in the edges. The first size also pays the one-off costs (imports, numba's
+    cache), so list a small size first when the per-edge line matters."""
     progress = progress or NullProgress()
     out = []
     for size in sizes:
         with progress.task(f"scaling: {size:,} rows", total=None):
             noisy = bench_set(size, dim=dim, offset=offset, effective_dim=effective_dim, seed=seed)
-            row = _run_facecluster(noisy, k, seed, "conservative")[0]
-        out.append({"n": int(len(noisy.labels)), "seconds": row.seconds, "peak_mb": row.peak_mb,
+            rows, result = _run_clean(noisy, k, seed, "conservative")
+        n = int(len(noisy.labels))
+        edges = n * result.graph.k
+        timings = {key: round(value, 2) for key, value in result.report["timings"].items()}
+        row = rows[0]
+        out.append({"n": n, "k": result.graph.k, "edges": edges, "seconds": row.seconds, "peak_mb": row.peak_mb,
+                    "stage_seconds": timings,
+                    "us_per_edge": round(1e6 * row.seconds / edges, 2),
+                    "us_per_edge_without_knn": round(1e6 * (row.seconds - timings.get("knn", 0.0)) / edges, 2),
                     "mislabeled_f1": row.scores["mislabeled_f1"], "near_duplicate_f1": row.scores["near_duplicate_f1"],
                     "kept_label_precision": row.scores["kept_label_precision"]})
     return out

@@ -68,6 +68,10 @@ def test_cli_bench_prints_tables_and_writes_json(tmp_path):
     assert "Cleaning" in result.stdout and "Clustering" in result.stdout and "Scaling" in result.stdout
     payload = json.loads(out.read_text())
     assert payload["set"]["rows"] > 800 and len(payload["scaling"]) == 2
+    for row in payload["scaling"]:  # each size: its stages' times and the cost per kNN edge
+        assert row["edges"] == row["n"] * row["k"] and row["us_per_edge"] > 0
+        assert {"knn", "correlation", "hierarchical", "camsoftmax", "total"} <= set(row["stage_seconds"])
+        assert row["stage_seconds"]["knn"] <= row["seconds"]
     assert {r["method"].split(" ")[0] for r in payload["results"]} >= {"facecluster", "FINCH", "FAISS"}
     bad = CliRunner().invoke(app, ["bench", "--size", "800", "--peers", "nope"])
     assert bad.exit_code == 2
