@@ -376,6 +376,11 @@ class ClusterConfig:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        owners = {"threshold": "average", "level": "finch", "bias": "correlation"}
+        for name, owner in owners.items():
+            if getattr(self, name) is not None and self.method != owner:
+                raise ValueError(f"{name} applies to method {owner!r} only, and the method is {self.method!r} "
+                                 f"(pass method={owner!r} / --method {owner})")
         self.stage_config()  # validates threshold / level / bias
 
     def stage_config(self) -> HierarchicalConfig | CorrelationConfig:

@@ -108,3 +108,13 @@ def test_correlation_from_the_command_line(tmp_path, unlabelled):
     assert "objective" in result.output
     clusters = pd.read_csv(out / "clusters.csv").fc_cluster.to_numpy()
     assert clustering_scores(y, clusters)["bcubed_f"] > 0.8
+
+
+def test_a_setting_of_another_method_is_refused_not_ignored(tmp_path, unlabelled):
+    path, _ = unlabelled
+    result = CliRunner().invoke(app, ["cluster", str(path), "--threshold", "0.5", "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2 and "threshold applies to method 'average' only" in result.output
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="level applies to method 'finch'"):
+        fc.ClusterConfig(method="average", level=1)
+    assert fc.ClusterConfig(method="average", threshold=0.5).threshold == 0.5
