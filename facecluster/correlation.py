@@ -640,6 +640,8 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
         ``y`` when given (:func:`choose_bias`), else 0.
     k : int, neighbours per sample when ``fit`` is given vectors
     refine : bool, run the local-move refinement after GAEC
+    (Without ``y`` the edges also carry the shared-neighbour evidence,
+    :func:`shared_neighbour_log_odds`; with ``y`` they do not, as in ``clean``.)
     device, seed : as elsewhere
 
     Attributes
