@@ -165,8 +165,8 @@ def shared_neighbour_log_odds(graph: KnnGraph, a: np.ndarray, b: np.ndarray, lab
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     n, k = graph.indices.shape
-    closed = np.sort(np.concatenate([np.arange(n, dtype=np.int64)[:, None], graph.indices.astype(np.int64)], axis=1),
-                     axis=1)
+    closed = np.concatenate([np.arange(n, dtype=np.int32)[:, None], graph.indices.astype(np.int32, copy=False)], axis=1)
+    closed.sort(axis=1)  # int32: 4·N·(k+1) bytes
     share = _shared_counts(closed, np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)) / (k + 1.0)
     half = 0.5 / (k + 1.0)
     clipped = np.clip(share, half, 1.0 - half)
