@@ -109,6 +109,7 @@ def clean(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Analyse and print the summary; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails; images outside it are never read. Default: the manifest's folder.")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read, naming what needs the memory.")] = None,
 ) -> None:
     """Find mislabeled samples, outliers, near-duplicates and duplicate identities; write a cleaned manifest."""
     from facecluster import CleanConfig, InputError
@@ -119,11 +120,14 @@ def clean(
     centre_value = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(centre.lower())
     if centre_value is None:
         _fail(ValueError(f"--centre must be auto, yes or no, got {centre!r}"))
+    from facecluster.memory import parse_size
+
     try:
+        budget = None if memory_budget is None else parse_size(memory_budget)
         config = CleanConfig(k=k, device=device.value, knn_method=knn.value, centre=centre_value, policy=policy.value,
                              path_col=path_col, label_col=label_col, seed=seed,
                              stages=tuple(x.strip() for x in stages.split(",") if x.strip()),
-                             camsoftmax=CamSoftmaxConfig(epochs=cam_epochs))
+                             camsoftmax=CamSoftmaxConfig(epochs=cam_epochs), memory_budget=budget)
     except ValueError as exc:  # a bad option value
         _fail(exc)
     try:

@@ -62,6 +62,9 @@ class CleanConfig:
         :class:`~facecluster.correlation.CorrelationConfig`,
         :class:`~facecluster.camsoftmax.CamSoftmaxConfig`,
         :class:`~facecluster.findings.FindingsConfig`); None = defaults
+    memory_budget : bytes the run may hold at its peak (None: no limit). A run whose estimate
+        (:func:`facecluster.memory.estimate_clean_memory`, from the set's shape) exceeds it is
+        refused before the embeddings are read, with the parts named (an InputError)
     """
 
     k: int = 30
@@ -78,6 +81,7 @@ class CleanConfig:
     correlation: CorrelationConfig | None = None
     camsoftmax: CamSoftmaxConfig | None = None
     findings: FindingsConfig | None = None
+    memory_budget: int | None = None
 
     def __post_init__(self):
         if self.k < 1:
@@ -91,6 +95,8 @@ class CleanConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.knn_method not in {"auto", "exact", "ivf", "hnsw"}:
             raise ValueError(f"knn_method must be auto, exact, ivf or hnsw, got {self.knn_method!r}")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {self.memory_budget!r}")
         for name, kind in (("hierarchical", HierarchicalConfig), ("correlation", CorrelationConfig),
                            ("camsoftmax", CamSoftmaxConfig), ("findings", FindingsConfig)):
             value = getattr(self, name)
@@ -154,15 +160,55 @@ def _versions() -> dict:
             "faiss": getattr(faiss, "__version__", "unknown")}
 
 
+def _resolved_knn_method(config: CleanConfig, device: Device, n_samples: int) -> str:
+    """The search :func:`build_knn_graph` will run under ``config`` (before any IVF fallback)."""
+    if config.knn_method != "auto":
+        return config.knn_method
+    return "exact" if (device.kind == "cuda" or n_samples <= config.exact_max) else "ivf"
+
+
+def _embeddings_shape(manifest, embeddings) -> tuple[int, int] | None:
+    """The embeddings' shape when it can be had without reading them (an array, a .npy
+    header); None otherwise (the budget is then checked right after loading)."""
+    if isinstance(embeddings, np.ndarray):
+        return embeddings.shape if embeddings.ndim == 2 else None
+    if embeddings is None and isinstance(manifest, (str, Path)):
+        from .faceset import default_embeddings_path
+
+        embeddings = default_embeddings_path(manifest)
+    if isinstance(embeddings, (str, Path)) and str(embeddings).lower().endswith(".npy"):
+        try:
+            array = np.load(embeddings, mmap_mode="r", allow_pickle=False)
+        except Exception:  # load_faceset names the problem
+            return None
+        return array.shape if array.ndim == 2 else None
+    return None
+
+
+def _check_budget(config: CleanConfig, device: Device, n_samples: int, dim: int, source: str) -> None:
+    if config.memory_budget is None or n_samples < 2:
+        return
+    from .memory import check_memory_budget, estimate_clean_memory
+
+    estimate = estimate_clean_memory(n_samples, dim, config.k, knn_method=_resolved_knn_method(config, device, n_samples),
+                                     stages=config.stages)
+    check_memory_budget(estimate, config.memory_budget, source)
+
+
 def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device: Device, progress: Progress,
                     timings: dict) -> tuple[FaceSet, KnnGraph]:
     """The first two boxes of every flow: validated FaceSet, then its (cached) kNN graph."""
     t = time.perf_counter()
     if out_dir is not None and not isinstance(manifest, pd.DataFrame):
         check_output_dir(out_dir, [manifest, embeddings], output_names)
+    shape = _embeddings_shape(manifest, embeddings)
+    if shape is not None:  # refused before anything big is read
+        _check_budget(config, device, *shape, source=str(embeddings if embeddings is not None else manifest))
     with progress.task("load and validate", total=None):
         faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
                                centre=config.centre, seed=config.seed)
+    if shape is None:
+        _check_budget(config, device, faceset.n_samples, faceset.dim, source=str(faceset.source.get("embeddings")))
     if faceset.n_samples < 2:
         raise InputError(faceset.source["manifest"], f"{faceset.n_samples} row: at least 2 faces are needed "
                                                      "to compare one with another")
@@ -303,6 +349,15 @@ def clean(
     return result
 
 
+def _memory_report(config, device, faceset, graph) -> dict:
+    """The up-front estimate beside what the process actually held at its peak."""
+    from .memory import estimate_clean_memory, peak_rss_bytes
+
+    estimate = estimate_clean_memory(faceset.n_samples, faceset.dim, config.k, knn_method=graph.info.get("method", "exact"),
+                                     stages=config.stages)
+    return {"estimate": estimate.as_dict(), "peak_rss_bytes": peak_rss_bytes(), "budget_bytes": config.memory_budget}
+
+
 def _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir) -> dict:
     """report.json of a cleaning run."""
     return {
@@ -326,6 +381,7 @@ def _clean_report(config, device, faceset, graph, signals, findings, audit, clea
         "label_sizes": _size_summary(faceset.label_sizes()),
         "identities": identity_summary(faceset.labels, faceset.label_names, findings),
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        "memory": _memory_report(config, device, faceset, graph),
     }
 
 
