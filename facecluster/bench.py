@@ -376,6 +376,9 @@ def scaling(sizes, *, dim: int = 512, offset: float = 0.0, effective_dim: float 
                     "stage_seconds": timings,
                     "us_per_edge": round(1e6 * row.seconds / edges, 2),
                     "us_per_edge_without_knn": round(1e6 * (row.seconds - timings.get("knn", 0.0)) / edges, 2),
+                    "knn": {key: result.graph.info.get(key) for key in
+                            ("method", "nlist", "nprobe", "shortlist_factor", "edges_that_matter_recall", "recall_at_k",
+                             "fallback") if key in result.graph.info},
                     "mislabeled_f1": row.scores["mislabeled_f1"], "near_duplicate_f1": row.scores["near_duplicate_f1"],
                     "kept_label_precision": row.scores["kept_label_precision"]})
     return out

@@ -101,6 +101,26 @@ class Calibration:
         above = np.flatnonzero(ys >= 0.5)
         return float(xs[above[0]]) if len(above) else float("inf")
 
+    def similarity_at(self, p: float) -> float:
+        """The lowest similarity whose P(same person) reaches ``p``: -inf when every similarity
+        does (constant), inf when none does.
+
+        Mixture: searched from four standard deviations below the lower mean up to the upper
+        mean. Isotonic: the lowest fitted similarity whose P(same) reaches ``p``.
+        """
+        if self.kind == "constant":
+            return float("-inf") if p <= 0.5 else float("inf")
+        if self.kind == "mixture":
+            means = self.model.means_.ravel()
+            spread = float(np.sqrt(np.max(self.model.covariances_)))
+            grid = np.linspace(means.min() - 4 * spread, means.max(), 4001)
+            post = self.model.predict_proba(grid[:, None])[:, self._upper]
+            above = np.flatnonzero(post >= p)
+            return float(grid[above[0]]) if len(above) else float("inf")
+        xs, ys = self.model.X_thresholds_, self.same_person(self.model.y_thresholds_)
+        above = np.flatnonzero(ys >= p)
+        return float(xs[above[0]]) if len(above) else float("inf")
+
     def summary(self, sims: np.ndarray) -> dict:
         """For the report: what was fitted and P(same) at quantiles of ``sims``."""
         finite = sims[np.isfinite(sims)]

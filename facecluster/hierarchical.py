@@ -373,6 +373,11 @@ def unsupervised_threshold(graph: KnnGraph, *, calibration: Calibration | None =
 
 # --------------------------------------------------------------------------- the stage
 
+# Average linkage stops merging where the calibrated P(same person) of the link is under this:
+# odds of 1 to 9. The cuts chosen sit far above it: at P(same) 0.91-0.93 from the labels and
+# 0.5 (equal odds) without, on 100k synthetic rows, whatever the floor.
+MERGE_FLOOR = 0.1
+
 
 @dataclass(frozen=True)
 class HierarchicalConfig:
@@ -431,13 +436,18 @@ def hierarchical_stage(graph: KnnGraph, labels: np.ndarray | None = None, config
         if labels is not None:
             stats.update(agreement_report(levels[level], labels))
         return Partition(levels[level], stats, levels)
-    dendrogram = average_linkage(graph)
-    if config.threshold is None and labels is None and calibration is None:
-        calibration = fit_calibration(graph, None, rng=rng)
+    if config.threshold is None and calibration is None:
+        calibration = fit_calibration(graph, labels, rng=rng)
+    # Merging stops where no cut could be wanted: at the user's cut, else where the
+    # calibrated P(same person) of the average link falls under MERGE_FLOOR. The rounds below
+    # join different people's clusters a few pairs at a time; each costs a pass over the edges
+    # (at 1M rows: 2,128 rounds and 129 s with the floor; without it, over 10 minutes).
+    floor = config.threshold if config.threshold is not None else calibration.similarity_at(MERGE_FLOOR)
+    dendrogram = average_linkage(graph, threshold=floor if np.isfinite(floor) else -np.inf)
     threshold, report = choose_cut(dendrogram, labels, threshold=config.threshold, calibration=calibration,
                                    n_candidates=config.n_candidates)
     part = dendrogram.cut(threshold)
-    stats = {"method": "average", "threshold": threshold, **report, "rounds": dendrogram.rounds,
+    stats = {"method": "average", "threshold": threshold, **report, "merge_floor": float(floor), "rounds": dendrogram.rounds,
              "merges": dendrogram.n_merges, "inversions": dendrogram.stats["inversions"],
              "n_clusters": int(part.max()) + 1}
     if labels is not None:

@@ -265,7 +265,7 @@ def _hnsw_index(x: np.ndarray, m: int, ef_construction: int, ef_search: int, pro
     return index
 
 
-def _pq_subquantizers(d: int) -> int:
+def pq_subquantizers(d: int) -> int:
     """Sub-quantizers of the 4-bit PQ codes: one per 2 dimensions up to 128 of them (64 bytes a
     vector; a 512-d float32 row is 2 KiB), the largest divisor of ``d`` under that bound. Fewer,
     coarser codes (one per 4 dimensions) needed 4x longer shortlists on 16-d sets."""
@@ -284,7 +284,7 @@ def _ivf_index(x: np.ndarray, nlist: int, seed: int, progress: Progress):
     # L2, not inner product: on unit vectors both rank alike, and k-means lists and residual
     # codes are L2 constructs (with inner product, uncentred dlib-like sets lost the ranking
     # as more lists were scanned: recall 0.92 at 4 lists, 0.80 at 8)
-    index = faiss.index_factory(d, f"IVF{nlist},PQ{_pq_subquantizers(d)}x4fs", faiss.METRIC_L2)
+    index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_subquantizers(d)}x4fs", faiss.METRIC_L2)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed
     rng = np.random.default_rng(seed)
@@ -532,10 +532,16 @@ def build_knn_graph(
         index = _flat_index(x, dev)
         indices, sims = _search_index(index, x, k, progress, "kNN search (exact)")
     elif method == "ivf":
+        phases = info["phase_seconds"] = {}
+        t = time.perf_counter()
         index = _ivf_index(x, nlist, seed, progress)
+        phases["index"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
         nprobe, factor, curve = _tune_ivf(index, x, k, target_recall, recall_queries, seed)
+        phases["tune"] = round(time.perf_counter() - t, 2)
         info.update(nlist=nlist, nprobe=nprobe, shortlist_factor=factor, nprobe_recall_curve=curve,
-                    target_recall=target_recall, codes=f"PQ{_pq_subquantizers(x.shape[1])}x4fs")
+                    target_recall=target_recall, codes=f"PQ{pq_subquantizers(x.shape[1])}x4fs")
+        t = time.perf_counter()
         if nprobe * IVF_MAX_PROBE_SHARE > nlist or curve[-1][2] < target_recall:
             # Scanning that many lists costs about as much as brute force, plus the index
             # (measured 10x slower than exact at 100k x 512 with 1024 of 1265 lists): go exact.
@@ -549,7 +555,10 @@ def build_knn_graph(
             indices, sims = _search_reranked(index, x, k, shortlist, progress,
                                              f"kNN search (IVF, nprobe={nprobe}, re-ranked {shortlist})")
             del index
+            phases["search"] = round(time.perf_counter() - t, 2)
+            t = time.perf_counter()
             info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
+            phases["recall"] = round(time.perf_counter() - t, 2)
     else:
         index = _hnsw_index(x, hnsw_m, ef_construction, ef_search, progress)
         indices, sims = _search_index(index, x, k, progress, "kNN search (HNSW)")
@@ -557,7 +566,9 @@ def build_knn_graph(
         info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
     if info["method"] == "exact":
         info.update(recall_at_k=1.0, edges_that_matter_recall=1.0)
+    t = time.perf_counter()
     indices, sims = rescore(x, indices)
+    info.setdefault("phase_seconds", {})["rescore"] = round(time.perf_counter() - t, 2)
     info["missing_neighbours"] = int((indices < 0).sum())
     info["seconds"] = round(time.perf_counter() - t0, 3)
     info["fingerprint"] = fingerprint

@@ -86,9 +86,9 @@ def estimate_clean_memory(n_samples: int, dim: int, k: int, *, knn_method: str =
         "runtime": BASE_BYTES,
     }
     if knn_method == "ivf":
-        from .knn import _pq_subquantizers
+        from .knn import pq_subquantizers
 
-        parts["ivf_codes"] = n_samples * (_pq_subquantizers(dim) // 2 + 8)
+        parts["ivf_codes"] = n_samples * (pq_subquantizers(dim) // 2 + 8)
     elif knn_method == "hnsw":
         parts["hnsw_index"] = n_samples * (dim * 4 + 32 * 2 * 4 + 16)
     return MemoryEstimate(parts)

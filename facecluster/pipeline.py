@@ -186,7 +186,7 @@ def _embeddings_shape(manifest, embeddings) -> tuple[int, int] | None:
 
 
 def _check_budget(config: CleanConfig, device: Device, n_samples: int, dim: int, source: str) -> None:
-    if config.memory_budget is None or n_samples < 2:
+    if getattr(config, "memory_budget", None) is None or n_samples < 2:  # `cluster` has no budget
         return
     from .memory import check_memory_budget, estimate_clean_memory
 
