@@ -101,7 +101,7 @@ def clean(
     k: Annotated[int, typer.Option(min=1, help="Neighbours per sample in the kNN graph.")] = 30,
     device: Annotated[DeviceChoice, typer.Option(help="Where to search: auto uses a GPU when one is usable.")] = DeviceChoice.auto,
     policy: Annotated[PolicyChoice, typer.Option(help="How strong a finding must be before it is acted on.")] = PolicyChoice.conservative,
-    knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto (exact up to 200k rows on a CPU, else IVF tuned to recall 0.99 of the edges that matter: exact neighbours with a real chance of being the same person).")] = KnnChoice.auto,
+    knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto (exact up to 200k rows on a CPU, else IVF tuned to recall 0.999 of the edges that matter: exact neighbours with a real chance of being the same person).")] = KnnChoice.auto,
     centre: Annotated[str, typer.Option(help="Subtract the set's mean direction: auto (decided from the data), yes, no.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     stages: Annotated[str, typer.Option(help="Comma-separated stages that add evidence to the kNN votes: hierarchical, correlation, camsoftmax (empty: kNN votes alone).")] = "hierarchical,correlation,camsoftmax",

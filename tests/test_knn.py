@@ -83,7 +83,7 @@ def test_ivf_tunes_nprobe_to_reach_the_target_recall(offset):
     assert graph.info["method"] == "ivf"
     # tuned on the edges that matter; the recall reported is measured on queries independent
     # of those used for tuning
-    assert graph.info["nprobe_recall_curve"][-1][1] >= graph.info["target_recall"] == 0.99
+    assert graph.info["tuned_recall"] >= graph.info["target_recall"] == 0.999
     assert graph.info["edges_that_matter_recall"] >= 0.98
     again = measure_recall(x, graph.indices, 30, n_queries=300, seed=99)
     assert again["edges_that_matter_recall"] >= 0.98 and again["recall_at_k"] <= 1.0
@@ -93,7 +93,9 @@ def test_ivf_tunes_nprobe_to_reach_the_target_recall(offset):
 
 def test_auto_switches_to_approximate_above_exact_max():
     x, _ = make_faces(3000, 200, 16, spread=0.4, seed=3)
-    graph = build_knn_graph(x, k=10, device="cpu", exact_max=1000)
+    # (at the default target of 0.999 a set this small needs 16 of its 76 lists, and exact
+    # search is cheaper: that fallback is the next test's)
+    graph = build_knn_graph(x, k=10, device="cpu", exact_max=1000, target_recall=0.99)
     assert graph.info["method"] == "ivf" and 0.0 < graph.info["recall_at_k"] <= 1.0
 
 
