@@ -21,15 +21,7 @@ import numpy as np
 import pandas as pd
 
 from facecluster import CleanConfig, clean
-from facecluster.bench import (
-    _flat_cleaning,
-    _merge_truth,
-    _true_label_names,
-    bench_set,
-    emit_row,
-    write_rows,
-)
-from facecluster.metrics import cleaning_scores
+from facecluster.bench import bench_set, clean_scores, emit_row, write_rows
 from facecluster.synth import label_names
 
 
@@ -39,9 +31,7 @@ def _run(noisy, device: str, knn_method: str):
     t = time.perf_counter()
     result = clean(manifest, noisy.embeddings, CleanConfig(device=device, knn_method=knn_method))
     seconds = time.perf_counter() - t
-    scores = _flat_cleaning(cleaning_scores(result.audit, _true_label_names(noisy), noisy.truth, result.identities,
-                                            _merge_truth(noisy)))
-    return result, seconds, scores
+    return result, seconds, clean_scores(result, noisy)
 
 
 def _differing(gpu_audit, cpu_audit, rows) -> list:

@@ -160,14 +160,19 @@ def _timed(fn):
 # --------------------------------------------------------------------------- methods
 
 
+def clean_scores(result, noisy: NoisySet) -> dict:
+    """A ``clean`` result's cleaning figures against the injected truth of ``noisy``, flat."""
+    return _flat_cleaning(cleaning_scores(result.audit, _true_label_names(noisy), noisy.truth, result.identities,
+                                          _merge_truth(noisy)))
+
+
 def _run_clean(noisy: NoisySet, k: int, seed: int, policy: str) -> tuple[list[BenchRow], object]:
     """``clean`` once, timed: its row, one row per stage, and the result."""
     names = label_names(noisy.labels)
     manifest = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(len(names))], "label": names})
     result, seconds, peak = _timed(lambda: clean(manifest, noisy.embeddings, CleanConfig(k=k, seed=seed, policy=policy)))
-    scores = cleaning_scores(result.audit, _true_label_names(noisy), noisy.truth, result.identities, _merge_truth(noisy))
     t = result.report["timings"]
-    rows = [BenchRow(f"facecluster clean ({policy})", "cleaner", seconds, peak, _flat_cleaning(scores))]
+    rows = [BenchRow(f"facecluster clean ({policy})", "cleaner", seconds, peak, clean_scores(result, noisy))]
     knn = result.graph.info
     rows.append(BenchRow("  stage: kNN graph", "stage", round(t["knn"], 2), None,
                          {"recall_at_k": knn["recall_at_k"], "method": knn["method"]}))
