@@ -110,7 +110,7 @@ def clean(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Analyse and print the summary; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails; images outside it are never read. Default: the manifest's folder.")] = None,
-    memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read, naming what needs the memory.")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read (.npy; .npz and Parquet right after loading), naming what needs the memory.")] = None,
 ) -> None:
     """Find mislabeled samples, outliers, near-duplicates and duplicate identities; write a cleaned manifest."""
     from facecluster import CleanConfig, InputError

@@ -102,11 +102,14 @@ class Calibration:
         return float(xs[above[0]]) if len(above) else float("inf")
 
     def similarity_at(self, p: float) -> float:
-        """The lowest similarity whose P(same person) reaches ``p``: -inf when every similarity
-        does (constant), inf when none does.
+        """Where P(same person) falls under ``p`` coming down from the most similar pairs: the
+        lowest similarity of the run below the upper mean (mixture) or the lowest fitted
+        similarity (isotonic) whose P(same) is still at least ``p``. -inf when P never falls
+        under ``p`` (constant at 1/2 for p ≤ 1/2), inf when it never reaches it.
 
         Mixture: searched from four standard deviations below the lower mean up to the upper
-        mean. Isotonic: the lowest fitted similarity whose P(same) reaches ``p``.
+        mean, walking down; the upper component's posterior climbs back towards 1 in the far
+        left tail when it is the wider one, which is not same-person evidence.
         """
         if self.kind == "constant":
             return float("-inf") if p <= 0.5 else float("inf")
@@ -115,8 +118,10 @@ class Calibration:
             spread = float(np.sqrt(np.max(self.model.covariances_)))
             grid = np.linspace(means.min() - 4 * spread, means.max(), 4001)
             post = self.model.predict_proba(grid[:, None])[:, self._upper]
-            above = np.flatnonzero(post >= p)
-            return float(grid[above[0]]) if len(above) else float("inf")
+            if post[-1] < p:
+                return float("inf")
+            under = np.flatnonzero(post < p)
+            return float(grid[under[-1] + 1]) if len(under) else float("-inf")
         xs, ys = self.model.X_thresholds_, self.same_person(self.model.y_thresholds_)
         above = np.flatnonzero(ys >= p)
         return float(xs[above[0]]) if len(above) else float("inf")

@@ -424,7 +424,9 @@ def hierarchical_stage(graph: KnnGraph, labels: np.ndarray | None = None, config
     -------
     Partition
         ``labels`` the chosen cut or level; ``detail`` the Dendrogram (average) or the list
-        of FINCH levels; ``stats`` how the cut was chosen.
+        of FINCH levels; ``stats`` how the cut was chosen. The average-linkage dendrogram
+        stops at ``stats["merge_floor"]`` (the user's threshold, else where P(same person)
+        falls under :data:`MERGE_FLOOR`): a cut below it gives the partition at the floor.
     """
     config = config or HierarchicalConfig()
     labels = None if labels is None else np.asarray(labels)
@@ -443,7 +445,8 @@ def hierarchical_stage(graph: KnnGraph, labels: np.ndarray | None = None, config
     # join different people's clusters a few pairs at a time; each costs a pass over the edges
     # (at 1M rows: 2,128 rounds and 129 s with the floor; without it, over 10 minutes).
     floor = config.threshold if config.threshold is not None else calibration.similarity_at(MERGE_FLOOR)
-    dendrogram = average_linkage(graph, threshold=floor if np.isfinite(floor) else -np.inf)
+    floor = float(floor) if np.isfinite(floor) else -np.inf
+    dendrogram = average_linkage(graph, threshold=floor)
     threshold, report = choose_cut(dendrogram, labels, threshold=config.threshold, calibration=calibration,
                                    n_candidates=config.n_candidates)
     part = dendrogram.cut(threshold)
@@ -492,7 +495,9 @@ class GraphAverageLinkage(ClusterMixin, BaseEstimator):
     similarities_ : (n_merges,) merge similarities
     distances_ : (n_merges,) 1 − similarities_
     threshold_ : the cut used; threshold_curve_ : [(threshold, pairwise F, n_clusters)] when chosen from labels
-    dendrogram_ : Dendrogram
+    dendrogram_ : Dendrogram; merging stopped at ``stats_["merge_floor"]`` (the threshold
+        given, else where the calibrated P(same person) falls under :data:`MERGE_FLOOR`), so
+        ``children_`` ends there and a cut below it gives the partition at the floor
     stats_ : dict, how the cut was chosen
 
     Examples

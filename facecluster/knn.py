@@ -275,9 +275,9 @@ def pq_subquantizers(d: int) -> int:
 
 def _ivf_index(x: np.ndarray, nlist: int, seed: int, progress: Progress):
     """IVF over 4-bit product-quantised codes scanned with FAISS's fast-scan kernels
-    (``IVF{nlist},PQ{d/4}x4fs``): the codes only shortlist candidates, which
-    :func:`_search_reranked` re-ranks on the full vectors, so the index holds d/2 bytes a row
-    and never a second copy of the embeddings."""
+    (``IVF{nlist},PQ{m}x4fs``, m = :func:`pq_subquantizers`: 64 bytes a 512-d row): the codes
+    only shortlist candidates, which :func:`_search_reranked` re-ranks on the full vectors, so
+    the index never holds a second copy of the embeddings."""
     import faiss
 
     n, d = x.shape
@@ -311,8 +311,8 @@ def _reranked(index, x: np.ndarray, rows: np.ndarray, k: int, shortlist: int) ->
     nq, d = q.shape
     vals = np.empty((nq, k + 1), dtype=np.float32)
     ids = np.empty((nq, k + 1), dtype=np.int64)
-    # a query whose scanned lists hold fewer than `shortlist` vectors gets -1 fillers, which
-    # the FAISS kernel would read as a row: those (few) queries are re-ranked here
+    # a query whose scanned lists hold fewer than `shortlist` vectors gets -1 fillers; those
+    # (few) queries are re-ranked here rather than trusting the kernel with them
     short = (cand < 0).any(axis=1)
     full = np.flatnonzero(~short)
     if len(full):
@@ -418,16 +418,18 @@ IVF_MAX_FACTOR = 16  # a 1,984-long shortlist made each tuning query slower than
 
 
 def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed: int,
-              labels: np.ndarray | None = None) -> tuple[int, int, list]:
+              labels: np.ndarray | None = None) -> tuple[int, int, float, list]:
     """The (nprobe, shortlist factor) whose recall of the edges that matter
     (:class:`EdgeRecall`) on sampled queries reaches ``target``, found greedily: from
     :data:`IVF_START`, double whichever knob gains more recall (which one binds depends on the
     set: the lists on 512-d faces, the codes on 16-d points), until the target is reached or
     neither gains. The curve lists (nprobe, factor, that recall, recall@k) for each setting
-    measured."""
+    measured. Returns (nprobe, factor, its recall, curve)."""
     q = _sample_rows(x.shape[0], n_queries, seed + 1)
     measure = EdgeRecall(x, q, k, labels, seed)
     nlist = index.nlist
+    # scanning more than 1/IVF_MAX_PROBE_SHARE of the lists is refused anyway (exact is cheaper)
+    max_probe = max(1, nlist // IVF_MAX_PROBE_SHARE)
     curve: list = []
     seen: dict = {}
 
@@ -440,9 +442,9 @@ def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed:
             curve.append((nprobe, factor, round(figures["edges_that_matter_recall"], 4), round(figures["recall_at_k"], 4)))
         return seen[(nprobe, factor)]
 
-    nprobe, factor = min(IVF_START[0], nlist), IVF_START[1]
+    nprobe, factor = min(IVF_START[0], max_probe), IVF_START[1]
     while recall(nprobe, factor) < target:
-        steps = [s for s in ((min(2 * nprobe, nlist), factor), (nprobe, min(2 * factor, IVF_MAX_FACTOR)))
+        steps = [s for s in ((min(2 * nprobe, max_probe), factor), (nprobe, min(2 * factor, IVF_MAX_FACTOR)))
                  if s != (nprobe, factor)]
         if not steps:
             break
@@ -452,13 +454,7 @@ def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed:
             if best == (nprobe, factor):
                 break
         nprobe, factor = best
-    recall(nprobe, factor)
-    return nprobe, factor, curve
-
-
-def seen_recall(curve: list, nprobe: int, factor: int) -> float:
-    """The edges-that-matter recall the tuning curve measured at (nprobe, factor)."""
-    return next(r for p, f, r, _ in curve if (p, f) == (nprobe, factor))
+    return nprobe, factor, recall(nprobe, factor), curve
 
 
 def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_queries: int = 1000,
@@ -499,7 +495,7 @@ def build_knn_graph(
     method : "exact", "ivf", "hnsw" or "auto" (exact up to ``exact_max`` samples on CPU, IVF
         above; always exact on a GPU, where brute force is fastest)
     target_recall : IVF only: the lists scanned (nprobe) and the shortlist re-ranked on the
-        full vectors are the cheapest of :data:`IVF_SETTINGS` whose recall of the edges that
+        full vectors are tuned greedily (:func:`_tune_ivf`) until their recall of the edges that
         matter (exact neighbours with a real chance of being the same person,
         :class:`EdgeRecall`), on ``recall_queries`` sampled queries, reaches this. When that takes more than
         1/8 of the lists, IVF cannot beat brute force and the search falls back to exact (the
@@ -560,18 +556,20 @@ def build_knn_graph(
         index = _ivf_index(x, nlist, seed, progress)
         phases["index"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
-        nprobe, factor, curve = _tune_ivf(index, x, k, target_recall, recall_queries, seed)
+        nprobe, factor, tuned, curve = _tune_ivf(index, x, k, target_recall, recall_queries, seed)
         phases["tune"] = round(time.perf_counter() - t, 2)
         info.update(nlist=nlist, nprobe=nprobe, shortlist_factor=factor, nprobe_recall_curve=curve,
-                    tuned_recall=seen_recall(curve, nprobe, factor),
+                    tuned_recall=tuned,
                     target_recall=target_recall, codes=f"PQ{pq_subquantizers(x.shape[1])}x4fs")
         t = time.perf_counter()
-        if nprobe * IVF_MAX_PROBE_SHARE > nlist or info["tuned_recall"] < target_recall:
-            # Scanning that many lists costs about as much as brute force, plus the index
-            # (measured 10x slower than exact at 100k x 512 with 1024 of 1265 lists): go exact.
+        if tuned < target_recall:
+            # The tuner scans at most 1/IVF_MAX_PROBE_SHARE of the lists: more costs about as
+            # much as brute force, plus the index (measured 10x slower than exact at 100k x 512
+            # with 1024 of 1265 lists). Short of the target there: go exact.
             del index
-            info.update(method="exact", fallback=f"IVF needed nprobe {nprobe} of {nlist} lists for recall "
-                                                 f"{target_recall} of the edges that matter; exact search is cheaper")
+            info.update(method="exact", fallback=f"IVF reached {tuned:.4f} of the edges that matter at nprobe {nprobe} "
+                                                 f"of {nlist} lists (1/{IVF_MAX_PROBE_SHARE} is the most worth scanning), "
+                                                 f"short of {target_recall}; exact search is cheaper")
             indices, sims = _search_index(None, x, k, progress, "kNN search (exact)")
         else:
             index.nprobe = nprobe

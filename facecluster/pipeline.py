@@ -67,7 +67,8 @@ class CleanConfig:
         :class:`~facecluster.findings.FindingsConfig`); None = defaults
     memory_budget : bytes the run may hold at its peak (None: no limit). A run whose estimate
         (:func:`facecluster.memory.estimate_clean_memory`, from the set's shape) exceeds it is
-        refused before the embeddings are read, with the parts named (an InputError)
+        refused before the embeddings are read (a .npy file or an array; .npz and Parquet right
+        after loading), with the parts named (an InputError)
     """
 
     k: int = 30
@@ -509,9 +510,8 @@ def cluster(
     calibration: Calibration | None = None
     with progress.task(f"clustering ({config.method})", total=None):
         # the calibration is fitted once, and only where a stage reads it: correlation's edge
-        # weights, and the unlabelled average-linkage cut
-        if config.method == "correlation" or (config.method == "average" and labels is None
-                                              and config.threshold is None):
+        # weights, and average linkage's merge floor and unlabelled cut
+        if config.method == "correlation" or (config.method == "average" and config.threshold is None):
             calibration = fit_calibration(graph, labels, rng=rngs["calibration"])
         if config.method == "correlation":
             part = correlation_stage(graph, labels, stage_config, calibration=calibration, rng=rngs["correlation"])

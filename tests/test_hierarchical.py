@@ -145,3 +145,40 @@ def test_estimators_accept_string_labels_and_a_prebuilt_graph():
     np.testing.assert_array_equal(a.labels_, b.labels_)
     with pytest.raises(ValueError, match="shape"):
         GraphAverageLinkage(k=10).fit(graph, y[:-1])
+
+
+def test_the_merge_floor_sits_where_same_person_odds_fall_coming_down():
+    """A wide same-person component's posterior climbs back in the far left tail; the floor
+    is the crossing below the upper mean, not that tail."""
+    from sklearn.mixture import GaussianMixture
+
+    from facecluster.calibration import Calibration
+
+    rng = np.random.default_rng(0)
+    sims = np.concatenate([rng.normal(0.1, 0.05, 8000), rng.normal(0.6, 0.15, 2000)])
+    gm = GaussianMixture(2, random_state=0).fit(sims[:, None])
+    cal = Calibration("mixture", gm, len(sims), 1e-6)
+    floor = cal.similarity_at(0.1)
+    assert 0.1 < floor < 0.6
+    assert cal(np.array([floor]))[0] >= 0.1 > cal(np.array([floor - 0.01]))[0]
+    assert cal.similarity_at(0.5) > floor  # higher odds, higher similarity
+    constant = Calibration("constant", None, 0, 1e-6)
+    assert constant.similarity_at(0.1) == -np.inf and constant.similarity_at(0.9) == np.inf
+
+
+def test_merging_stops_at_the_floor_and_the_chosen_cut_is_above_it():
+    from facecluster.calibration import fit_calibration
+    from facecluster.hierarchical import MERGE_FLOOR, hierarchical_stage
+
+    x, y = make_faces(3000, 200, 64, seed=5)
+    graph = build_knn_graph(x, k=20, device="cpu")
+    cal = fit_calibration(graph, y, rng=np.random.default_rng(0))
+    part = hierarchical_stage(graph, y, calibration=cal)
+    floor = part.stats["merge_floor"]
+    assert floor == cal.similarity_at(MERGE_FLOOR)
+    assert part.detail.similarity.min() >= floor  # no merge below the floor was made
+    assert part.stats["threshold"] > floor
+    full = average_linkage(graph)
+    assert full.n_merges >= part.detail.n_merges
+    # above the floor both dendrograms give the same partition
+    np.testing.assert_array_equal(full.cut(part.stats["threshold"]), part.labels)

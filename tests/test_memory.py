@@ -69,3 +69,22 @@ def test_an_array_input_is_checked_from_its_shape(tmp_path):
     frame = pd.DataFrame({"path": [f"{i}.jpg" for i in range(50)], "label": [f"p{i % 5}" for i in range(50)]})
     with pytest.raises(InputError, match="memory budget"):
         clean(frame, x, memory_budget=1000)
+
+
+def test_a_npy_set_is_refused_before_its_embeddings_are_read(small_set, monkeypatch):
+    import facecluster.pipeline as pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the embeddings were read before the budget was checked")
+
+    monkeypatch.setattr(pipeline, "load_faceset", never)
+    with pytest.raises(InputError, match="memory budget"):
+        clean(small_set, memory_budget=10 * 2**20)
+
+
+def test_the_refusal_follows_the_sets_own_estimate(small_set):
+    x = np.load(small_set.with_suffix(".npy"), mmap_mode="r")
+    need = estimate_clean_memory(x.shape[0], x.shape[1], 30).total
+    with pytest.raises(InputError, match="memory budget"):
+        clean(small_set, memory_budget=need - 1)
+    assert len(clean(small_set, memory_budget=need).audit) == x.shape[0]
