@@ -26,6 +26,18 @@ from .progress import NullProgress, Progress
 GRAPH_FORMAT_VERSION = 2  # 2: IVF shortlists on PQ fast-scan codes, re-ranked exactly
 # IVF is kept only when the lists it must scan are at most 1/IVF_MAX_PROBE_SHARE of all lists.
 IVF_MAX_PROBE_SHARE = 8
+# An IVF graph short of its recall target is kept only when a query's work (:func:`_ivf_work`)
+# is at most 1/IVF_MIN_SPEEDUP of exact search's; counted, not timed, so the choice is the same
+# on a loaded machine.
+IVF_MIN_SPEEDUP = 8.0
+
+
+def _ivf_work(n: int, d: int, nlist: int, nprobe: int, shortlist: int) -> float:
+    """Rough work of one IVF query in exact-search units (one d-dim dot product = d): the
+    coarse quantiser, the 4-bit codes scanned (about d/4 each), and the re-rank's full-vector
+    reads (random, counted 4x). Exact search's is n·d. The ratio measured at 1M rows
+    (153 µs against about 7 ms a query) was 4x under this model's: hence the margin."""
+    return nlist * d + nprobe * (n / max(nlist, 1)) * d / 4 + shortlist * d * 4
 
 
 @dataclass(frozen=True)
@@ -384,7 +396,11 @@ class EdgeRecall:
         from .calibration import fit_pair_calibration
 
         self.rows, self.k = rows, k
+        t = time.perf_counter()
         self.truth, sims = _exact_neighbours(x, rows, k)
+        # what exact search costs a query here, measured: an approximate search that costs as
+        # much is not worth its missed edges
+        self.exact_seconds_per_query = (time.perf_counter() - t) / max(1, len(rows))
         valid = self.truth >= 0
         query = np.broadcast_to(rows[:, None], self.truth.shape)
         calibration = fit_pair_calibration(query[valid], self.truth[valid], sims[valid].astype(np.float64),
@@ -418,13 +434,14 @@ IVF_MAX_FACTOR = 16  # a 1,984-long shortlist made each tuning query slower than
 
 
 def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed: int,
-              labels: np.ndarray | None = None) -> tuple[int, int, float, list]:
+              labels: np.ndarray | None = None) -> tuple[int, int, float, list, float, float]:
     """The (nprobe, shortlist factor) whose recall of the edges that matter
     (:class:`EdgeRecall`) on sampled queries reaches ``target``, found greedily: from
     :data:`IVF_START`, double whichever knob gains more recall (which one binds depends on the
     set: the lists on 512-d faces, the codes on 16-d points), until the target is reached or
     neither gains. The curve lists (nprobe, factor, that recall, recall@k) for each setting
-    measured. Returns (nprobe, factor, its recall, curve)."""
+    measured (with its search time per query, µs). Returns (nprobe, factor, its recall,
+    curve, its seconds per query, exact search's seconds per query on the same sample)."""
     q = _sample_rows(x.shape[0], n_queries, seed + 1)
     measure = EdgeRecall(x, q, k, labels, seed)
     nlist = index.nlist
@@ -432,14 +449,18 @@ def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed:
     max_probe = max(1, nlist // IVF_MAX_PROBE_SHARE)
     curve: list = []
     seen: dict = {}
+    cost: dict = {}
 
     def recall(nprobe: int, factor: int) -> float:
         if (nprobe, factor) not in seen:
             index.nprobe = nprobe
+            t = time.perf_counter()
             got, _ = _reranked(index, x, q, k, min(factor * (k + 1), x.shape[0]))
+            cost[(nprobe, factor)] = (time.perf_counter() - t) / len(q)
             figures = measure(got)
             seen[(nprobe, factor)] = figures["edges_that_matter_recall"]
-            curve.append((nprobe, factor, round(figures["edges_that_matter_recall"], 4), round(figures["recall_at_k"], 4)))
+            curve.append((nprobe, factor, round(figures["edges_that_matter_recall"], 4), round(figures["recall_at_k"], 4),
+                          round(1e6 * cost[(nprobe, factor)], 1)))
         return seen[(nprobe, factor)]
 
     nprobe, factor = min(IVF_START[0], max_probe), IVF_START[1]
@@ -454,7 +475,8 @@ def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed:
             if best == (nprobe, factor):
                 break
         nprobe, factor = best
-    return nprobe, factor, recall(nprobe, factor), curve
+    reached = recall(nprobe, factor)
+    return nprobe, factor, reached, curve, cost[(nprobe, factor)], measure.exact_seconds_per_query
 
 
 def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_queries: int = 1000,
@@ -556,24 +578,28 @@ def build_knn_graph(
         index = _ivf_index(x, nlist, seed, progress)
         phases["index"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
-        nprobe, factor, tuned, curve = _tune_ivf(index, x, k, target_recall, recall_queries, seed)
+        nprobe, factor, tuned, curve, ivf_cost, exact_cost = _tune_ivf(index, x, k, target_recall, recall_queries, seed)
         phases["tune"] = round(time.perf_counter() - t, 2)
         info.update(nlist=nlist, nprobe=nprobe, shortlist_factor=factor, nprobe_recall_curve=curve,
-                    tuned_recall=tuned,
+                    tuned_recall=tuned, us_per_query={"ivf": round(1e6 * ivf_cost, 1), "exact": round(1e6 * exact_cost, 1)},
                     target_recall=target_recall, codes=f"PQ{pq_subquantizers(x.shape[1])}x4fs")
         t = time.perf_counter()
-        if tuned < target_recall:
-            # The tuner scans at most 1/IVF_MAX_PROBE_SHARE of the lists: more costs about as
-            # much as brute force, plus the index (measured 10x slower than exact at 100k x 512
-            # with 1024 of 1265 lists). Short of the target there: go exact.
+        shortlist = min(factor * (k + 1), n)
+        if tuned < target_recall and IVF_MIN_SPEEDUP * _ivf_work(n, x.shape[1], nlist, nprobe, shortlist) > n * x.shape[1]:
+            # Short of the target at the most the tuner scans (1/IVF_MAX_PROBE_SHARE of the
+            # lists, shortlists of IVF_MAX_FACTOR per neighbour), and not IVF_MIN_SPEEDUP times
+            # less work a query than exact search: go exact.
             del index
             info.update(method="exact", fallback=f"IVF reached {tuned:.4f} of the edges that matter at nprobe {nprobe} "
-                                                 f"of {nlist} lists (1/{IVF_MAX_PROBE_SHARE} is the most worth scanning), "
-                                                 f"short of {target_recall}; exact search is cheaper")
+                                                 f"of {nlist} lists, short of {target_recall}, and would save exact "
+                                                 f"search less than {IVF_MIN_SPEEDUP:.0f}x its work; exact search is cheaper")
             indices, sims = _search_index(None, x, k, progress, "kNN search (exact)")
         else:
+            if tuned < target_recall:  # the best the tuner reached, far cheaper than exact: kept, and said
+                info["target_missed"] = (f"IVF reached {tuned:.4f} of the edges that matter at its most (nprobe {nprobe}, "
+                                         f"shortlist factor {factor}), short of {target_recall}; kept at "
+                                         f"{1e6 * ivf_cost:.0f} µs a query against exact search's {1e6 * exact_cost:.0f}")
             index.nprobe = nprobe
-            shortlist = min(factor * (k + 1), n)
             indices, sims = _search_reranked(index, x, k, shortlist, progress,
                                              f"kNN search (IVF, nprobe={nprobe}, re-ranked {shortlist})")
             del index
