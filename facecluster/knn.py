@@ -470,9 +470,11 @@ def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed:
         if not steps:
             break
         best = max(steps, key=lambda s: (recall(*s), -s[0] * s[1]))
-        if recall(*best) <= recall(nprobe, factor) and len(steps) == 2:
-            best = (steps[0][0], steps[1][1])  # neither alone gains: both
-            if best == (nprobe, factor):
+        if recall(*best) <= recall(nprobe, factor):
+            if len(steps) < 2:
+                break  # the one knob left gains nothing (1M rows: 505 lists no better than 256)
+            best = (steps[0][0], steps[1][1])  # neither alone gains: both, or stop
+            if recall(*best) <= recall(nprobe, factor):
                 break
         nprobe, factor = best
     reached = recall(nprobe, factor)
