@@ -321,28 +321,13 @@ def _reranked(index, x: np.ndarray, rows: np.ndarray, k: int, shortlist: int) ->
     q = np.ascontiguousarray(x[rows])
     _, cand = index.search(q, shortlist)
     nq, d = q.shape
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
     vals = np.empty((nq, k + 1), dtype=np.float32)
     ids = np.empty((nq, k + 1), dtype=np.int64)
-    # a query whose scanned lists hold fewer than `shortlist` vectors gets -1 fillers; those
-    # (few) queries are re-ranked here rather than trusting the kernel with them
-    short = (cand < 0).any(axis=1)
-    full = np.flatnonzero(~short)
-    if len(full):
-        qf = np.ascontiguousarray(q[full])
-        cf = np.ascontiguousarray(cand[full], dtype=np.int64)
-        vf = np.empty((len(full), k + 1), dtype=np.float32)
-        idf = np.empty((len(full), k + 1), dtype=np.int64)
-        faiss.knn_inner_products_by_idx(faiss.swig_ptr(qf), faiss.swig_ptr(x), faiss.swig_ptr(cf), d, len(full),
-                                        x.shape[0], shortlist, k + 1, faiss.swig_ptr(vf), faiss.swig_ptr(idf),
-                                        shortlist)  # the row stride, given: -1 crashed faiss 1.15 at 1000 queries
-        vals[full], ids[full] = vf, idf
-    for r in np.flatnonzero(short):
-        c = cand[r][cand[r] >= 0]
-        sim = x[c] @ q[r]
-        top = np.argsort(-sim, kind="stable")[:k + 1]
-        ids[r] = -1
-        vals[r] = -np.inf
-        ids[r, :len(top)], vals[r, :len(top)] = c[top], sim[top]
+    # a query whose scanned lists hold fewer than `shortlist` vectors ends its row in -1
+    # fillers, where the kernel stops; the row stride is given (-1 crashed faiss 1.15 at 1000 queries)
+    faiss.knn_inner_products_by_idx(faiss.swig_ptr(q), faiss.swig_ptr(x), faiss.swig_ptr(cand), d, nq, x.shape[0],
+                                    shortlist, k + 1, faiss.swig_ptr(vals), faiss.swig_ptr(ids), shortlist)
     vals[ids < 0] = -np.inf
     return _drop_self(ids, vals, rows, k)
 
@@ -521,9 +506,10 @@ def build_knn_graph(
     target_recall : IVF only: the lists scanned (nprobe) and the shortlist re-ranked on the
         full vectors are tuned greedily (:func:`_tune_ivf`) until their recall of the edges that
         matter (exact neighbours with a real chance of being the same person,
-        :class:`EdgeRecall`), on ``recall_queries`` sampled queries, reaches this. When that takes more than
-        1/8 of the lists, IVF cannot beat brute force and the search falls back to exact (the
-        reason is recorded in ``info["fallback"]``)
+        :class:`EdgeRecall`), on ``recall_queries`` sampled queries, reaches this. Short of it at
+        the most the tuner scans, IVF is kept where a query is :data:`IVF_MIN_SPEEDUP` times less
+        work than exact search (``info["target_missed"]`` says so), else the search is exact
+        (``info["fallback"]`` says why)
     nlist : IVF lists; default 4·sqrt(n_samples), at most n_samples / 39
     ef_search : HNSW search breadth; default max(2k, 64)
     recall_queries : queries used to measure the recall of an approximate graph against exact
