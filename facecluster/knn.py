@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 
 from .device import Device, query_chunk_rows, resolve_device
 from .progress import NullProgress, Progress
 
-GRAPH_FORMAT_VERSION = 2  # 2: IVF shortlists on PQ fast-scan codes, re-ranked exactly
+GRAPH_FORMAT_VERSION = 3  # 2: IVF shortlists on PQ fast-scan codes, re-ranked exactly; 3: float64 rescore
 # IVF is kept only when the lists it must scan are at most 1/IVF_MAX_PROBE_SHARE of all lists.
 IVF_MAX_PROBE_SHARE = 8
 # An IVF graph short of its recall target is kept only when a query's work (:func:`_ivf_work`)
@@ -205,13 +206,22 @@ def _search_index(index, x: np.ndarray, k: int, progress: Progress, label: str) 
 
 
 def _knn_torch(x: np.ndarray, k: int, device: str, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
-    """Exact kNN by blocked matmul + topk in torch (used on CUDA when faiss-gpu is absent)."""
+    """Exact kNN by blocked matmul + topk in torch (used on CUDA when faiss-gpu is absent).
+
+    A chunk of queries' similarities to every row is one (chunk, n) float32 block; on CUDA the
+    chunk takes up to a quarter of the memory free at the start (at most 4 GiB), so a 1M-row set
+    runs in about a thousand launches rather than tens of thousands.
+    """
     import torch
 
     n, d = x.shape
     dev = torch.device(device)
     base = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
-    chunk = max(256, min(query_chunk_rows(d, k + 1), (1 << 28) // max(n, 1)))
+    budget = 1 << 28
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        budget = int(min(free // 4, 1 << 32))
+    chunk = int(max(256, min(1 << 16, budget // (4 * max(n, 1)))))
     indices = np.empty((n, k), dtype=np.int32)
     sims = np.empty((n, k), dtype=np.float32)
     with progress.task("kNN search (torch)", total=n) as advance, torch.no_grad():
@@ -225,30 +235,77 @@ def _knn_torch(x: np.ndarray, k: int, device: str, progress: Progress) -> tuple[
     return indices, sims
 
 
-def rescore(x: np.ndarray, indices: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+@njit(cache=True, nogil=True)
+def _rescore_rows(x, indices, lo, hi, out_idx, out_sim):  # pragma: no cover - compiled
+    """Rows lo..hi of :func:`rescore`: each edge's dot product summed in float64 over eight
+    fixed lanes (a float32 product is exact in float64, so a fused multiply-add gives the same
+    bits), rounded to float32, then the row insertion-sorted by (−cosine, index), −1s last."""
+    d = x.shape[1]
+    k = indices.shape[1]
+    d8 = d - d % 8
+    big = np.iinfo(np.int64).max
+    sim = np.empty(k, np.float32)
+    key = np.empty(k, np.int64)
+    for r in range(lo, hi):
+        for j in range(k):
+            c = indices[r, j]
+            if c < 0:
+                sim[j] = -np.inf
+                key[j] = big
+                continue
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+            for t in range(0, d8, 8):
+                a0 += np.float64(x[r, t]) * np.float64(x[c, t])
+                a1 += np.float64(x[r, t + 1]) * np.float64(x[c, t + 1])
+                a2 += np.float64(x[r, t + 2]) * np.float64(x[c, t + 2])
+                a3 += np.float64(x[r, t + 3]) * np.float64(x[c, t + 3])
+                a4 += np.float64(x[r, t + 4]) * np.float64(x[c, t + 4])
+                a5 += np.float64(x[r, t + 5]) * np.float64(x[c, t + 5])
+                a6 += np.float64(x[r, t + 6]) * np.float64(x[c, t + 6])
+                a7 += np.float64(x[r, t + 7]) * np.float64(x[c, t + 7])
+            tail = 0.0
+            for t in range(d8, d):
+                tail += np.float64(x[r, t]) * np.float64(x[c, t])
+            sim[j] = np.float32(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) + tail)
+            key[j] = c
+        for j in range(1, k):  # insertion sort: k is small
+            s, c = sim[j], key[j]
+            m = j - 1
+            while m >= 0 and (sim[m] < s or (sim[m] == s and key[m] > c)):
+                sim[m + 1] = sim[m]
+                key[m + 1] = key[m]
+                m -= 1
+            sim[m + 1] = s
+            key[m + 1] = c
+        for j in range(k):
+            out_sim[r, j] = sim[j]
+            out_idx[r, j] = -1 if key[j] == big else key[j]
+
+
+def rescore(x: np.ndarray, indices: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Each found edge's cosine recomputed by one fixed summation, rows re-sorted by (−cosine,
     neighbour index); missing neighbours (−1) last, at −inf.
 
-    BLAS and FAISS sum a dot product in an order that depends on the thread count and the
-    block sizes, so the same edge can differ in the 7th digit between two machines or two
-    ``OMP_NUM_THREADS``; every threshold derived from the similarities (the hierarchical cut,
-    the near-duplicate law) then moves. numpy's einsum over the gathered pairs is
-    single-threaded and sums each pair the same way every time: the graph's values and order
-    depend on the vectors only (the neighbour *sets* can still differ at an exact tie for the
-    k-th place). Costs N·k·D multiply-adds, a fraction of the search's N²·D.
+    BLAS, FAISS and torch sum a dot product in an order that depends on the thread count, the
+    block sizes and the processor's vector width, so the same edge can differ in the 7th digit
+    between two machines, a CPU and a GPU, or two ``OMP_NUM_THREADS``; every threshold derived
+    from the similarities (the hierarchical cut, the near-duplicate law) then moves. Here each
+    pair is summed in float64 over eight fixed lanes in a fixed order, which IEEE arithmetic
+    makes bit-identical everywhere: the graph's values and order depend on the vectors only
+    (the neighbour *sets* can still differ at an exact tie for the k-th place). Costs N·k·D
+    multiply-adds, a fraction of the search's N²·D, spread over the cores by row blocks.
     """
-    n, k = indices.shape
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    indices = np.ascontiguousarray(indices)
+    n, _ = indices.shape
     out_idx = np.empty_like(indices)
-    out_sim = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, chunk):
-        idx = indices[start:start + chunk]
-        valid = idx >= 0
-        nb = x[np.where(valid, idx, 0)]
-        sim = np.einsum("ijk,ik->ij", nb, x[start:start + len(idx)])
-        sim = np.where(valid, sim, -np.inf).astype(np.float32)
-        order = np.lexsort((np.where(valid, idx, np.iinfo(idx.dtype).max), -sim), axis=1)
-        out_idx[start:start + len(idx)] = np.take_along_axis(idx, order, axis=1)
-        out_sim[start:start + len(idx)] = np.take_along_axis(sim, order, axis=1)
+    out_sim = np.empty(indices.shape, dtype=np.float32)
+    blocks = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    workers = max(1, min(len(blocks), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda b: _rescore_rows(x, indices, b[0], b[1], out_idx, out_sim), blocks))
     return out_idx, out_sim
 
 
@@ -555,11 +612,13 @@ def build_knn_graph(
     t0 = time.perf_counter()
     info = {"k": k, "method": method, "device": dev.kind, "backend": dev.backend,
             "device_reason": dev.reason, "n_samples": n}
-    if method == "exact" and dev.backend == "torch-cuda":
-        indices, sims = _knn_torch(x, k, "cuda", progress)
-    elif method == "exact":
-        index = _flat_index(x, dev)
-        indices, sims = _search_index(index, x, k, progress, "kNN search (exact)")
+    if method == "exact":
+        t = time.perf_counter()
+        if dev.backend == "torch-cuda":
+            indices, sims = _knn_torch(x, k, "cuda", progress)
+        else:
+            indices, sims = _search_index(_flat_index(x, dev), x, k, progress, "kNN search (exact)")
+        info["phase_seconds"] = {"search": round(time.perf_counter() - t, 2)}
     elif method == "ivf":
         phases = info["phase_seconds"] = {}
         t = time.perf_counter()
