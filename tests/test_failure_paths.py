@@ -188,9 +188,14 @@ def test_the_graph_does_not_depend_on_the_thread_count():
         faiss.omp_set_num_threads(before)
     np.testing.assert_array_equal(graphs[0].indices, graphs[1].indices)
     assert graphs[0].sims.tobytes() == graphs[1].sims.tobytes()
-    # and each similarity is the plain float32 dot product of its pair, rows sorted
+    # and each similarity is its pair's dot product summed in float64 over eight lanes in a
+    # fixed order (rescore's definition, the same on any machine), rows sorted
     i, j = 17, graphs[0].indices[17, 4]
-    assert graphs[0].sims[17, 4] == np.float32(np.einsum("k,k->", x[j], x[i]))
+    lanes = np.zeros(8)
+    for block in (x[i].astype(np.float64) * x[j].astype(np.float64)).reshape(-1, 8):
+        lanes += block
+    expected = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    assert graphs[0].sims[17, 4] == np.float32(expected)
     assert (np.diff(graphs[0].sims, axis=1) <= 0).all()
 
 
