@@ -24,6 +24,7 @@ Sumengen et al., "Scaling Hierarchical Agglomerative Clustering to Billion-sized
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -79,6 +80,146 @@ def _best_neighbours(a, b, sim, m):
                                    np.ascontiguousarray(sim, dtype=np.float64), int(m))
 
 
+@njit(cache=True, nogil=True)
+def _update_best(a, b, wsum, count, n_edges, affected, best, best_sim):  # pragma: no cover - compiled
+    """Best neighbour (ties: smaller index) of every ``affected`` node, from the first
+    ``n_edges`` edges; the others' entries are left as they are."""
+    for i in range(len(affected)):
+        if affected[i]:
+            best[i] = -1
+            best_sim[i] = -np.inf
+    for e in range(n_edges):
+        u, v = a[e], b[e]
+        if affected[u] or affected[v]:
+            x = wsum[e] / count[e]
+            if affected[u] and (x > best_sim[u] or (x == best_sim[u] and v < best[u])):
+                best_sim[u] = x
+                best[u] = v
+            if affected[v] and (x > best_sim[v] or (x == best_sim[v] and u < best[v])):
+                best_sim[v] = x
+                best[v] = u
+
+
+@njit(cache=True, nogil=True)
+def _rac_rounds(n, a, b, wsum, count, threshold, max_rounds):  # pragma: no cover - compiled
+    """Every round of :func:`average_linkage` in compiled code: two passes over the edges a
+    round (contract in place, then the affected clusters' best neighbours), no allocation
+    proportional to the edges. ``a``, ``b``, ``wsum``, ``count`` are overwritten.
+
+    Returns children, similarity, size of every merge and the (start, end) merges of each round.
+    """
+    m = n
+    n_edges = len(a)
+    node = np.arange(n)
+    size = np.ones(n, dtype=np.int64)
+    children = np.empty((max(n - 1, 0), 2), dtype=np.int64)
+    msim = np.empty(max(n - 1, 0))
+    msize = np.empty(max(n - 1, 0), dtype=np.int64)
+    bounds = np.empty((max(n - 1, 0), 2), dtype=np.int64)
+    best = np.full(n, -1, dtype=np.int64)
+    best_sim = np.full(n, -np.inf)
+    _update_best(a, b, wsum, count, n_edges, np.ones(n, dtype=np.bool_), best, best_sim)
+    ta = np.empty(n_edges, dtype=np.int64)
+    tb = np.empty(n_edges, dtype=np.int64)
+    tw = np.empty(n_edges)
+    tc = np.empty(n_edges)
+    left = np.empty(n, dtype=np.int64)
+    n_merges = 0
+    rounds = 0
+    while n_edges > 0 and rounds < max_rounds:
+        k = 0
+        for i in range(m):
+            j = best[i]
+            if j > i and best[j] == i and best_sim[i] >= threshold:
+                left[k] = i
+                k += 1
+        if k == 0:
+            break
+        bounds[rounds, 0] = n_merges
+        bounds[rounds, 1] = n_merges + k
+        rounds += 1
+        keep = np.ones(m, dtype=np.bool_)
+        target = np.arange(m)
+        merged = np.zeros(m, dtype=np.bool_)
+        for t in range(k):
+            lt = left[t]
+            rt = best[lt]
+            children[n_merges + t, 0] = node[lt]
+            children[n_merges + t, 1] = node[rt]
+            msim[n_merges + t] = best_sim[lt]
+            msize[n_merges + t] = size[lt] + size[rt]
+            target[rt] = lt
+            keep[rt] = False
+            merged[lt] = True
+            merged[rt] = True
+        compact = np.cumsum(keep) - 1
+        m_new = int(compact[m - 1]) + 1
+        new_id = compact[target]
+        new_node = np.empty(m_new, dtype=np.int64)
+        new_size = np.zeros(m_new, dtype=np.int64)
+        for i in range(m):
+            new_size[new_id[i]] += size[i]
+            if keep[i]:
+                new_node[compact[i]] = node[i]
+        for t in range(k):
+            new_node[compact[left[t]]] = n + n_merges + t
+        n_merges += k
+        # pass 1: edges away from every merge keep their place (relabelled, order kept); the
+        # others are relabelled, those inside a new cluster dropped, parallel ones summed
+        j = 0
+        nt = 0
+        for e in range(n_edges):
+            u, v = a[e], b[e]
+            nu, nv = new_id[u], new_id[v]
+            if merged[u] or merged[v]:
+                if nu != nv:
+                    ta[nt] = min(nu, nv)
+                    tb[nt] = max(nu, nv)
+                    tw[nt] = wsum[e]
+                    tc[nt] = count[e]
+                    nt += 1
+            else:
+                a[j] = nu
+                b[j] = nv
+                wsum[j] = wsum[e]
+                count[j] = count[e]
+                j += 1
+        affected = np.zeros(m_new, dtype=np.bool_)
+        for t in range(k):
+            affected[compact[left[t]]] = True
+        if nt:
+            order = np.argsort(ta[:nt] * m_new + tb[:nt], kind="mergesort")
+            last_a = -1
+            last_b = -1
+            for q in range(nt):
+                e = order[q]
+                if ta[e] == last_a and tb[e] == last_b:
+                    wsum[j - 1] += tw[e]
+                    count[j - 1] += tc[e]
+                else:
+                    last_a, last_b = ta[e], tb[e]
+                    a[j] = last_a
+                    b[j] = last_b
+                    wsum[j] = tw[e]
+                    count[j] = tc[e]
+                    affected[last_a] = True
+                    affected[last_b] = True
+                    j += 1
+        n_edges = j
+        # best neighbours: carried over (relabelled) where nothing next to a cluster changed
+        new_best = np.full(m_new, -1, dtype=np.int64)
+        new_best_sim = np.full(m_new, -np.inf)
+        for i in range(m):
+            if keep[i]:
+                c = compact[i]
+                if best[i] >= 0:
+                    new_best[c] = new_id[best[i]]
+                new_best_sim[c] = best_sim[i]
+        _update_best(a, b, wsum, count, n_edges, affected, new_best, new_best_sim)
+        m, node, size, best, best_sim = m_new, new_node, new_size, new_best, new_best_sim
+    return children[:n_merges], msim[:n_merges], msize[:n_merges], bounds[:rounds], rounds
+
+
 # --------------------------------------------------------------------------- dendrogram
 
 
@@ -112,11 +253,15 @@ class Dendrogram:
         """Cluster id per sample (0..n_clusters-1, by first sample) joining merges with similarity ≥ threshold."""
         n = self.n_samples
         take = self.monotone_similarity >= threshold
-        leaf = self._representative_leaves()
+        leaf = self._leaves
         ca, cb = leaf[self.children[take, 0]], leaf[self.children[take, 1]]
         adj = sp.coo_matrix((np.ones(len(ca)), (ca, cb)), shape=(n, n))
         _, comp = connected_components(adj, directed=False)
         return relabel_by_first(comp)
+
+    @cached_property
+    def _leaves(self) -> np.ndarray:
+        return self._representative_leaves()
 
     def _representative_leaves(self) -> np.ndarray:
         """For every node, one sample inside it (the first child's representative, recursively)."""
@@ -151,10 +296,12 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
     ----------
     graph : KnnGraph (made symmetric: an edge found from either end is used)
     threshold : stop merging below this average similarity (-inf: merge while edges remain)
-    incremental : recompute best neighbours only for clusters next to a merge, and re-sort only
-        the edges that touch one (the rest keep their order under the compaction map, which is
-        monotone). Same result as recomputing everything each round; much faster in the long
-        tail of rounds that merge few pairs. ``False`` is the plain version, kept for tests.
+    incremental : every round compiled (:func:`_rac_rounds`): the edges are contracted in place
+        (those away from every merge keep their place), and best neighbours are recomputed only
+        for clusters next to a merge. Same dendrogram as recomputing everything each round,
+        without a pass of numpy over all edges per operation: the long tail of rounds that merge
+        few pairs costs two compiled passes each. ``False`` is the plain numpy version, kept
+        for tests.
 
     Returns
     -------
@@ -163,6 +310,11 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
     n = graph.n_samples
     a, b, wsum = graph.edges()
     count = np.ones_like(wsum)
+    if incremental:
+        children_arr, sim_arr, size_arr, bound_arr, rounds = _rac_rounds(
+            n, a, b, wsum, count, float(threshold), int(max_rounds))
+        bounds = [(int(lo), int(hi)) for lo, hi in bound_arr]
+        return _dendrogram(children_arr, sim_arr, size_arr, n, rounds, bounds, threshold)
     m = n
     node = np.arange(n, dtype=np.int64)  # dendrogram node of each current cluster
     size = np.ones(n, dtype=np.int64)
@@ -197,47 +349,20 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
         new_size = np.bincount(new_id, weights=size, minlength=m_new).astype(np.int64)
         new_node[compact[left]] = n + n_merges + np.arange(k)
         n_merges += k
-        if not incremental:
-            a, b, wsum, count = _contract(a, b, wsum, count, new_id, m_new)
-            m, node, size = m_new, new_node, new_size
-            best, best_sim = _best_neighbours(a, b, wsum / count, m)
-            continue
-        merged_old = np.zeros(m, dtype=bool)
-        merged_old[left] = merged_old[right] = True
-        touch = merged_old[a] | merged_old[b]
-        ta, tb, tw, tc = _contract(a[touch], b[touch], wsum[touch], count[touch], new_id, m_new)
-        stay = ~touch
-        a = np.concatenate([new_id[a[stay]], ta])
-        b = np.concatenate([new_id[b[stay]], tb])
-        wsum = np.concatenate([wsum[stay], tw])
-        count = np.concatenate([count[stay], tc])
-        # clusters whose neighbourhood changed: the merged ones and everything they touch
-        affected = np.zeros(m_new, dtype=bool)
-        affected[compact[left]] = True
-        affected[ta] = affected[tb] = True
-        new_best = np.full(m_new, -1, dtype=np.int64)
-        new_best_sim = np.full(m_new, -np.inf)
-        kept_old = np.flatnonzero(keep)
-        old_best = best[kept_old]
-        has = old_best >= 0
-        new_best[compact[kept_old[has]]] = new_id[old_best[has]]
-        new_best_sim[compact[kept_old]] = best_sim[kept_old]
-        sub = affected[a] | affected[b]
-        if sub.any():
-            sb, ss = _best_neighbours(a[sub], b[sub], wsum[sub] / count[sub], m_new)
-            new_best[affected] = sb[affected]
-            new_best_sim[affected] = ss[affected]
-        else:
-            new_best[affected] = -1
-            new_best_sim[affected] = -np.inf
-        m, node, size, best, best_sim = m_new, new_node, new_size, new_best, new_best_sim
+        a, b, wsum, count = _contract(a, b, wsum, count, new_id, m_new)
+        m, node, size = m_new, new_node, new_size
+        best, best_sim = _best_neighbours(a, b, wsum / count, m)
     children_arr = np.concatenate(children) if children else np.zeros((0, 2), dtype=np.int64)
     sim_arr = np.concatenate(sims) if sims else np.zeros(0)
     size_arr = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
-    mono = _monotone(children_arr, sim_arr, n, bounds)
-    return Dendrogram(children_arr, sim_arr, size_arr, mono, n, rounds,
-                      {"round_bounds": bounds, "threshold": float(threshold), "n_merges": int(n_merges),
-                       "inversions": int((mono < sim_arr).sum())})
+    return _dendrogram(children_arr, sim_arr, size_arr, n, rounds, bounds, threshold)
+
+
+def _dendrogram(children, sim, size, n, rounds, bounds, threshold) -> Dendrogram:
+    mono = _monotone(children, sim, n, bounds)
+    return Dendrogram(children, sim, size, mono, n, rounds,
+                      {"round_bounds": bounds, "threshold": float(threshold), "n_merges": int(len(sim)),
+                       "inversions": int((mono < sim).sum())})
 
 
 def _monotone(children: np.ndarray, sim: np.ndarray, n: int, bounds) -> np.ndarray:

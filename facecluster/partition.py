@@ -41,8 +41,24 @@ def label_codes(y, n_samples: int) -> np.ndarray:
     return np.unique(y, return_inverse=True)[1].astype(np.int64)
 
 
+def dense_ids(x: np.ndarray) -> bool:
+    """Whether ``x`` holds non-negative integer ids under about twice its length, so that
+    tables indexed by id (linear time) can replace sorting."""
+    return bool(len(x) and x.dtype.kind in "iu" and x.min() >= 0 and x.max() < 2 * len(x) + 1024)
+
+
 def relabel_by_first(labels: np.ndarray) -> np.ndarray:
-    """Renumber cluster ids 0.. in order of each cluster's first sample (deterministic)."""
+    """Renumber cluster ids 0.. in order of each cluster's first sample (deterministic).
+
+    Linear time for dense integer ids (every stage's own), by sorting otherwise."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if dense_ids(labels):
+        first = np.full(int(labels.max()) + 1, n, dtype=np.int64)
+        np.minimum.at(first, labels, np.arange(n, dtype=np.int64))
+        is_first = np.zeros(n + 1, dtype=bool)  # slot n: ids that do not occur
+        is_first[first] = True
+        return (np.cumsum(is_first[:n]) - 1)[first[labels]]
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     rank = np.empty(len(first), dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
