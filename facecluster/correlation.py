@@ -426,7 +426,7 @@ def _per_component(comp, n_comp, a, b, w, labels, u) -> np.ndarray:
     per_edge = np.where(cut, np.maximum(w, 0.0), -np.minimum(w, 0.0))
     if u is not None:
         per_edge = per_edge + np.where(cut, 0.0, (u[a] + u[b]) / 2)
-    value = np.bincount(comp[a], weights=per_edge, minlength=n_comp)
+    value = np.bincount(comp[a], weights=per_edge, minlength=n_comp).astype(np.float64)  # float even with no edge
     if u is not None:
         ids, lab = np.unique(labels, return_inverse=True)
         size = np.bincount(lab, minlength=len(ids)).astype(np.float64)

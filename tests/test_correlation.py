@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import facecluster.correlation as corr
 from facecluster import build_knn_graph
 from facecluster.correlation import (
     CorrelationClustering,
@@ -153,7 +154,6 @@ def test_a_warm_start_continues_from_a_partition_and_never_loses_on_it(offset):
     u = None if up.u is None else np.minimum(up.u, 0.0)
     assert warm.objective_refined <= objective(up.a, up.b, up.w, cold.labels, u) + 1e-9
     # the climb hands each upward bias the solution one step below (a float step included)
-    import facecluster.correlation as corr
 
     starts = []
     real = corr.correlation_clustering
@@ -250,3 +250,34 @@ def test_shared_neighbours_default_only_without_labels(noisy_sets):
     forced = correlation_stage(graph, noisy.labels, CorrelationConfig(shared_neighbours=True, bias=0.0),
                                rng=np.random.default_rng(0))
     assert forced.stats["signed_graph"]["shared_neighbours"]["calibration"] == "isotonic"
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 60), n_comp=st.integers(1, 6), seed=st.integers(0, 10_000), lifted=st.booleans())
+def test_the_objective_splits_into_its_components(n, n_comp, seed, lifted):
+    # every edge and every cluster lies inside one component: the per-component objectives
+    # (which choose GAEC or Pivot per component) add up to the whole one
+    rng = np.random.default_rng(seed)
+    comp = rng.integers(0, n_comp, n)
+    pairs = rng.integers(0, n, (4 * n, 2))
+    pairs = pairs[(comp[pairs[:, 0]] == comp[pairs[:, 1]]) & (pairs[:, 0] != pairs[:, 1])]
+    a, b, w = pairs[:, 0], pairs[:, 1], rng.normal(size=len(pairs))
+    labels = comp * n + rng.integers(0, 3, n)
+    u = -rng.random(n) if lifted else None
+    parts = corr._per_component(comp, n_comp, a, b, w, labels, u)
+    assert parts.shape == (n_comp,)
+    assert parts.sum() == pytest.approx(objective(a, b, w, labels, u), abs=1e-9)
+
+
+def test_batches_of_components_solve_each_component_as_alone(monkeypatch):
+    # the same graph solved in batches of one component and in one batch of all: GAEC
+    # never lets one component touch another, so the partitions are the same
+    x, _ = make_faces(600, 60, 32, seed=4)
+    graph = build_knn_graph(prepare_embeddings(x)[0], k=10, device="cpu")
+    signed = signed_graph(graph)
+    whole = correlation_clustering(signed, refine=False)
+    monkeypatch.setattr(corr, "BATCH_NODES", 2)
+    apart = correlation_clustering(signed, refine=False)
+    assert apart.stats["batches"] > whole.stats["batches"]
+    np.testing.assert_array_equal(whole.labels, apart.labels)
+    assert apart.objective_refined == pytest.approx(whole.objective_refined)
