@@ -306,7 +306,7 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     valid = nb >= 0
     nb_safe = np.where(valid, nb, 0)
     p_same = calibration(graph.sims)  # P(same person) of every kNN edge, read once
-    p = np.where(valid, p_same, 0.0).astype(np.float64)
+    p = np.where(valid, p_same, 0.0).astype(np.float64, copy=False)
     same_dup = np.zeros(nb.shape, dtype=bool)
     if dup_group is not None:
         g_self = dup_group[:, None]
@@ -318,14 +318,18 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     reliability = given1 / (p.sum(axis=1) + 1.0)
     w = p * reliability[nb_safe]
     given, best, best_mass = _label_votes(nb_labels, w, labels, n_labels)
-    none_prob = np.prod(1.0 - np.clip(w, 0.0, 1.0), axis=1)
+    np.clip(w, 0.0, 1.0, out=w)  # w is done with: N x k float64 arrays are 240 MB each at 1M rows
+    np.subtract(1.0, w, out=w)
+    none_prob = np.prod(w, axis=1)
+    del w
     # neighbours come most similar first: the first one with another label is the nearest
     other = valid & (nb_labels != labels[:, None])
     first = np.argmax(other, axis=1)
     has = other.any(axis=1)
     rows = np.arange(len(labels))
     core = _label_cores(graph, labels, valid & ~other & (p_same >= 0.5))
-    pairs = label_pairs(graph, labels, np.where(valid, p, 0.0), n_labels)
+    del p_same
+    pairs = label_pairs(graph, labels, p, n_labels)  # p is 0 where no neighbour is
     # only images of the label's core count: two flips of one person into one label would
     # otherwise vouch for each other
     own = valid & ~other & ~same_dup & core[nb_safe]
