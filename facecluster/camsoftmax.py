@@ -467,11 +467,14 @@ def closed_form_heads(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_fo
     n, d = x.shape
     key = folds * n_classes + labels
     member = sparse.csr_matrix((np.ones(n, dtype=np.float32), (key, np.arange(n))), shape=(n_folds * n_classes, n))
-    sums = np.asarray(member @ x, dtype=np.float32).reshape(n_folds, n_classes, d)
-    train = sums.sum(axis=0, keepdims=True) - sums  # each head: all rows but its fold
+    train = np.asarray(member @ x, dtype=np.float32).reshape(n_folds, n_classes, d)
+    # each head: all rows but its fold; in place, and normalised a fold at a time (at 1M rows ×
+    # 66k identities × 512 the heads are 0.7 GB, and whole-array temporaries were 1.4 GB more)
+    np.subtract(train.sum(axis=0, keepdims=True), train, out=train)
     counts = np.bincount(key, minlength=n_folds * n_classes).reshape(n_folds, n_classes)
     present = (counts.sum(axis=0, keepdims=True) - counts) > 0
-    train /= np.maximum(np.linalg.norm(train, axis=2, keepdims=True), _EPS)
+    for f in range(n_folds):
+        train[f] /= np.maximum(np.linalg.norm(train[f], axis=1, keepdims=True), _EPS)
     return train.reshape(n_folds * n_classes, d), present
 
 
