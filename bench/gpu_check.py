@@ -8,8 +8,8 @@ with their scores (a graph tie broken differently is the expected cause).
 
 Sizes above ``--clean-max`` time the GPU's parts alone: the exact graph on the GPU, the
 cam-softmax heads trained on CUDA (``--train-epochs``) and in closed form, and, with
-``--cpu-graph``, the CPU's IVF graph of the same set on the same machine with its recall of the
-GPU's exact graph. A small clean first compiles the numba kernels, so no timed run pays that.
+``--cpu-graph``, the CPU's IVF graph of the same set on the same machine, its recall measured
+against exact search on 2,000 sampled queries, and its neighbour lists compared with the GPU's. A small clean first compiles the numba kernels, so no timed run pays that.
 Rows are written to ``--json`` as they come, so a run cut short keeps what it measured.
 
     python bench/gpu_check.py --sizes 100000,1000000 --json gpu.json

@@ -539,7 +539,9 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
         comp_local = np.searchsorted(comps, comp[nodes])
         sl = slice(e_bounds[i], e_bounds[i + 1])
         lab, st = _solve_components(len(nodes), local[ea[sl]], local[eb[sl]], ew[sl], u[nodes], refine, seed + i,
-                                    comp_local, len(comps), None if start is None else start[nodes])
+                                    comp_local, len(comps), None if start is None else
+                                    # a start cluster never spans two components here
+                                    relabel_by_first(comp_local * len(nodes) + relabel_by_first(start[nodes])))
         return nodes, lab, st
 
     labels = np.full(n, -1, dtype=np.int64)

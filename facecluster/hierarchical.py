@@ -103,8 +103,8 @@ def _update_best(a, b, wsum, count, n_edges, affected, best, best_sim):  # pragm
 @njit(cache=True, nogil=True)
 def _rac_rounds(n, a, b, wsum, count, threshold, max_rounds):  # pragma: no cover - compiled
     """Every round of :func:`average_linkage` in compiled code: two passes over the edges a
-    round (contract in place, then the affected clusters' best neighbours), no allocation
-    proportional to the edges. ``a``, ``b``, ``wsum``, ``count`` are overwritten.
+    round (contract in place, then the affected clusters' best neighbours); scratch for the
+    edges is allocated once, and per round only for the edges a merge touches. ``a``, ``b``, ``wsum``, ``count`` are overwritten.
 
     Returns children, similarity, size of every merge and the (start, end) merges of each round.
     """
@@ -298,7 +298,8 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
     threshold : stop merging below this average similarity (-inf: merge while edges remain)
     incremental : every round compiled (:func:`_rac_rounds`): the edges are contracted in place
         (those away from every merge keep their place), and best neighbours are recomputed only
-        for clusters next to a merge. Same dendrogram as recomputing everything each round,
+        for clusters next to a merge. Same dendrogram as recomputing everything each round (up to
+        the last bit of a sum of three or more parallel edges, which are added in another order),
         without a pass of numpy over all edges per operation: the long tail of rounds that merge
         few pairs costs two compiled passes each. ``False`` is the plain numpy version, kept
         for tests.

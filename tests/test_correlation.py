@@ -281,3 +281,11 @@ def test_batches_of_components_solve_each_component_as_alone(monkeypatch):
     assert apart.stats["batches"] > whole.stats["batches"]
     np.testing.assert_array_equal(whole.labels, apart.labels)
     assert apart.objective_refined == pytest.approx(whole.objective_refined)
+
+
+def test_a_warm_start_cluster_spanning_two_components_is_split():
+    # two positive triangles with no edge between them; a start that puts all six together
+    # must not keep them together (no positive path joins them)
+    a, b = np.array([0, 1, 0, 3, 4, 3]), np.array([1, 2, 2, 4, 5, 5])
+    result = correlation_clustering(SignedGraph(6, a, b, np.ones(6)), start=np.zeros(6, dtype=np.int64))
+    np.testing.assert_array_equal(result.labels, [0, 0, 0, 1, 1, 1])
