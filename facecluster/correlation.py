@@ -197,16 +197,7 @@ def objective(a: np.ndarray, b: np.ndarray, w: np.ndarray, labels: np.ndarray, u
     With ``u`` the pairs without an edge count too: (u[i] + u[j]) / 2 each, all <= 0, so they
     disagree only when kept inside a cluster.
     """
-    cut = labels[a] != labels[b]
-    value = float(w[cut & (w > 0)].sum() - w[~cut & (w < 0)].sum())
-    if u is not None:
-        ids, lab = np.unique(labels, return_inverse=True)
-        size = np.bincount(lab, minlength=len(ids)).astype(np.float64)
-        usum = np.bincount(lab, weights=u, minlength=len(ids))
-        all_pairs = float(((size - 1) * usum).sum()) / 2  # sum over same-cluster pairs of (u_i+u_j)/2
-        on_edges = float(((u[a] + u[b]) / 2)[~cut].sum())
-        value -= all_pairs - on_edges
-    return value
+    return float(_per_component(np.zeros(len(labels), dtype=np.int64), 1, a, b, w, labels, u)[0])
 
 
 # --------------------------------------------------------------------------- kernels (numba)
@@ -420,8 +411,9 @@ def _refine(n, a, b, x, u, labels, max_rounds: int = 50, max_sweeps: int = 100):
 
 
 def _per_component(comp, n_comp, a, b, w, labels, u) -> np.ndarray:
-    """:func:`objective` of each component (``comp``: the component of every node): every
-    edge and every cluster lies in one component, so the total splits into theirs."""
+    """:func:`objective` of each component (``comp``: the component of every node, in
+    [0, n_comp)): every edge and every cluster lies in one component, so the total splits
+    into theirs."""
     cut = labels[a] != labels[b]
     per_edge = np.where(cut, np.maximum(w, 0.0), -np.minimum(w, 0.0))
     if u is not None:
@@ -467,11 +459,6 @@ def _solve_components(n, a, b, w, u, refine: bool, seed: int, comp, n_comp: int,
     return best, {"gaec": o_greedy, "refined": float(np.minimum(o_ref, o_piv).sum()),
                   "pivot_refined": float(o_piv.sum()),
                   "chosen": {"gaec+moves": int((~take_piv).sum()), "pivot+moves": int(take_piv.sum())}}
-
-
-def _solve_component(n, a, b, w, u, refine: bool, seed: int, start=None) -> tuple[np.ndarray, dict]:
-    """One connected problem (see :func:`_solve_components`)."""
-    return _solve_components(n, a, b, w, u, refine, seed, np.zeros(n, dtype=np.int64), 1, start)
 
 
 # nodes per batch of components solved in one pass: large enough that the per-batch Python
