@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from facecluster import build_knn_graph, resolve_device
-from facecluster.knn import KnnGraph, _knn_torch, measure_recall
+from facecluster.knn import KnnGraph, _knn_torch, measure_recall, refine_graph, rescore
 from facecluster.progress import NullProgress
 from facecluster.synth import make_faces
 
@@ -82,14 +82,76 @@ def test_ivf_tunes_nprobe_to_reach_the_target_recall(offset):
     graph = build_knn_graph(x, k=30, device="cpu", method="ivf")
     assert graph.info["method"] == "ivf"
     # tuned on the edges that matter; the recall reported is measured on queries independent
-    # of those used for tuning
+    # of those used for tuning. The IVF seeds the graph to 1 - 10 x (1 - target), refinement
+    # rounds take it to the target
     assert graph.info["tuned_recall"] >= graph.info["target_recall"] == 0.999
+    assert graph.info["seed_recall"] >= graph.info["seed_target"] == pytest.approx(0.99)
+    assert all(r["tuned_recall"] <= 1.0 for r in graph.info["refine_rounds"])
     assert graph.info["edges_that_matter_recall"] >= 0.98
     again = measure_recall(x, graph.indices, 30, n_queries=300, seed=99)
     assert again["edges_that_matter_recall"] >= 0.98 and again["recall_at_k"] <= 1.0
     looser = build_knn_graph(x, k=30, device="cpu", method="ivf", target_recall=0.9)
     assert looser.info["nprobe"] * looser.info["shortlist_factor"] <= graph.info["nprobe"] * graph.info["shortlist_factor"]
     assert looser.info["tuned_recall"] >= 0.9
+
+
+def _refined_by_hand(x, indices):
+    """One refinement round written plainly: each row's k best, by rescore's values and order,
+    among its list, its neighbours' lists and the rows listing it."""
+    n, k = indices.shape
+    cands = []
+    for r in range(n):
+        own = indices[r][indices[r] >= 0]
+        hop = indices[own].ravel()
+        rev = np.flatnonzero((indices == r).any(axis=1))
+        c = np.unique(np.concatenate([own, hop[hop >= 0], rev]))
+        cands.append(c[c != r])
+    width = max(k, max(len(c) for c in cands))
+    padded = np.full((n, width), -1, dtype=np.int32)
+    for r, c in enumerate(cands):
+        padded[r, :len(c)] = c
+    idx, sims = rescore(x, padded)
+    return idx[:, :k], sims[:, :k]
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 80), d=st.integers(1, 40), k=st.integers(1, 12), seed=st.integers(0, 10_000),
+       dup=st.booleans())
+def test_refinement_round_keeps_the_best_of_its_candidates(n, d, k, seed, dup):
+    rng = np.random.default_rng(seed)
+    x = _unit(rng.standard_normal((n, d)))
+    if dup:  # exact copies: ties broken by index, as rescore does
+        x[n // 2:] = x[: n - n // 2]
+    k = min(k, n - 1)
+    # distinct neighbours a row, self never, some lists short (-1)
+    start = np.array([np.r_[rng.permutation(np.delete(np.arange(n), r))[:k - 1], -1][rng.permutation(k)]
+                      for r in range(n)], dtype=np.int32).reshape(n, k)
+    got, sims, history = refine_graph(x, start, max_rounds=1, chunk=7)
+    want, want_sims = _refined_by_hand(x, start)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(sims, want_sims)
+    # a row's list only improves: its j-th similarity never drops
+    _, old = rescore(x, start)
+    assert (sims >= old).all()
+    assert len(history) == 1 and history[0]["new_edges"] >= 0
+
+
+def test_refinement_is_independent_of_threads_and_blocks(monkeypatch):
+    import facecluster.knn as knn
+
+    x, _ = make_faces(3000, 200, 24, spread=0.5, seed=8)
+    start = np.random.default_rng(8).integers(0, 3000, (3000, 15)).astype(np.int32)
+    one = refine_graph(x, start, max_rounds=3, chunk=4096)
+    monkeypatch.setattr(knn.os, "cpu_count", lambda: 4)
+    many = refine_graph(x, start, max_rounds=3, chunk=97)
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])
+    # an exact graph is a fixed point: nothing new, the same values as rescore gives
+    exact = build_knn_graph(x, k=15, device="cpu", method="exact")
+    same = refine_graph(x, exact.indices)
+    np.testing.assert_array_equal(same[0], exact.indices)
+    np.testing.assert_array_equal(same[1], exact.sims)
+    assert [h["new_edges"] for h in same[2]] == [0]
 
 
 def test_auto_switches_to_approximate_above_exact_max():
