@@ -109,7 +109,8 @@ def clean(
     cam_epochs: Annotated[int, typer.Option(min=0, help="Train the cam-softmax fold heads this many epochs from their closed form (0, the default: the closed-form heads, which ranked wrong labels as well on real embeddings at a fraction of the time).")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Analyse and print the summary; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
-    image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails; images outside it are never read. Default: the manifest's folder.")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails and review.html's images; images outside it are never read or linked. Default: the manifest's folder.")] = None,
+    decisions: Annotated[Optional[Path], typer.Option(help="decisions.csv exported from review.html (columns path, decision, label, note, timestamp; decision keep, drop, relabel or merge): a person's decision beats the algorithm on its row in this and every later run.")] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read (.npy; .npz and Parquet right after loading), naming what needs the memory.")] = None,
 ) -> None:
     """Find mislabeled samples, outliers, near-duplicates and duplicate identities; write a cleaned manifest."""
@@ -133,7 +134,8 @@ def clean(
         _fail(exc)
     try:
         result = run_clean(manifest, embeddings, config, out_dir=None if dry_run else out,
-                           progress=NullProgress() if quiet else RichProgress(err_console), image_root=image_root)
+                           progress=NullProgress() if quiet else RichProgress(err_console), image_root=image_root,
+                           decisions=decisions)
     except InputError as exc:
         _fail(exc)
     if not quiet:
@@ -329,9 +331,17 @@ def _print_summary(summary: dict, out: Path | None) -> None:
     for name, count in summary["actions"].items():
         table.add_row(f"action: {name}", str(count))
     table.add_row("rows kept for retraining", str(summary["rows_kept"]))
+    if summary.get("decided_by_person"):
+        table.add_row("rows decided by a person", str(summary["decided_by_person"]))
+    table.add_row("rows waiting for review", str(summary.get("review_queue", 0)))
     table.add_row("time (s)", f"{summary['seconds']:.1f}")
     out_console.print(table)
-    out_console.print(f"outputs written to {out}" if out else "dry run: nothing written")
+    decisions = summary.get("decisions") or {}
+    if decisions.get("unknown_paths"):
+        out_console.print(f"[yellow]{decisions['unknown_paths']} decision(s) name a path not in the manifest "
+                          f"(e.g. {', '.join(map(repr, decisions['unknown_examples'][:3]))}); listed in report.json[/yellow]")
+    out_console.print(f"outputs written to {out}; review.html lists what waits for a person" if out
+                      else "dry run: nothing written")
 
 
 if __name__ == "__main__":  # pragma: no cover

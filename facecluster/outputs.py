@@ -34,7 +34,7 @@ from pathlib import Path
 from .errors import InputError
 
 # what `clean` writes (the kNN graph cache, knn_graph.npz, comes on top where a graph is built)
-OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json", "report.html")
+OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json", "report.html", "review.html")
 STAGE_PREFIX = ".facecluster-tmp-"
 GRAPH_TMP_PREFIX = ".tmp-knn-"
 SEAL = "report.json"

@@ -26,13 +26,17 @@ from .knn import KnnGraph, build_knn_graph
 from .progress import NullProgress, Progress
 from .relabel import (
     OUTPUT_FILES,
+    Decisions,
     action_counts,
+    apply_decisions,
     check_output_dir,
     cleaned_manifest,
     decide_actions,
     get_policy,
+    read_decisions,
     write_outputs,
 )
+from .review import review_queue
 from .votes import vote_stage
 
 CLEAN_STAGES = ("hierarchical", "correlation", "camsoftmax")
@@ -134,21 +138,27 @@ class CleanResult:
     report: dict = field(default_factory=dict)
 
     def write(self, out_dir: str | Path, image_root: str | Path | None = None) -> list[Path]:
-        """Write cleaned.csv, audit.csv, identities.csv, report.json, report.html and the kNN
-        graph cache, all staged and moved into place together. ``image_root``: the folder the
-        report's thumbnails may be read from (default: the manifest's folder)."""
+        """Write cleaned.csv, audit.csv, identities.csv, report.json, report.html, review.html
+        and the kNN graph cache, all staged and moved into place together. ``image_root``: the
+        folder the pages' images may come from (default: the manifest's folder)."""
         from .report import render_html
+        from .review import render_review
 
-        check_output_dir(out_dir, list(self.faceset.source.values()), OUTPUT_FILES + (GRAPH_FILE,))
+        inputs = list(self.faceset.source.values()) + [self.report.get("decisions", {}).get("file")]
+        check_output_dir(out_dir, [p for p in inputs if p], OUTPUT_FILES + (GRAPH_FILE,))
+        pages = {"report.html": render_html(self, image_root=image_root),
+                 "review.html": render_review(self, out_dir, image_root=image_root)}
         return write_outputs(out_dir, {"cleaned.csv": self.cleaned, "audit.csv": self.audit,
-                                       "identities.csv": self.identities}, self.report,
-                             {"report.html": render_html(self, image_root=image_root)}, _graph_writer(self.graph))
+                                       "identities.csv": self.identities}, self.report, pages, _graph_writer(self.graph))
 
     def summary(self) -> dict:
         """Counts for a short printed summary."""
         return {"rows": self.faceset.n_samples, "identities": self.faceset.n_labels,
                 "issues": self.report["counts"]["issues"], "actions": self.report["counts"]["actions"],
-                "rows_kept": int(len(self.cleaned)), "seconds": self.report["timings"]["total"]}
+                "rows_kept": int(len(self.cleaned)), "seconds": self.report["timings"]["total"],
+                "review_queue": self.report["counts"]["review_queue"],
+                "decided_by_person": self.report["counts"]["decided_by_person"],
+                "decisions": self.report.get("decisions")}
 
 
 def _graph_writer(graph: KnnGraph) -> dict:
@@ -295,6 +305,7 @@ def clean(
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
     image_root: str | Path | None = None,
+    decisions: str | Path | Decisions | None = None,
     **overrides,
 ) -> CleanResult:
     """Find label problems in a face set and decide what to do about each row.
@@ -309,7 +320,12 @@ def clean(
         cached there for identical re-runs
     progress : a :class:`~facecluster.progress.Progress` (the CLI passes rich bars)
     image_root : folder the manifest's image paths are relative to, for report.html's
-        thumbnails; no image outside it is read (default: the manifest's folder)
+        thumbnails and review.html's images; no image outside it is read or linked (default:
+        the manifest's folder)
+    decisions : a person's decisions (decisions.csv as review.html exports it, or
+        :func:`facecluster.relabel.read_decisions`'s value): each beats the algorithm on its
+        row (:func:`facecluster.relabel.apply_decisions`); decided rows carry ``fc_source`` =
+        ``person``, are counted in report.json and leave the review queue
 
     Returns
     -------
@@ -327,6 +343,8 @@ def clean(
     """
     config = replace(config or CleanConfig(), **overrides)
     progress = progress or NullProgress()
+    if decisions is not None and not isinstance(decisions, Decisions):
+        decisions = read_decisions(decisions)  # bad input fails here, before any work
     device = resolve_device(config.device)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -345,12 +363,17 @@ def clean(
     with progress.task("decide actions", total=None):
         audit = decide_actions(faceset.manifest, faceset.labels, faceset.label_names, faceset.label_col,
                                findings, config.policy)
+        decided = None
+        if decisions is not None:
+            audit, decided = apply_decisions(audit, decisions, faceset.path_col, faceset.label_col)
         cleaned = cleaned_manifest(audit, faceset.label_col)
     identities = findings.merges.copy()
     timings["relabel"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
     report = _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir)
+    if decided is not None:
+        report["decisions"] = decided
     result = CleanResult(faceset, graph, signals, findings, audit, cleaned, identities, report)
     if out_dir is not None:
         with progress.task("write outputs", total=None):
@@ -377,7 +400,9 @@ def _clean_report(config, device, faceset, graph, signals, findings, audit, clea
         "parameters": dict(asdict(config), policy_thresholds=asdict(get_policy(config.policy)),
                            device_resolved=asdict(device)),
         "counts": {"issues": findings.counts(), "actions": action_counts(audit), "rows_kept": int(len(cleaned)),
-                   "merge_suggestions": int(len(findings.merges))},
+                   "merge_suggestions": int(len(findings.merges)),
+                   "review_queue": int(len(review_queue(audit, faceset.label_col, config.policy))),
+                   "decided_by_person": int((audit["fc_source"] == "person").sum())},
         "stages": {
             "embeddings": dict(faceset.centring_stats, centred=faceset.centred),
             "knn": _graph_report(graph, out_dir),

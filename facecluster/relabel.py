@@ -19,11 +19,13 @@ import pandas as pd
 from .findings import Findings
 from .outputs import OUTPUT_FILES, check_output_dir, write_set
 
-__all__ = ["ACTIONS", "AUDIT_COLUMNS", "OUTPUT_FILES", "POLICIES", "Policy", "action_counts", "check_output_dir",
-           "cleaned_manifest", "decide_actions", "write_outputs"]
+__all__ = ["ACTIONS", "AUDIT_COLUMNS", "DECISIONS", "OUTPUT_FILES", "POLICIES", "Decisions", "Policy", "action_counts",
+           "apply_decisions", "check_output_dir", "cleaned_manifest", "decide_actions", "read_decisions",
+           "write_outputs"]
 
 ACTIONS = ("keep", "relabel", "drop", "merge", "dedupe")
-AUDIT_COLUMNS = ("fc_action", "fc_label", "fc_issue", "fc_score", "fc_reason")
+# fc_source: "algorithm", or "person" where decisions.csv decided the row
+AUDIT_COLUMNS = ("fc_action", "fc_label", "fc_issue", "fc_score", "fc_reason", "fc_source")
 # fc_issue "review": the evidence cannot decide; never acted on, left for a person
 
 
@@ -129,7 +131,126 @@ def decide_actions(manifest: pd.DataFrame, labels: np.ndarray, label_names: np.n
     audit["fc_issue"] = issue
     audit["fc_score"] = np.round(score.astype(np.float64), 4)
     audit["fc_reason"] = reason
+    audit["fc_source"] = "algorithm"
     return audit
+
+
+# --------------------------------------------------------------------------- a person's decisions
+
+DECISIONS = ("keep", "drop", "relabel", "merge")
+DECISION_COLUMNS = ("path", "decision", "label", "note", "timestamp")
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """A person's decisions (review.html's export, or written by hand), one per path.
+
+    table : path, decision (keep, drop, relabel, merge), label (the new label for relabel,
+        the label merged into for merge; empty otherwise), note, timestamp; the last row for
+        a path wins (``superseded`` counts the earlier ones)
+    """
+
+    table: pd.DataFrame
+    source: str
+    superseded: int = 0
+
+
+def read_decisions(path: str | Path) -> Decisions:
+    """Read decisions.csv: columns ``path`` and ``decision`` required, ``label`` required for
+    relabel and merge, ``note`` and ``timestamp`` optional. Bad input raises
+    :class:`~facecluster.errors.InputError` naming the file, row and column."""
+    from .errors import InputError
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(path, "decisions file not found") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
+    except pd.errors.EmptyDataError:
+        raise InputError(path, "decisions file is empty: expected a header row path,decision,label,note,timestamp") from None
+    except (pd.errors.ParserError, OSError) as exc:
+        raise InputError(path, f"cannot read decisions: {exc}") from exc
+    for column in ("path", "decision"):
+        if column not in table.columns:
+            raise InputError(path, f"missing column {column!r} (columns: {', '.join(map(str, table.columns))})")
+    for column in ("label", "note", "timestamp"):
+        if column not in table.columns:
+            table[column] = ""
+    for i, (p, decision, label) in enumerate(zip(table["path"], table["decision"], table["label"]), start=1):
+        if not p.strip():
+            raise InputError(path, "empty path", row=i, column="path")
+        if decision not in DECISIONS:
+            raise InputError(path, f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}", row=i,
+                             column="decision")
+        if decision in ("relabel", "merge") and not label.strip():
+            raise InputError(path, f"a {decision} decision needs the label to {'relabel' if decision == 'relabel' else 'merge into'}",
+                             row=i, column="label")
+    table = table[list(DECISION_COLUMNS)]
+    last = table.drop_duplicates("path", keep="last")
+    return Decisions(last.reset_index(drop=True), str(path), superseded=len(table) - len(last))
+
+
+def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, label_col: str) -> tuple[pd.DataFrame, dict]:
+    """The audit with a person's decisions in place of the algorithm's, on the rows decided.
+
+    keep: the given label, action keep; drop: action drop; relabel: the decision's label,
+    action relabel; merge: the row's label merged into the decision's label, on every row
+    carrying it that no decision of its own covers. Each such row gets ``fc_source`` =
+    ``person`` and the decision (and its note) at the head of ``fc_reason``; ``fc_issue`` and
+    ``fc_score`` keep what the algorithm found. Paths not in the manifest are counted and
+    listed in the summary, never silently dropped. Returns (audit, summary for report.json).
+    """
+    audit = audit.copy()
+    table = decisions.table
+    paths = audit[path_col].astype(str)
+    position = pd.Series(np.arange(len(audit)), index=paths)
+    position = position[~position.index.duplicated(keep="first")]
+    known = table["path"].isin(position.index)
+    unknown = table.loc[~known, "path"].tolist()
+    table = table[known]
+    rows = position.loc[table["path"]].to_numpy()
+
+    action = audit["fc_action"].to_numpy(dtype=object).copy()
+    final = audit["fc_label"].to_numpy(dtype=object).copy()
+    reason = audit["fc_reason"].to_numpy(dtype=object).copy()
+    source = audit["fc_source"].to_numpy(dtype=object).copy()
+    given = audit[label_col].astype(str).to_numpy(dtype=object)
+    decided = np.zeros(len(audit), dtype=bool)
+    decided[rows] = True
+    merged_rows = 0
+
+    def mark(i: int, what: str, label: str, note: str) -> None:
+        head = f"person: {what}" + (f" ({note})" if note else "")
+        reason[i] = f"{head}; algorithm: {reason[i]}" if reason[i] else head
+        source[i] = "person"
+
+    for i, decision, label, note in zip(rows, table["decision"], table["label"], table["note"]):
+        if decision == "keep":
+            action[i], final[i] = "keep", given[i]
+        elif decision == "drop":
+            action[i], final[i] = "drop", ""
+        elif decision == "relabel":
+            action[i], final[i] = "relabel", label
+        else:
+            action[i], final[i] = "merge", label
+        mark(i, decision if decision in ("keep", "drop") else f"{decision} to {label}", label, note)
+    for i, label, note in zip(rows[table["decision"].to_numpy() == "merge"], table.loc[table["decision"] == "merge", "label"],
+                              table.loc[table["decision"] == "merge", "note"]):
+        others = np.flatnonzero((given == given[i]) & ~decided)
+        for j in others:
+            action[j], final[j] = "merge", label
+            mark(j, f"label {given[i]} merged into {label} (decided on {paths.iloc[i]})", label, note)
+        decided[others] = True
+        merged_rows += len(others)
+
+    audit["fc_action"], audit["fc_label"], audit["fc_reason"], audit["fc_source"] = action, final, reason, source
+    summary = {"file": decisions.source, "decisions": int(len(decisions.table)), "applied": int(len(table)),
+               "by_decision": {d: int((table["decision"] == d).sum()) for d in DECISIONS},
+               "rows_by_person": int(decided.sum()), "rows_merged_with_a_decided_row": int(merged_rows),
+               "superseded": int(decisions.superseded), "unknown_paths": len(unknown), "unknown_examples": unknown[:20]}
+    return audit, summary
 
 
 def cleaned_manifest(audit: pd.DataFrame, label_col: str) -> pd.DataFrame:

@@ -269,6 +269,42 @@ def _table(mapping: dict) -> str:
     return f"<table class=kv>{cells}</table>"
 
 
+ISSUE_MEANINGS = {
+    "mislabeled": "the image looks like another identity of the set (the suggested label)",
+    "outlier": "the image fits no identity of the set: a person outside the label set, or a bad crop",
+    "near_duplicate": "the image is a copy (or near copy) of another row; one of each group is kept",
+    "duplicate_identity": "the whole label looks like the same person as another label",
+    "review": "the evidence leans against the label but cannot decide: a person's call",
+}
+ACTION_MEANINGS = {
+    "keep": "kept under its label (a finding below the policy's threshold is kept and listed)",
+    "relabel": "kept under the suggested label",
+    "drop": "left out of the cleaned set",
+    "merge": "kept, its label merged into another",
+    "dedupe": "left out as a copy of a kept row",
+}
+
+
+def _next_steps(report: dict) -> str:
+    counts = report["counts"]
+    waiting = counts.get("review_queue", 0)
+    by_issue = "; ".join(f"{k}: {v:,}" for k, v in counts["issues"].items() if v)
+    decided = report.get("decisions")
+    person = (f"<li>{counts.get('decided_by_person', 0):,} rows follow a person's decisions "
+              f"({html.escape(str(decided['file']))}: {decided['applied']:,} applied, "
+              f"{decided['unknown_paths']:,} naming a path not in the manifest).</li>") if decided else ""
+    issues = "".join(f"<tr><th>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in ISSUE_MEANINGS.items())
+    actions = "".join(f"<tr><th>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in ACTION_MEANINGS.items())
+    return (f"<ol><li><b>review.html</b>: {waiting:,} rows wait for a person ({html.escape(by_issue)}), the "
+            "most doubtful first. Decide with the keyboard, export decisions.csv, and run again with "
+            "<code>--decisions decisions.csv</code>: every later run honours them.</li>"
+            "<li><b>cleaned.csv</b>: the rows to retrain on, with the cleaned labels.</li>"
+            "<li><b>audit.csv</b>: every input row with its issue, action, score, evidence and source "
+            "(algorithm or person); <b>identities.csv</b>: the duplicate-identity suggestions.</li>"
+            f"{person}</ol><table class=kv><tr><th>issue</th><td>what it means</td></tr>{issues}</table>"
+            f"<table class=kv><tr><th>action</th><td>what it does</td></tr>{actions}</table>")
+
+
 def render_html(result, *, per_issue: int = 20, image_root: str | Path | None = None) -> str:
     """The page as a string. ``image_root``: folder the manifest's paths are relative to
     (default: the manifest's folder). Thumbnails are read only from regular files that resolve
@@ -286,6 +322,7 @@ def render_html(result, *, per_issue: int = 20, image_root: str | Path | None = 
     counts = report["counts"]
     summary = {"rows": f"{report['inputs']['rows']:,}", "identities": f"{report['inputs']['identities']:,}",
                "rows kept": f"{counts['rows_kept']:,}", "merge suggestions": counts["merge_suggestions"],
+               "rows waiting for review": f"{counts.get('review_queue', 0):,}",
                "policy": report["parameters"]["policy"],
                **{f"issue: {k}": v for k, v in counts["issues"].items()},
                **{f"action: {k}": v for k, v in counts["actions"].items()}}
@@ -312,6 +349,7 @@ img.plot {{ max-width: 100%; }}
 <p>{html.escape(str(report['inputs'].get('manifest', '')))} &middot; facecluster {html.escape(report['facecluster_version'])}
 &middot; {timings.get('total', 0):.1f} s</p>
 <h2 id=summary>Summary</h2>{_table(summary)}
+<h2 id=next>What to open next</h2>{_next_steps(report)}
 <h2 id=plots>Distributions</h2>{figures}
 <h2 id=identities>Duplicate identities</h2>{merge_html}
 <h2 id=purity>Identities</h2>{_identity_table(report)}
