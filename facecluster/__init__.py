@@ -30,7 +30,9 @@ _EXPORTS = {
     "partition": ("Partition",),
     "pipeline": ("CleanConfig", "CleanResult", "ClusterConfig", "ClusterResult", "clean", "cluster",
                  "compute_signals"),
-    "relabel": ("POLICIES", "Policy", "cleaned_manifest", "decide_actions", "write_outputs"),
+    "relabel": ("POLICIES", "Decisions", "Policy", "apply_decisions", "cleaned_manifest", "decide_actions",
+                "read_decisions", "write_outputs"),
+    "review": ("render_review", "review_queue"),
     "votes": ("LabelAgreement", "NearDuplicates", "knn_label_agreement", "near_duplicate_groups", "vote_stage"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -92,11 +94,15 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     )
     from .relabel import (  # noqa: F401
         POLICIES,
+        Decisions,
         Policy,
+        apply_decisions,
         cleaned_manifest,
         decide_actions,
+        read_decisions,
         write_outputs,
     )
+    from .review import render_review, review_queue  # noqa: F401
     from .votes import (  # noqa: F401
         LabelAgreement,
         NearDuplicates,

@@ -381,6 +381,16 @@ def _reverse_lists(indices):  # pragma: no cover - compiled
     return ptr, out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _take(c, r, stamp, buf, nc):  # pragma: no cover - compiled
+    """Append candidate ``c`` of row ``r`` to ``buf[:nc]`` unless it is −1 or already there."""
+    if c >= 0 and stamp[c] != r:
+        stamp[c] = r
+        buf[nc] = c
+        return nc + 1
+    return nc
+
+
 @njit(cache=True, nogil=True)
 def _refine_rows(x, indices, rev_ptr, rev_idx, order, lo, hi, out_idx, out_sim, stamp, buf, screen, tol):  # pragma: no cover - compiled
     """Rows lo..hi of one :func:`refine_graph` round: a row's candidates are its own list, its
@@ -398,28 +408,15 @@ def _refine_rows(x, indices, rev_ptr, rev_idx, order, lo, hi, out_idx, out_sim, 
         stamp[r] = r
         n_own = 0
         for j in range(k):
-            c = indices[r, j]
-            if c >= 0 and stamp[c] != r:
-                stamp[c] = r
-                buf[n_own] = c
-                n_own += 1
+            n_own = _take(indices[r, j], r, stamp, buf, n_own)
         nc = n_own
         for j in range(k):
             u = indices[r, j]
-            if u < 0:
-                continue
-            for jj in range(k):
-                c = indices[u, jj]
-                if c >= 0 and stamp[c] != r:
-                    stamp[c] = r
-                    buf[nc] = c
-                    nc += 1
+            if u >= 0:
+                for jj in range(k):
+                    nc = _take(indices[u, jj], r, stamp, buf, nc)
         for p in range(rev_ptr[r], rev_ptr[r + 1]):
-            c = rev_idx[p]
-            if stamp[c] != r:
-                stamp[c] = r
-                buf[nc] = c
-                nc += 1
+            nc = _take(rev_idx[p], r, stamp, buf, nc)
         t = n_own
         while t + 4 <= nc:
             _dot32x4(x, r, buf[t], buf[t + 1], buf[t + 2], buf[t + 3], screen, t)

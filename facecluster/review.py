@@ -97,6 +97,8 @@ def review_data(result, out_dir: str | Path | None = None, image_root: str | Pat
     given = audit[label_col].astype(str).to_numpy()
     names = np.asarray(fs.label_names).astype(str)
     suggested = result.findings.suggested
+    # where the findings name no label (outliers, review), the kNN votes' best other label
+    nearest_other = result.signals.agreement.best_other
     keep_of_group = result.findings.keep_of_group
     merges = dict(zip(result.identities["label"].astype(str), result.identities["merged_into"].astype(str))) \
         if len(result.identities) else {}
@@ -109,18 +111,20 @@ def review_data(result, out_dir: str | Path | None = None, image_root: str | Pat
                 cards[grouped[label]]["rows"].append(int(row))
                 continue
             grouped[label] = len(cards)
-        proposal = ""
+        proposal, hint = "", ""
         if issue == "duplicate_identity":
             proposal = merges.get(label, "")
         elif suggested[row] >= 0:
             proposal = names[suggested[row]]
+        elif nearest_other[row] >= 0:
+            hint = names[nearest_other[row]]
         partner = int(keep_of_group[row]) if issue == "near_duplicate" and keep_of_group[row] >= 0 else -1
-        cards.append({"rows": [int(row)], "issue": issue, "label": label, "proposal": proposal,
+        cards.append({"rows": [int(row)], "issue": issue, "label": label, "proposal": proposal, "hint": hint,
                       "partner": partner, "score": float(audit["fc_score"].iat[row]),
                       "action": str(audit["fc_action"].iat[row]), "reason": str(audit["fc_reason"].iat[row]),
                       "size": int(label_size)})
 
-    shown_labels = {c["label"] for c in cards} | {c["proposal"] for c in cards if c["proposal"]}
+    shown_labels = {c["label"] for c in cards} | {c[k] for c in cards for k in ("proposal", "hint") if c[k]}
     # examples of a label: its rows without a finding first, then the others, in input order
     examples: dict[str, list[int]] = {}
     if shown_labels:
@@ -267,6 +271,7 @@ function render() {
     } else {
       card.appendChild(strip("given: " + c.label + " (" + c.size + " images)", D.examples[c.label] || [], c.rows[0]));
       if (c.proposal) card.appendChild(strip("suggested: " + c.proposal, D.examples[c.proposal] || []));
+      else if (c.hint) card.appendChild(strip("nearest other label: " + c.hint, D.examples[c.hint] || []));
     }
     card.appendChild(el("div", "evidence", c.reason));
     const d = decisionOf(c);
@@ -307,7 +312,7 @@ function accept() {
 }
 function ask(what) {
   const c = current(); if (!c) return;
-  const label = window.prompt(what + " " + D.images[c.rows[0]][0] + " to label:", c.proposal || "");
+  const label = window.prompt(what + " " + D.images[c.rows[0]][0] + " to label:", c.proposal || c.hint || "");
   if (label && label.trim()) decide(what, label.trim());
 }
 function undo() {

@@ -28,6 +28,17 @@ def write_set(folder: Path, x: np.ndarray, labels, *, stem: str = "faces", extra
     return path
 
 
+def write_images(manifest: Path, seed: int = 0) -> None:
+    """A small random image file for every path of ``manifest`` (relative to its folder)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for rel in pd.read_csv(manifest, dtype=str).path:
+        target = manifest.parent / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(target)
+
+
 @pytest.fixture
 def small_set(tmp_path) -> Path:
     """600 clean rows of 40 identities, 64-d, written as faces.csv + faces.npy."""

@@ -7,13 +7,12 @@ import shutil
 import subprocess
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import facecluster as fc
 from facecluster.synth import inject_noise, label_names, make_faces
 
-from .conftest import write_set
+from .conftest import write_images, write_set
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -23,18 +22,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture(scope="module")
 def run_with_images(tmp_path_factory):
     """A small noisy set whose manifest paths point at real image files (for thumbnails)."""
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("report")
     x, y = make_faces(900, 60, 64, seed=4)
     noisy = inject_noise(x, y, seed=4)
     path = write_set(root / "in", noisy.embeddings, label_names(noisy.labels))
-    frame = pd.read_csv(path, dtype=str)
-    rng = np.random.default_rng(0)
-    for rel in frame.path:
-        target = root / "in" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(target)
+    write_images(path)
     out = root / "out"
     result = fc.clean(path, out_dir=out, stages=("hierarchical", "correlation"))
     return result, out

@@ -24,7 +24,7 @@ from facecluster.relabel import read_decisions
 from facecluster.review import review_data, review_queue
 from facecluster.synth import inject_noise, label_names, make_faces
 
-from .conftest import REPO, write_set
+from .conftest import REPO, write_images, write_set
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 ARTIFACTS = Path(os.environ.get("FACECLUSTER_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
@@ -42,17 +42,11 @@ def _browser():
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     """A small noisy set with image files on disk, cleaned once."""
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("review")
     x, y = make_faces(900, 60, 64, seed=5)
     noisy = inject_noise(x, y, seed=5)
     manifest = write_set(root / "in", noisy.embeddings, label_names(noisy.labels))
-    rng = np.random.default_rng(0)
-    for rel in pd.read_csv(manifest, dtype=str).path:
-        target = root / "in" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(target)
+    write_images(manifest)
     out = root / "out"
     result = fc.clean(manifest, out_dir=out, stages=("hierarchical", "correlation"))
     return manifest, out, result
