@@ -39,6 +39,19 @@ def write_images(manifest: Path, seed: int = 0) -> None:
         Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(target)
 
 
+def cleaned_with_images(root: Path, seed: int):
+    """A 900-row noisy set whose paths are image files on disk, cleaned once into root/out
+    (hierarchical and correlation stages). Returns (manifest, out, result)."""
+    import facecluster as fc
+
+    x, y = make_faces(900, 60, 64, seed=seed)
+    noisy = inject_noise(x, y, seed=seed)
+    manifest = write_set(root / "in", noisy.embeddings, label_names(noisy.labels))
+    write_images(manifest)
+    result = fc.clean(manifest, out_dir=root / "out", stages=("hierarchical", "correlation"))
+    return manifest, root / "out", result
+
+
 @pytest.fixture
 def small_set(tmp_path) -> Path:
     """600 clean rows of 40 identities, 64-d, written as faces.csv + faces.npy."""

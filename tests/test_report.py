@@ -9,10 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-import facecluster as fc
-from facecluster.synth import inject_noise, label_names, make_faces
-
-from .conftest import write_images, write_set
+from .conftest import cleaned_with_images
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -22,13 +19,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture(scope="module")
 def run_with_images(tmp_path_factory):
     """A small noisy set whose manifest paths point at real image files (for thumbnails)."""
-    root = tmp_path_factory.mktemp("report")
-    x, y = make_faces(900, 60, 64, seed=4)
-    noisy = inject_noise(x, y, seed=4)
-    path = write_set(root / "in", noisy.embeddings, label_names(noisy.labels))
-    write_images(path)
-    out = root / "out"
-    result = fc.clean(path, out_dir=out, stages=("hierarchical", "correlation"))
+    _, out, result = cleaned_with_images(tmp_path_factory.mktemp("report"), seed=4)
     return result, out
 
 

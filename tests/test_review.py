@@ -24,7 +24,7 @@ from facecluster.relabel import read_decisions
 from facecluster.review import review_data, review_queue
 from facecluster.synth import inject_noise, label_names, make_faces
 
-from .conftest import REPO, write_images, write_set
+from .conftest import REPO, cleaned_with_images, write_set
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 ARTIFACTS = Path(os.environ.get("FACECLUSTER_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
@@ -42,14 +42,7 @@ def _browser():
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     """A small noisy set with image files on disk, cleaned once."""
-    root = tmp_path_factory.mktemp("review")
-    x, y = make_faces(900, 60, 64, seed=5)
-    noisy = inject_noise(x, y, seed=5)
-    manifest = write_set(root / "in", noisy.embeddings, label_names(noisy.labels))
-    write_images(manifest)
-    out = root / "out"
-    result = fc.clean(manifest, out_dir=out, stages=("hierarchical", "correlation"))
-    return manifest, out, result
+    return cleaned_with_images(tmp_path_factory.mktemp("review"), seed=5)
 
 
 def _queue_rows(result) -> list[int]:
