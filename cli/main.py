@@ -111,6 +111,7 @@ def clean(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails and review.html's images; images outside it are never read or linked. Default: the manifest's folder.")] = None,
     decisions: Annotated[Optional[Path], typer.Option(help="decisions.csv exported from review.html (columns path, decision, label, note, timestamp; decision keep, drop, relabel or merge): a person's decision beats the algorithm on its row in this and every later run.")] = None,
+    dask: Annotated[Optional[str], typer.Option(help="Search the exact kNN graph on a Dask cluster: local:N (N worker processes on this machine) or a scheduler address such as tcp://host:8786 (its workers must read the --out folder). The stages run here; the outputs equal the local run's. Needs the dask extra: pip install 'facecluster[dask]'.")] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read (.npy; .npz and Parquet right after loading), naming what needs the memory.")] = None,
 ) -> None:
     """Find mislabeled samples, outliers, near-duplicates and duplicate identities; write a cleaned manifest."""
@@ -126,6 +127,10 @@ def clean(
 
     try:
         budget = None if memory_budget is None else parse_size(memory_budget)
+        if dask is not None:
+            from facecluster.knn_dask import check_spec
+
+            check_spec(dask)
         config = CleanConfig(k=k, device=device.value, knn_method=knn.value, knn_recall=knn_recall, centre=centre_value,
                              policy=policy.value, path_col=path_col, label_col=label_col, seed=seed,
                              stages=tuple(x.strip() for x in stages.split(",") if x.strip()),
@@ -135,7 +140,7 @@ def clean(
     try:
         result = run_clean(manifest, embeddings, config, out_dir=None if dry_run else out,
                            progress=NullProgress() if quiet else RichProgress(err_console), image_root=image_root,
-                           decisions=decisions)
+                           decisions=decisions, dask=dask)
     except InputError as exc:
         _fail(exc)
     if not quiet:

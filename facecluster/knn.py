@@ -25,7 +25,11 @@ from numba import njit
 from .device import Device, query_chunk_rows, resolve_device
 from .progress import NullProgress, Progress
 
-GRAPH_FORMAT_VERSION = 4  # 2: IVF shortlists on PQ fast-scan codes, re-ranked exactly; 3: float64 rescore; 4: IVF refined
+GRAPH_FORMAT_VERSION = 5  # 2: IVF shortlists on PQ fast-scan codes, re-ranked exactly; 3: float64 rescore; 4: IVF refined; 5: exact k-th place
+# Exact search returns this many neighbours more than k; all are rescored and the k best kept by
+# (−cosine, row), so the k-th place is decided by the one fixed summation, ties by row number,
+# not by a search's float32 order (which differs between a single search, blocks on Dask, a GPU).
+EXACT_MARGIN = 8
 # The IVF search only seeds the graph; refinement (:func:`refine_graph`) finds most of what it
 # missed (1M rows: 89% in one round, 93% in two). The IVF is tuned to miss at most this many
 # times the edges the whole build may miss.
@@ -173,7 +177,7 @@ def graph_fingerprint(x: np.ndarray, **params) -> str:
 # --------------------------------------------------------------------------- search backends
 
 
-def _drop_self(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def drop_self(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """From k+1 results per query, remove the query itself (or, if absent, the last one).
 
     ``rows`` holds each query's own row number. The query can be absent from its own list
@@ -203,7 +207,7 @@ def _search_index(index, x: np.ndarray, k: int, progress: Progress, label: str) 
                 s, i = faiss.knn(q, x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
             else:
                 s, i = index.search(q, k + 1)
-            i, s = _drop_self(i, s, np.arange(start, start + len(q)), k)
+            i, s = drop_self(i, s, np.arange(start, start + len(q)), k)
             indices[start:start + len(q)] = i
             sims[start:start + len(q)] = s
             advance(len(q))
@@ -233,7 +237,7 @@ def _knn_torch(x: np.ndarray, k: int, device: str, progress: Progress) -> tuple[
         for start in range(0, n, chunk):
             q = base[start:start + chunk]
             s, i = torch.topk(q @ base.T, k + 1, dim=1, largest=True, sorted=True)
-            i, s = _drop_self(i.cpu().numpy(), s.float().cpu().numpy(), np.arange(start, start + len(q)), k)
+            i, s = drop_self(i.cpu().numpy(), s.float().cpu().numpy(), np.arange(start, start + len(q)), k)
             indices[start:start + len(q)] = i
             sims[start:start + len(q)] = s
             advance(len(q))
@@ -639,7 +643,7 @@ def _reranked(index, x: np.ndarray, rows: np.ndarray, k: int, shortlist: int) ->
     faiss.knn_inner_products_by_idx(faiss.swig_ptr(q), faiss.swig_ptr(x), faiss.swig_ptr(cand), d, nq, x.shape[0],
                                     shortlist, k + 1, faiss.swig_ptr(vals), faiss.swig_ptr(ids), shortlist)
     vals[ids < 0] = -np.inf
-    return _drop_self(ids, vals, rows, k)
+    return drop_self(ids, vals, rows, k)
 
 
 def _search_reranked(index, x: np.ndarray, k: int, shortlist: int, progress: Progress,
@@ -663,7 +667,7 @@ def _exact_neighbours(x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarr
     import faiss
 
     s, i = faiss.knn(np.ascontiguousarray(x[rows]), x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    return _drop_self(i, s, rows, k)
+    return drop_self(i, s, rows, k)
 
 
 def _sample_rows(n: int, n_queries: int, seed: int) -> np.ndarray:
@@ -803,6 +807,8 @@ def build_knn_graph(
     cache: str | Path | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    dask=None,
+    scratch: str | Path | None = None,
 ) -> KnnGraph:
     """Build the kNN graph of L2-normalised vectors under cosine similarity.
 
@@ -831,6 +837,10 @@ def build_knn_graph(
         fingerprint (``x`` and every parameter that changes the graph) it is loaded instead of
         searching. Nothing is written here: ``info["fingerprint"]`` goes with the returned
         graph and :meth:`KnnGraph.save` writes it where the caller stages its outputs.
+    dask : a ``dask.distributed.Client``: the exact search runs on its cluster, block pair by
+        block pair (:mod:`facecluster.knn_dask`), and gives the same graph; only exact search
+        is distributed (``auto`` means exact there)
+    scratch : with ``dask``, the folder for the scratch copy of ``x`` the workers read
 
     Returns
     -------
@@ -848,7 +858,9 @@ def build_knn_graph(
         raise ValueError(f"k must be at least 1, got {k}")
     dev = device if isinstance(device, Device) else resolve_device(device)
     if method == "auto":
-        method = "exact" if (dev.kind == "cuda" or n <= exact_max) else "ivf"
+        method = "exact" if (dev.kind == "cuda" or n <= exact_max or dask is not None) else "ivf"
+    if dask is not None and method != "exact":
+        raise ValueError(f"on Dask the graph is exact: knn method {method!r} is not distributed")
     if method not in {"exact", "ivf", "hnsw"}:
         raise ValueError(f"method must be auto, exact, ivf or hnsw, got {method!r}")
     ef_search = int(ef_search or max(2 * k, 64))
@@ -871,11 +883,17 @@ def build_knn_graph(
             "device_reason": dev.reason, "n_samples": n}
     if method == "exact":
         t = time.perf_counter()
-        if dev.backend == "torch-cuda":
-            indices, sims = _knn_torch(x, k, "cuda", progress)
+        wide = min(k + EXACT_MARGIN, n - 1)
+        if dask is not None:
+            from .knn_dask import search_on_dask
+
+            indices, sims, on_dask = search_on_dask(x, wide, dask, scratch=scratch, progress=progress)
+            info.update(on_dask, device="cpu", backend=on_dask["backend"])
+        elif dev.backend == "torch-cuda":
+            indices, sims = _knn_torch(x, wide, "cuda", progress)
         else:
-            indices, sims = _search_index(_flat_index(x, dev), x, k, progress, "kNN search (exact)")
-        info["phase_seconds"] = {"search": round(time.perf_counter() - t, 2)}
+            indices, sims = _search_index(_flat_index(x, dev), x, wide, progress, "kNN search (exact)")
+        info.setdefault("phase_seconds", {})["search"] = round(time.perf_counter() - t, 2)
     elif method == "ivf":
         phases = info["phase_seconds"] = {}
         t = time.perf_counter()
@@ -901,7 +919,7 @@ def build_knn_graph(
             info.update(method="exact", fallback=f"IVF reached {seeded:.4f} of the edges that matter at nprobe {nprobe} "
                                                  f"of {nlist} lists, short of {seed_target:.4f}, and would save exact "
                                                  f"search less than {IVF_MIN_SPEEDUP:.0f}x its work; exact search is cheaper")
-            indices, sims = _search_index(None, x, k, progress, "kNN search (exact)")
+            indices, sims = _search_index(None, x, min(k + EXACT_MARGIN, n - 1), progress, "kNN search (exact)")
         else:
             index.nprobe = nprobe
             indices, _ = _search_reranked(index, x, k, shortlist, progress,
@@ -938,6 +956,8 @@ def build_knn_graph(
     if info.get("refine_rounds") is None:  # a refined graph is valued and sorted as rescore does already
         t = time.perf_counter()
         indices, sims = rescore(x, indices)
+        if indices.shape[1] > k:  # the exact search's margin: the k best by (−cosine, row)
+            indices, sims = np.ascontiguousarray(indices[:, :k]), np.ascontiguousarray(sims[:, :k])
         info.setdefault("phase_seconds", {})["rescore"] = round(time.perf_counter() - t, 2)
     info["missing_neighbours"] = int((indices < 0).sum())
     info["seconds"] = round(time.perf_counter() - t0, 3)

@@ -14,7 +14,7 @@ The guarantees (README "Output contract"), each kept by a test:
   leaves no ``report.json``, never an old one beside new tables. SIGINT and SIGTERM that
   arrive during the switch (a few renames) take effect after it.
 - Temporaries a killed run left behind (``.facecluster-tmp-<pid>-*`` folders and
-  ``.tmp-knn-<pid>-*.npz`` files of processes no longer running) are removed by the next run
+  ``.tmp-knn-<pid>-*.npz`` and ``.tmp-dask-<pid>-*.npy`` files of processes no longer running) are removed by the next run
   that writes to the same folder.
 """
 
@@ -38,7 +38,8 @@ OUTPUT_FILES = ("cleaned.csv", "audit.csv", "identities.csv", "report.json", "re
 STAGE_PREFIX = ".facecluster-tmp-"
 GRAPH_TMP_PREFIX = ".tmp-knn-"
 SEAL = "report.json"
-_STALE = re.compile(rf"^({re.escape(STAGE_PREFIX)}|{re.escape(GRAPH_TMP_PREFIX)})(\d+)-")
+DASK_TMP_PREFIX = ".tmp-dask-"  # the scratch copy of the vectors a Dask graph build reads
+_STALE = re.compile(rf"^({re.escape(STAGE_PREFIX)}|{re.escape(GRAPH_TMP_PREFIX)}|{re.escape(DASK_TMP_PREFIX)})(\d+)-")
 
 
 class InterruptedAfterWrite(KeyboardInterrupt):

@@ -214,7 +214,7 @@ def _check_budget(config: CleanConfig, device: Device, n_samples: int, dim: int,
 
 
 def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device: Device, progress: Progress,
-                    timings: dict) -> tuple[FaceSet, KnnGraph]:
+                    timings: dict, client=None) -> tuple[FaceSet, KnnGraph]:
     """The first two boxes of every flow: validated FaceSet, then its (cached) kNN graph."""
     t = time.perf_counter()
     if out_dir is not None and not isinstance(manifest, pd.DataFrame):
@@ -235,7 +235,8 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
     cache = None if out_dir is None else Path(out_dir) / GRAPH_FILE
     graph = build_knn_graph(faceset.embeddings, k=config.k, device=device, method=config.knn_method,
                             exact_max=config.exact_max, target_recall=getattr(config, "knn_recall", 0.999),
-                            cache=cache, seed=config.seed, progress=progress)
+                            cache=cache, seed=config.seed, progress=progress, dask=client,
+                            scratch=None if out_dir is None else Path(out_dir))
     timings["knn"] = time.perf_counter() - t
     return faceset, graph
 
@@ -306,6 +307,7 @@ def clean(
     progress: Progress | None = None,
     image_root: str | Path | None = None,
     decisions: str | Path | Decisions | None = None,
+    dask=None,
     **overrides,
 ) -> CleanResult:
     """Find label problems in a face set and decide what to do about each row.
@@ -326,6 +328,11 @@ def clean(
         :func:`facecluster.relabel.read_decisions`'s value): each beats the algorithm on its
         row (:func:`facecluster.relabel.apply_decisions`); decided rows carry ``fc_source`` =
         ``person``, are counted in report.json and leave the review queue
+    dask : a ``dask.distributed.Client``, ``"local:N"`` (a LocalCluster of N worker processes,
+        closed at the end) or a scheduler address (``"tcp://host:8786"``): the exact kNN graph
+        is searched on that cluster (:mod:`facecluster.knn_dask`; the workers read a scratch
+        copy of the vectors written in ``out_dir``, which must be a folder they can read), the
+        stages run here. The outputs equal the local run's
 
     Returns
     -------
@@ -348,8 +355,17 @@ def clean(
     device = resolve_device(config.device)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES + (GRAPH_FILE,), device,
-                                     progress, timings)
+    client, owned = (None, False)
+    if dask is not None:
+        from .knn_dask import close, connect
+
+        client, owned = connect(dask)
+    try:
+        faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES + (GRAPH_FILE,), device,
+                                         progress, timings, client)
+    finally:
+        if owned:
+            close(client)
 
     signals = compute_signals(graph, faceset.labels, faceset.n_labels, config, embeddings=faceset.embeddings,
                               device=device, progress=progress, timings=timings)

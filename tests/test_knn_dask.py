@@ -1,0 +1,103 @@
+"""The kNN graph on Dask: a real LocalCluster (2 worker processes) gives the local exact graph
+and the local run's outputs, also when a worker is killed mid-build."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import facecluster as fc
+import facecluster.knn_dask as knn_dask
+from facecluster.knn import build_knn_graph
+from facecluster.synth import inject_noise, label_names, make_faces
+
+from .conftest import write_set
+
+distributed = pytest.importorskip("distributed", reason="dask.distributed not installed (the test extra has it)")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client():
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_graph_on_dask_equals_the_local_exact_graph(client, monkeypatch, tmp_path):
+    x, _ = make_faces(3000, 150, 48, offset=1.5, seed=3)
+    x = _unit(x)
+    x[2000:2010] = x[:10]  # exact copies: ties for the k-th place are decided by row number on both sides
+    monkeypatch.setattr(knn_dask, "BLOCK_ROWS", 700)  # 5 blocks, 25 block pairs, merged in a tree
+    local = build_knn_graph(x, k=20, device="cpu", method="exact")
+    on_dask = build_knn_graph(x, k=20, device="cpu", dask=client, scratch=tmp_path)
+    np.testing.assert_array_equal(on_dask.indices, local.indices)
+    np.testing.assert_array_equal(on_dask.sims.view(np.int32), local.sims.view(np.int32))
+    assert on_dask.info["dask_workers"] == 2 and on_dask.info["dask_blocks"] == 5
+    assert on_dask.info["fingerprint"] == local.info["fingerprint"], "one cache serves both"
+    assert not list(tmp_path.glob(".tmp-dask-*")), "the scratch copy is removed"
+    with pytest.raises(ValueError, match="not distributed"):
+        build_knn_graph(x, k=20, device="cpu", method="ivf", dask=client)
+
+
+def test_clean_on_dask_writes_the_local_run_outputs(client, monkeypatch, tmp_path):
+    x, y = make_faces(1500, 100, 32, seed=8)
+    noisy = inject_noise(x, y, seed=8)
+    manifest = write_set(tmp_path / "in", noisy.embeddings, label_names(noisy.labels))
+    monkeypatch.setattr(knn_dask, "BLOCK_ROWS", 400)
+    fc.clean(manifest, out_dir=tmp_path / "local")
+    fc.clean(manifest, out_dir=tmp_path / "dask", dask=client)
+    for name in ("cleaned.csv", "audit.csv", "identities.csv", "review.html"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes(), name
+    # the cached graph: the same arrays (its info says how each was built)
+    with np.load(tmp_path / "local" / "knn_graph.npz") as a, np.load(tmp_path / "dask" / "knn_graph.npz") as b:
+        for key in ("indices", "sims"):
+            np.testing.assert_array_equal(a[key], b[key])
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("local", "dask"))
+    for report in (a, b):
+        for key in ("timings", "memory", "outputs"):
+            report.pop(key)
+        report["stages"].pop("knn")
+    assert a == b
+    assert not list((tmp_path / "dask").glob(".tmp-dask-*"))
+
+
+def test_a_worker_killed_mid_build_is_replaced_and_the_graph_is_the_same(client, monkeypatch, tmp_path):
+    x = _unit(np.random.default_rng(5).standard_normal((12_000, 64)))
+    monkeypatch.setattr(knn_dask, "BLOCK_ROWS", 600)  # 20 blocks: 400 block-pair searches
+    local = build_knn_graph(x, k=15, device="cpu", method="exact")
+    pids = client.run(os.getpid)
+    result = {}
+
+    def build():
+        result["graph"] = build_knn_graph(x, k=15, device="cpu", dask=client, scratch=tmp_path)
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    done = lambda: client.run_on_scheduler(  # noqa: E731
+        lambda dask_scheduler: sum(t.state == "memory" for t in dask_scheduler.tasks.values()))
+    deadline = time.monotonic() + 60
+    while done() < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim_address, victim_pid = next(iter(pids.items()))
+    assert thread.is_alive(), "the build was still running when the worker was killed"
+    os.kill(victim_pid, 9)  # the worker process dies mid-build; its nanny starts another
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    np.testing.assert_array_equal(result["graph"].indices, local.indices)
+    np.testing.assert_array_equal(result["graph"].sims, local.sims)
+    client.wait_for_workers(2, timeout=60)
+    assert victim_pid not in client.run(os.getpid).values(), "the killed worker was replaced"
