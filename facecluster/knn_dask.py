@@ -59,7 +59,7 @@ def connect(spec):
         return spec, False
     n = check_spec(spec)
     if n is not None:
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         return Client(cluster), True
     return Client(str(spec)), True
 

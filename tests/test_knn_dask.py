@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def client():
     from dask.distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     c = Client(cluster)
     yield c
     c.close()
@@ -101,3 +101,26 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_graph_is_the_same(client,
     np.testing.assert_array_equal(result["graph"].sims, local.sims)
     client.wait_for_workers(2, timeout=60)
     assert victim_pid not in client.run(os.getpid).values(), "the killed worker was replaced"
+
+
+@pytest.mark.parametrize("spec", ["local:0", "local:two", "somewhere:8786"])
+def test_a_bad_dask_address_is_refused_before_any_work(small_set, tmp_path, spec):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["clean", str(small_set), "--out", str(out), "--dask", spec, "-q"])
+    assert result.exit_code == 2 and "--dask" in result.output
+    assert not out.exists()
+
+
+def test_clean_from_the_command_line_on_a_local_cluster(small_set, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["clean", str(small_set), "--out", str(tmp_path / "out"), "--dask", "local:2", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["stages"]["knn"]["backend"] == "faiss-cpu on dask" and report["stages"]["knn"]["dask_workers"] == 2
