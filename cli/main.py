@@ -101,7 +101,7 @@ def clean(
     k: Annotated[int, typer.Option(min=1, help="Neighbours per sample in the kNN graph.")] = 30,
     device: Annotated[DeviceChoice, typer.Option(help="Where to search: auto uses a GPU when one is usable.")] = DeviceChoice.auto,
     policy: Annotated[PolicyChoice, typer.Option(help="How strong a finding must be before it is acted on.")] = PolicyChoice.conservative,
-    knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto (exact up to 200k rows on a CPU, else IVF tuned to recall 0.999 of the edges that matter: exact neighbours with a real chance of being the same person).")] = KnnChoice.auto,
+    knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto (exact up to 100k rows on a CPU, else an IVF graph refined to recall 0.999 of the edges that matter: exact neighbours with a real chance of being the same person).")] = KnnChoice.auto,
     centre: Annotated[str, typer.Option(help="Subtract the set's mean direction: auto (decided from the data), yes, no.")] = "auto",
     knn_recall: Annotated[float, typer.Option(help="Recall of the edges that matter the approximate graph is built to (an IVF search seeds it, neighbour-of-neighbour refinement rounds finish it): lower is faster and loses outliers first (1M synthetic rows: graph 308 s at 0.999 on 2 cores; 100k rows: cleaning figures within 0.002 of the exact graph's but for one more wrong merge suggestion of 70).")] = 0.999,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,

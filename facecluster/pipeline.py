@@ -22,7 +22,7 @@ from .errors import InputError
 from .faceset import FaceSet, load_faceset
 from .findings import Findings, FindingsConfig, Signals, find_issues
 from .hierarchical import HierarchicalConfig, hierarchical_stage
-from .knn import KnnGraph, build_knn_graph
+from .knn import EXACT_MAX, KnnGraph, build_knn_graph
 from .progress import NullProgress, Progress
 from .relabel import (
     OUTPUT_FILES,
@@ -79,7 +79,7 @@ class CleanConfig:
     k: int = 30
     device: str = "auto"
     knn_method: str = "auto"
-    exact_max: int = 200_000
+    exact_max: int = EXACT_MAX
     knn_recall: float = 0.999
     centre: str | bool = "auto"
     policy: str = "conservative"
@@ -469,7 +469,7 @@ class ClusterConfig:
     k: int = 30
     device: str = "auto"
     knn_method: str = "auto"
-    exact_max: int = 200_000
+    exact_max: int = EXACT_MAX
     centre: str | bool = "auto"
     path_col: str = "path"
     label_col: str | None = None
