@@ -221,7 +221,7 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
     decided[rows] = True
     merged_rows = 0
 
-    def mark(i: int, what: str, label: str, note: str) -> None:
+    def mark(i: int, what: str, note: str) -> None:
         head = f"person: {what}" + (f" ({note})" if note else "")
         reason[i] = f"{head}; algorithm: {reason[i]}" if reason[i] else head
         source[i] = "person"
@@ -235,15 +235,18 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
             action[i], final[i] = "relabel", label
         else:
             action[i], final[i] = "merge", label
-        mark(i, decision if decision in ("keep", "drop") else f"{decision} to {label}", label, note)
-    for i, label, note in zip(rows[table["decision"].to_numpy() == "merge"], table.loc[table["decision"] == "merge", "label"],
-                              table.loc[table["decision"] == "merge", "note"]):
-        others = np.flatnonzero((given == given[i]) & ~decided)
+        mark(i, decision if decision in ("keep", "drop") else f"{decision} to {label}", note)
+    # a merge decision moves every other row of its label (the last decision on a label wins)
+    merges = {given[i]: (label, paths.iloc[i], note) for i, decision, label, note
+              in zip(rows, table["decision"], table["label"], table["note"]) if decision == "merge"}
+    if merges:
+        others = np.flatnonzero(pd.Series(given).isin(merges).to_numpy() & ~decided)
         for j in others:
+            label, decided_on, note = merges[given[j]]
             action[j], final[j] = "merge", label
-            mark(j, f"label {given[i]} merged into {label} (decided on {paths.iloc[i]})", label, note)
+            mark(j, f"label {given[j]} merged into {label} (decided on {decided_on})", note)
         decided[others] = True
-        merged_rows += len(others)
+        merged_rows = len(others)
 
     audit["fc_action"], audit["fc_label"], audit["fc_reason"], audit["fc_source"] = action, final, reason, source
     summary = {"file": decisions.source, "decisions": int(len(decisions.table)), "applied": int(len(table)),
