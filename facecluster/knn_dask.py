@@ -113,21 +113,34 @@ def _tree(items: list, combine):
     return items[0]
 
 
-def knn_graph_dask(path: str | Path, k: int, client, *, block_rows: int = BLOCK_ROWS,
+def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Exact k nearest neighbours (self excluded) of the unit vectors in the .npy file
-    ``path``, searched on the cluster behind ``client``, block pair by block pair. Every
-    worker must be able to read ``path``. Returns (indices int32, sims float32 as FAISS gave
-    them, info); the caller rescores (:func:`facecluster.knn.rescore`)."""
+    """Exact k nearest neighbours (self excluded) of unit vectors, searched on the cluster
+    behind ``client``, block pair by block pair.
+
+    ``source`` : a .npy file every worker can read (blocks of ``block_rows`` rows are read by
+    the tasks, memory-mapped), or a dask array of unit vectors from anywhere
+    (``da.from_zarr``, ``da.from_npy_stack``, a Parquet frame's ``to_dask_array``), whose row
+    chunks are the blocks: the matrix is never gathered on one machine. Returns (indices
+    int32, sims float32 as FAISS gave them, info); a caller holding the vectors rescores
+    (:func:`facecluster.knn.rescore`)."""
     import dask
     from dask.distributed import as_completed
 
     progress = progress or NullProgress()
-    path = str(Path(path).resolve())
-    n, d = np.load(path, mmap_mode="r").shape
+    if isinstance(source, (str, Path)):
+        path = str(Path(source).resolve())
+        n, d = np.load(path, mmap_mode="r").shape
+        bounds = [(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
+        blocks = [dask.delayed(_read_block, pure=True)(path, s, e) for s, e in bounds]
+    else:
+        n, d = source.shape
+        if len(source.chunks[1]) != 1:
+            source = source.rechunk({1: -1})  # a block holds whole rows
+        starts = np.r_[0, np.cumsum(source.chunks[0])]
+        bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        blocks = [dask.delayed(np.ascontiguousarray)(b, dtype=np.float32) for b in source.to_delayed().ravel()]
     k = int(min(k, n - 1))
-    bounds = [(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
-    blocks = [dask.delayed(_read_block, pure=True)(path, s, e) for s, e in bounds]
     outs = []
     for qi, (qs, _) in enumerate(bounds):
         parts = [dask.delayed(_search_pair, pure=True, nout=2)(blocks[qi], blocks[bj], bs, k)

@@ -124,3 +124,17 @@ def test_clean_from_the_command_line_on_a_local_cluster(small_set, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["stages"]["knn"]["backend"] == "faiss-cpu on dask" and report["stages"]["knn"]["dask_workers"] == 2
+
+
+def test_graph_from_a_dask_array_never_gathered(client):
+    import dask.array as da
+
+    from facecluster.knn import rescore
+
+    x = _unit(np.random.default_rng(11).standard_normal((2500, 24)))
+    local = build_knn_graph(x, k=12, device="cpu", method="exact")
+    # row chunks of unequal size, the columns split too: the blocks are the array's own chunks
+    source = da.from_array(x, chunks=((900, 900, 700), (12, 12)))
+    indices, _, info = knn_dask.knn_graph_dask(source, 12, client)
+    assert info["dask_blocks"] == 3
+    np.testing.assert_array_equal(rescore(x, indices)[0], local.indices)
