@@ -378,7 +378,8 @@ class _FoldHeads:
 
 def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | None = None,
                           neighbours: np.ndarray | None = None, config: CamSoftmaxConfig | None = None, *,
-                          device="auto", seed: int | np.random.Generator = 0, progress=None) -> Confidence:
+                          device="auto", seed: int | np.random.Generator = 0, progress=None,
+                          client=None) -> Confidence:
     """Cross-fitted confidence in every sample's label, from cosine-classifier heads that start
     at their closed form (each fold's class centroids) and, with ``config.epochs`` > 0, are then
     trained with the cam-softmax loss.
@@ -398,6 +399,8 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
         is seeded from it (torch's global state is left alone)
     progress : a :class:`~facecluster.progress.Progress`; one bar over the training steps (or
         the scoring chunks)
+    client : a ``dask.distributed.Client``: the closed-form heads' held-out scoring (the
+        O(N·candidates·D) part) runs on its workers, chunk by chunk, with the same result
     """
     from .progress import NullProgress
 
@@ -427,7 +430,8 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
                     f"cam-softmax loss, each row updating the {config.folds - 1} heads that do not score it")
     else:
         with progress.task(f"cam-softmax ({config.folds} closed-form fold heads)", total=-(-n // _SCORE_CHUNK)) as adv:
-            logits, scorable = _closed_form_logits(x, labels, folds, weight, present, score_cand, config.scale, adv)
+            logits, scorable = _closed_form_logits(x, labels, folds, weight, present, score_cand, config.scale, adv,
+                                                   client)
         c_final, losses, device, steps = HALF_PI, [], "cpu", 0
         training = (f"none: {config.folds} closed-form fold heads, each the unit centroids of its training rows' "
                     "classes (set epochs > 0 to train them with the cam-softmax loss)")
@@ -478,37 +482,57 @@ def closed_form_heads(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_fo
     return train.reshape(n_folds * n_classes, d), present
 
 
-def _closed_form_logits(x, labels, folds, weight, present, score_cand, scale: float, advance):
+def _closed_form_logits(x, labels, folds, weight, present, score_cand, scale: float, advance, client=None):
     """Held-out logits scale·cos of every row against its own fold's closed-form head: all
     classes (``score_cand`` None: one matmul per fold and chunk) or its candidate classes
-    (only those dot products, by a compiled kernel). Invalid entries are −inf."""
+    (only those dot products, by a compiled kernel). Invalid entries are −inf. With a Dask
+    ``client`` the row chunks are scored on its workers (the heads sent once to each), by the
+    same function, so the logits are the local ones."""
     n, d = x.shape
     n_folds, n_classes = present.shape
     width = n_classes if score_cand is None else score_cand.shape[1]
     logits = np.full((n, width), -np.inf, dtype=np.float32)
     scorable = np.zeros(n, dtype=bool)
-    for lo in range(0, n, _SCORE_CHUNK):
-        rows = np.arange(lo, min(n, lo + _SCORE_CHUNK))
-        z = np.asarray(x[rows], dtype=np.float32)
-        z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), _EPS)
-        fold = folds[rows]
-        if score_cand is None:
-            valid = present[fold]
-            cos = np.empty((len(rows), n_classes), dtype=np.float32)
-            for f in np.unique(fold):
-                at = fold == f
-                cos[at] = z[at] @ weight[f * n_classes:(f + 1) * n_classes].T
-            scorable[rows] = valid[np.arange(len(rows)), labels[rows]]
-        else:
-            cand = score_cand[rows]
-            flat = fold[:, None] * n_classes + np.maximum(cand, 0)
-            valid = (cand >= 0) & present.reshape(-1)[flat]
-            cos = np.zeros(cand.shape, dtype=np.float32)
-            _sampled_row_dots(z, weight, flat, valid, cos)
-            scorable[rows] = valid[:, 0]
-        logits[rows] = np.where(valid, scale * cos, -np.inf)
+    chunks = [np.arange(lo, min(n, lo + _SCORE_CHUNK)) for lo in range(0, n, _SCORE_CHUNK)]
+
+    def args(rows):
+        return (np.asarray(x[rows], dtype=np.float32), labels[rows], folds[rows],
+                None if score_cand is None else score_cand[rows])
+
+    if client is None:
+        for rows in chunks:
+            logits[rows], scorable[rows] = _score_rows(*args(rows), weight, present, scale)
+            advance(1)
+        return logits, scorable
+    from dask.distributed import as_completed
+
+    heads = client.scatter(weight, broadcast=True, hash=False)
+    seen = client.scatter(present, broadcast=True, hash=False)
+    futures = {client.submit(_score_rows, *args(rows), heads, seen, scale, pure=False): rows for rows in chunks}
+    for future in as_completed(futures):
+        logits[futures[future]], scorable[futures[future]] = future.result()
         advance(1)
     return logits, scorable
+
+
+def _score_rows(z, labels, fold, cand, weight, present, scale: float):
+    """One chunk of :func:`_closed_form_logits`: (logits, scorable) of rows ``z``."""
+    n_classes = present.shape[1]
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), _EPS)
+    if cand is None:
+        valid = present[fold]
+        cos = np.empty((len(z), n_classes), dtype=np.float32)
+        for f in np.unique(fold):
+            at = fold == f
+            cos[at] = z[at] @ weight[f * n_classes:(f + 1) * n_classes].T
+        scorable = valid[np.arange(len(z)), labels]
+    else:
+        flat = fold[:, None] * n_classes + np.maximum(cand, 0)
+        valid = (cand >= 0) & present.reshape(-1)[flat]
+        cos = np.zeros(cand.shape, dtype=np.float32)
+        _sampled_row_dots(z, weight, flat, valid, cos)
+        scorable = valid[:, 0]
+    return np.where(valid, scale * cos, -np.inf).astype(np.float32), scorable
 
 
 @njit(cache=True, nogil=True, fastmath=True)

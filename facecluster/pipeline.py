@@ -244,7 +244,7 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
 def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = None,
                     config: CleanConfig | None = None, *, embeddings: np.ndarray | None = None,
                     device: Device | None = None, progress: Progress | None = None,
-                    timings: dict | None = None) -> Signals:
+                    timings: dict | None = None, client=None) -> Signals:
     """Run the stages side by side on one graph: the shared calibration (fitted once), the
     kNN-vote stage, and those of ``config.stages`` that ran (cam-softmax needs ``embeddings``).
 
@@ -256,6 +256,7 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
     embeddings : (n_samples, n_features) float32 processed unit vectors (cam-softmax)
     device : the resolved device (default: ``resolve_device(config.device)``)
     progress : one task per stage; timings : filled with seconds per stage when given
+    client : a ``dask.distributed.Client``: cam-softmax scores its rows on the cluster (same result)
 
     Returns
     -------
@@ -290,7 +291,7 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
 
         t = time.perf_counter()  # its own bar, with steps and time left (not a spinner)
         conf = camsoftmax_confidence(embeddings, labels, n_labels, graph.indices, config.camsoftmax, device=device,
-                                     seed=rngs["camsoftmax"], progress=progress)
+                                     seed=rngs["camsoftmax"], progress=progress, client=client)
         clock["camsoftmax"] = time.perf_counter() - t
     if timings is not None:
         timings.update(clock)
@@ -363,12 +364,11 @@ def clean(
     try:
         faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES + (GRAPH_FILE,), device,
                                          progress, timings, client)
+        signals = compute_signals(graph, faceset.labels, faceset.n_labels, config, embeddings=faceset.embeddings,
+                                  device=device, progress=progress, timings=timings, client=client)
     finally:
         if owned:
             close(client)
-
-    signals = compute_signals(graph, faceset.labels, faceset.n_labels, config, embeddings=faceset.embeddings,
-                              device=device, progress=progress, timings=timings)
     t = time.perf_counter()
     with progress.task("findings", total=None):
         findings = find_issues(signals, faceset.labels, faceset.label_names, config=config.findings,

@@ -138,3 +138,19 @@ def test_graph_from_a_dask_array_never_gathered(client):
     indices, _, info = knn_dask.knn_graph_dask(source, 12, client)
     assert info["dask_blocks"] == 3
     np.testing.assert_array_equal(rescore(x, indices)[0], local.indices)
+
+
+def test_camsoftmax_scoring_on_dask_equals_the_local_scoring(client, monkeypatch):
+    import facecluster.camsoftmax as camsoftmax
+    from facecluster.camsoftmax import CamSoftmaxConfig, camsoftmax_confidence
+
+    monkeypatch.setattr(camsoftmax, "_SCORE_CHUNK", 500)  # 6 chunks, scored on both workers
+    x, y = make_faces(3000, 400, 32, seed=12)
+    noisy = inject_noise(x, y, seed=12)
+    x = _unit(noisy.embeddings)
+    graph = build_knn_graph(x, k=20, device="cpu", method="exact")
+    config = CamSoftmaxConfig(full_max_classes=50)  # the candidate softmax: the compiled kernel's path
+    local = camsoftmax_confidence(x, noisy.labels, None, graph.indices, config, device="cpu", seed=3)
+    remote = camsoftmax_confidence(x, noisy.labels, None, graph.indices, config, device="cpu", seed=3, client=client)
+    for field in ("p_given", "top", "p_top", "margin"):
+        np.testing.assert_array_equal(getattr(remote, field), getattr(local, field))
