@@ -130,7 +130,11 @@ def clean(
         if dask is not None:
             from facecluster.knn_dask import check_spec
 
-            check_spec(dask)
+            if check_spec(dask) is None and dry_run:
+                raise ValueError("--dask with a cluster address needs --out (its workers read a scratch copy of the "
+                                 "vectors there), not --dry-run")
+            if knn.value not in ("auto", "exact"):
+                raise ValueError(f"--dask searches the exact graph; --knn {knn.value} is not distributed")
         config = CleanConfig(k=k, device=device.value, knn_method=knn.value, knn_recall=knn_recall, centre=centre_value,
                              policy=policy.value, path_col=path_col, label_col=label_col, seed=seed,
                              stages=tuple(x.strip() for x in stages.split(",") if x.strip()),

@@ -564,7 +564,8 @@ def refine_graph(x: np.ndarray, indices: np.ndarray, *, max_rounds: int = REFINE
         changed = new / max(1, n * k)
         history.append({"new_edges": int(new), "changed": round(changed, 6),
                         "seconds": round(time.perf_counter() - t, 2)})
-        if changed < REFINE_DELTA or (done is not None and done(indices)):
+        reached = done is not None and done(indices)  # asked after every round, the last included
+        if changed < REFINE_DELTA or reached:
             break
     if sims is None:
         indices, sims = rescore(x, indices)

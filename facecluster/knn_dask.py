@@ -134,6 +134,8 @@ def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
         bounds = [(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
         blocks = [dask.delayed(_read_block, pure=True)(path, s, e) for s, e in bounds]
     else:
+        if any(np.isnan(c) for c in source.chunks[0]):  # e.g. a Parquet frame's to_dask_array()
+            source = source.compute_chunk_sizes()
         n, d = source.shape
         if len(source.chunks[1]) != 1:
             source = source.rechunk({1: -1})  # a block holds whole rows

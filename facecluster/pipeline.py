@@ -358,8 +358,10 @@ def clean(
     t_all = time.perf_counter()
     client, owned = (None, False)
     if dask is not None:
-        from .knn_dask import close, connect
+        from .knn_dask import check_spec, close, connect
 
+        if isinstance(dask, str) and check_spec(dask) is None and out_dir is None:
+            raise ValueError("a Dask cluster address needs out_dir: its workers read a scratch copy of the vectors there")
         client, owned = connect(dask)
     try:
         faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES + (GRAPH_FILE,), device,

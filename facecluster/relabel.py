@@ -67,9 +67,11 @@ POLICIES = {
 }
 
 
-def get_policy(policy: str | Policy) -> Policy:
+def get_policy(policy: str | Policy | dict) -> Policy:
     if isinstance(policy, Policy):
         return policy
+    if isinstance(policy, dict):  # a custom policy as report.json's parameters hold it
+        return Policy(**policy)
     try:
         return POLICIES[policy]
     except KeyError:
@@ -181,13 +183,15 @@ def read_decisions(path: str | Path) -> Decisions:
     for i, (p, decision, label) in enumerate(zip(table["path"], table["decision"], table["label"]), start=1):
         if not p.strip():
             raise InputError(path, "empty path", row=i, column="path")
-        if decision not in DECISIONS:
+        if decision.strip() not in DECISIONS:
             raise InputError(path, f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}", row=i,
                              column="decision")
         if decision in ("relabel", "merge") and not label.strip():
             raise InputError(path, f"a {decision} decision needs the label to {'relabel' if decision == 'relabel' else 'merge into'}",
                              row=i, column="label")
-    table = table[list(DECISION_COLUMNS)]
+    table = table[list(DECISION_COLUMNS)].copy()
+    for column in ("path", "decision", "label"):  # a hand-written " X " is the label X
+        table[column] = table[column].str.strip()
     last = table.drop_duplicates("path", keep="last")
     return Decisions(last.reset_index(drop=True), str(path), superseded=len(table) - len(last))
 
@@ -196,8 +200,9 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
     """The audit with a person's decisions in place of the algorithm's, on the rows decided.
 
     keep: the given label, action keep; drop: action drop; relabel: the decision's label,
-    action relabel; merge: the row's label merged into the decision's label, on every row
-    carrying it that no decision of its own covers. Each such row gets ``fc_source`` =
+    action relabel; merge: the row's label merged into the decision's label, on every row the
+    cleaned set carries under it (dropped and deduplicated rows stay out) that no decision of
+    its own covers. A path listed twice in the manifest: the decision covers both rows. Each such row gets ``fc_source`` =
     ``person`` and the decision (and its note) at the head of ``fc_reason``; ``fc_issue`` and
     ``fc_score`` keep what the algorithm found. Paths not in the manifest are counted and
     listed in the summary, never silently dropped. Returns (audit, summary for report.json).
@@ -205,12 +210,11 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
     audit = audit.copy()
     table = decisions.table
     paths = audit[path_col].astype(str)
-    position = pd.Series(np.arange(len(audit)), index=paths)
-    position = position[~position.index.duplicated(keep="first")]
-    known = table["path"].isin(position.index)
+    known = table["path"].isin(paths)
     unknown = table.loc[~known, "path"].tolist()
-    table = table[known]
-    rows = position.loc[table["path"]].to_numpy()
+    # a path the manifest lists twice: its decision covers every row with it
+    table = table[known].merge(pd.DataFrame({"path": paths.to_numpy(), "_row": np.arange(len(audit))}), on="path")
+    rows = table["_row"].to_numpy()
 
     action = audit["fc_action"].to_numpy(dtype=object).copy()
     final = audit["fc_label"].to_numpy(dtype=object).copy()
@@ -236,15 +240,18 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
         else:
             action[i], final[i] = "merge", label
         mark(i, decision if decision in ("keep", "drop") else f"{decision} to {label}", note)
-    # a merge decision moves every other row of its label (the last decision on a label wins)
+    # a merge decision moves every other row now carrying its label (the algorithm's labels
+    # after its own relabels); rows the algorithm drops or deduplicates stay out
     merges = {given[i]: (label, paths.iloc[i], note) for i, decision, label, note
               in zip(rows, table["decision"], table["label"], table["note"]) if decision == "merge"}
     if merges:
-        others = np.flatnonzero(pd.Series(given).isin(merges).to_numpy() & ~decided)
+        current = audit["fc_label"].astype(str).to_numpy(dtype=object)
+        kept = np.isin(action, ("keep", "relabel", "merge"))
+        others = np.flatnonzero(pd.Series(current).isin(merges).to_numpy() & kept & ~decided)
         for j in others:
-            label, decided_on, note = merges[given[j]]
+            label, decided_on, note = merges[current[j]]
             action[j], final[j] = "merge", label
-            mark(j, f"label {given[j]} merged into {label} (decided on {decided_on})", note)
+            mark(j, f"label {current[j]} merged into {label} (decided on {decided_on})", note)
         decided[others] = True
         merged_rows = len(others)
 

@@ -89,6 +89,7 @@ def review_data(result, out_dir: str | Path | None = None, image_root: str | Pat
     fs = result.faceset
     path_col, label_col = fs.path_col, fs.label_col
     policy = result.report["parameters"]["policy"]
+    policy_name = policy["name"] if isinstance(policy, dict) else str(policy)
     queue = review_queue(audit, label_col, policy)
     root = _image_root(result, image_root)
     page_dir = Path(out_dir).resolve() if out_dir is not None else Path.cwd()
@@ -136,7 +137,7 @@ def review_data(result, out_dir: str | Path | None = None, image_root: str | Pat
     needed = sorted({r for c in cards for r in c["rows"]} | {c["partner"] for c in cards if c["partner"] >= 0}
                     | {r for rows in examples.values() for r in rows})
     images = {str(r): [paths[r], link(paths[r])] for r in needed}
-    return {"manifest": str(fs.source.get("manifest", "")), "rows": int(len(audit)), "policy": policy,
+    return {"manifest": str(fs.source.get("manifest", "")), "rows": int(len(audit)), "policy": policy_name,
             "queue_rows": int(len(queue)),
             "decided_by_person": int((audit["fc_source"] == "person").sum()),
             "image_root": str(root) if root is not None else "", "images_outside_root": link.outside,
@@ -207,8 +208,8 @@ main { padding: 12px 16px; max-width: 1200px; }
 const D = JSON.parse(document.getElementById("data").textContent);
 const PAGE = 25;
 const KEY = "facecluster-review:" + D.manifest + ":" + D.rows;
-let decisions = {};
-try { decisions = JSON.parse(localStorage.getItem(KEY) || "{}"); } catch (e) { decisions = {}; }
+let decisions = Object.create(null);  // keyed by path: no prototype, so "__proto__" is a path like any
+try { Object.assign(decisions, JSON.parse(localStorage.getItem(KEY) || "{}")); } catch (e) {}
 let view = [], page = 0, focus = 0;
 const $ = (id) => document.getElementById(id);
 function el(tag, cls, text) {

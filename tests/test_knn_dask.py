@@ -103,14 +103,15 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_graph_is_the_same(client,
     assert victim_pid not in client.run(os.getpid).values(), "the killed worker was replaced"
 
 
-@pytest.mark.parametrize("spec", ["local:0", "local:two", "somewhere:8786"])
-def test_a_bad_dask_address_is_refused_before_any_work(small_set, tmp_path, spec):
+@pytest.mark.parametrize("spec, extra", [("local:0", []), ("local:two", []), ("somewhere:8786", []),
+                                         ("local:2", ["--knn", "ivf"]), ("tcp://127.0.0.1:1", ["--dry-run"])])
+def test_a_bad_dask_address_is_refused_before_any_work(small_set, tmp_path, spec, extra):
     from typer.testing import CliRunner
 
     from cli.main import app
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["clean", str(small_set), "--out", str(out), "--dask", spec, "-q"])
+    result = CliRunner().invoke(app, ["clean", str(small_set), "--out", str(out), "--dask", spec, "-q", *extra])
     assert result.exit_code == 2 and "--dask" in result.output
     assert not out.exists()
 
@@ -137,6 +138,11 @@ def test_graph_from_a_dask_array_never_gathered(client):
     source = da.from_array(x, chunks=((900, 900, 700), (12, 12)))
     indices, _, info = knn_dask.knn_graph_dask(source, 12, client)
     assert info["dask_blocks"] == 3
+    np.testing.assert_array_equal(rescore(x, indices)[0], local.indices)
+    # chunks of unknown size (a filtered array, a Parquet frame's to_dask_array()) are measured first
+    unknown = source[source[:, 0] > -2]
+    assert np.isnan(unknown.chunks[0][0])
+    indices, _, _ = knn_dask.knn_graph_dask(unknown, 12, client)
     np.testing.assert_array_equal(rescore(x, indices)[0], local.indices)
 
 

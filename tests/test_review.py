@@ -223,3 +223,42 @@ def test_review_page_opens_fast_on_the_real_protocol(real_set, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "review-open-seconds.json").write_text(json.dumps({"rows": len(noisy.labels), "seconds": seconds}))
     assert seconds < 2.0, f"review.html took {seconds:.2f} s to show its first card"
+
+
+def _audit(rows):
+    frame = pd.DataFrame(rows, columns=["path", "label", "fc_action", "fc_label", "fc_issue"])
+    frame["fc_score"], frame["fc_reason"], frame["fc_source"] = 0.5, "", "algorithm"
+    return frame
+
+
+def test_a_merge_decision_leaves_dropped_rows_out_and_follows_the_algorithms_labels(tmp_path):
+    from facecluster.relabel import apply_decisions
+
+    audit = _audit([["a", "L", "keep", "L", "duplicate_identity"], ["b", "L", "dedupe", "", "near_duplicate"],
+                    ["c", "L", "drop", "", "outlier"], ["d", "K", "relabel", "L", "mislabeled"],
+                    ["e", "L", "relabel", "K", "mislabeled"], ["f", "L", "keep", "L", ""]])
+    path = tmp_path / "d.csv"
+    path.write_text("path,decision,label\na,merge, M \n", encoding="utf-8")
+    after, summary = apply_decisions(audit, read_decisions(path), "path", "label")
+    assert after["fc_label"].tolist() == ["M", "", "", "M", "K", "M"], "the label is stripped; drops stay dropped"
+    assert after["fc_action"].tolist() == ["merge", "dedupe", "drop", "merge", "relabel", "merge"]
+    assert after["fc_source"].tolist() == ["person", "algorithm", "algorithm", "person", "algorithm", "person"]
+
+
+def test_a_path_listed_twice_is_decided_on_both_rows(tmp_path):
+    from facecluster.relabel import apply_decisions
+
+    audit = _audit([["a", "L", "keep", "L", "outlier"], ["b", "L", "keep", "L", ""], ["a", "L", "keep", "L", "outlier"]])
+    path = tmp_path / "d.csv"
+    path.write_text("path,decision\na,drop\n", encoding="utf-8")
+    after, summary = apply_decisions(audit, read_decisions(path), "path", "label")
+    assert after["fc_action"].tolist() == ["drop", "keep", "drop"] and summary["rows_by_person"] == 2
+    assert review_queue(after, "label").empty
+
+
+def test_a_custom_policy_writes_the_review_page(small_set, tmp_path):
+    from facecluster.relabel import Policy
+
+    fc.clean(small_set, out_dir=tmp_path / "out", stages=(), policy=Policy("mine", 0.7, 0.6, 0.5, None))
+    page = (tmp_path / "out" / "review.html").read_text(encoding="utf-8")
+    assert '"policy":"mine"' in page
