@@ -543,8 +543,9 @@ def refine_graph(x: np.ndarray, indices: np.ndarray, *, max_rounds: int = REFINE
     says the graph is good enough (asked before the first round too), or after ``max_rounds``.
     Each round reads the previous round's graph only, so the result does not depend on the
     thread count or the order rows are visited in (:func:`locality_order`, for the cache).
-    Returns (indices, sims) sorted and valued as :func:`rescore` would, and one dict a round
-    (new edges, seconds).
+    ``x`` must hold unit rows (as every graph here does): the float32 screen's error bound
+    assumes it. Returns (indices, sims) sorted and valued as :func:`rescore` would, and one
+    dict a round (new edges, seconds).
     """
 
     progress = progress or NullProgress()
