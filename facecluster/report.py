@@ -305,19 +305,25 @@ def _next_steps(report: dict) -> str:
             f"<table class=kv><tr><th>action</th><td>what it does</td></tr>{actions}</table>")
 
 
+def resolve_image_root(result, image_root: str | Path | None) -> Path | None:
+    """The folder images may come from, resolved: ``image_root``, else the manifest's folder
+    (None when the manifest is not a file on disk or the folder cannot be resolved)."""
+    if image_root is None:
+        manifest = result.faceset.source.get("manifest")
+        image_root = Path(manifest).parent if manifest and Path(str(manifest)).exists() else None
+    try:
+        return None if image_root is None else Path(image_root).resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
 def render_html(result, *, per_issue: int = 20, image_root: str | Path | None = None) -> str:
     """The page as a string. ``image_root``: folder the manifest's paths are relative to
     (default: the manifest's folder). Thumbnails are read only from regular files that resolve
     (symlinks followed) inside it, within THUMB_MAX_BYTES, THUMB_MAX_PIXELS and a total of
     THUMB_TIME_BUDGET_S; the page counts the skipped ones by reason."""
     report = result.report
-    if image_root is None:
-        manifest = result.faceset.source.get("manifest")
-        image_root = Path(manifest).parent if manifest and Path(str(manifest)).exists() else None
-    try:
-        image_root = None if image_root is None else Path(image_root).resolve()
-    except (OSError, RuntimeError):
-        image_root = None
+    image_root = resolve_image_root(result, image_root)
     plots = _plots(result)
     counts = report["counts"]
     summary = {"rows": f"{report['inputs']['rows']:,}", "identities": f"{report['inputs']['identities']:,}",

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .relabel import get_policy
+from .report import resolve_image_root
 
 EXAMPLES_PER_LABEL = 4
 # what accepting a finding means, per issue (the page's `a` key)
@@ -91,7 +92,7 @@ def review_data(result, out_dir: str | Path | None = None, image_root: str | Pat
     policy = result.report["parameters"]["policy"]
     policy_name = policy["name"] if isinstance(policy, dict) else str(policy)
     queue = review_queue(audit, label_col, policy)
-    root = _image_root(result, image_root)
+    root = resolve_image_root(result, image_root)
     page_dir = Path(out_dir).resolve() if out_dir is not None else Path.cwd()
     link = _Links(root, page_dir)
     paths = audit[path_col].astype(str).to_numpy()
@@ -142,16 +143,6 @@ def review_data(result, out_dir: str | Path | None = None, image_root: str | Pat
             "decided_by_person": int((audit["fc_source"] == "person").sum()),
             "image_root": str(root) if root is not None else "", "images_outside_root": link.outside,
             "accept": ACCEPT, "cards": cards, "examples": examples, "images": images}
-
-
-def _image_root(result, image_root) -> Path | None:
-    if image_root is None:
-        manifest = result.faceset.source.get("manifest")
-        image_root = Path(manifest).parent if manifest and Path(str(manifest)).exists() else None
-    try:
-        return None if image_root is None else Path(image_root).resolve()
-    except (OSError, RuntimeError):
-        return None
 
 
 def render_review(result, out_dir: str | Path | None = None, image_root: str | Path | None = None) -> str:
