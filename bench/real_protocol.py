@@ -8,7 +8,8 @@ the only noise the figures count: rows whose face detection failed (detection.cs
 ``fallback*``: the vector is not the labelled face), the second file of each byte-identical
 pair (stats.json ``exact_duplicate_files``), and, since the protocol injects copies at 5–25% of
 the median nearest-neighbour distance, every row but the first of each group of rows already
-that close to one another (CelebA holds many re-crops of one photo; left in, they are
+that close to one another, or, where several face models embedded the photos, within half
+the median in every model (CelebA holds many re-crops of one photo; left in, they are
 near-duplicates the truth would call clean). Also left out: the photos in which the detector
 found several faces (SOURCE.md: the central face taken "may not be the labelled person"), and
 the identities the SOURCE files name as mixed (7312, checked by eye) or as the tangle of mixed
@@ -41,6 +42,9 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 # SOURCE.md "Natural noise": 7312 mixed (checked by eye); 7314, 7316, 7317, 7319 the tangle around it
 MIXED_IDENTITIES = ("7312", "7314", "7316", "7317", "7319")
+# a pair every face model puts within this share of its median nearest-neighbour distance is one
+# photo (re-crops): where the joint distribution of distinct photos begins (_already_close)
+CROSS_MODEL_SAME_PHOTO = 0.5
 COLUMNS = ("noise_found_f1", "mislabeled_p", "mislabeled_r", "outlier_p", "outlier_r", "near_duplicate_p",
            "near_duplicate_r", "near_duplicate_f1", "merge_p", "merge_r", "relabel_acc", "kept_label_precision",
            "clean_rows_lost_share")
@@ -79,7 +83,7 @@ def base_set(folder: Path, out: Path) -> tuple[Path, Path, dict]:
     rejected = _rejected_by_every_model(folder, manifest, ~drop)
     left_out["rejected_by_every_face_model"] = int(rejected.sum())
     drop |= rejected
-    close = _already_close(x, ~drop)
+    close = _already_close(folder, manifest, x, ~drop)
     left_out["near_duplicates_already_in_the_set"] = int(close.sum())
     drop |= close
     manifest[~drop].to_csv(out / "manifest.csv", index=False)
@@ -96,9 +100,22 @@ def _several_faces(detection: Path, paths: pd.Series) -> np.ndarray:
     return paths.map(det["method"]).fillna("").str.endswith("_multi").to_numpy()
 
 
-def _already_close(x: np.ndarray, use: np.ndarray) -> np.ndarray:
-    """Rows (among ``use``) within the injected copies' range (25% of the median nearest-neighbour
-    distance, on the processed vectors) of an earlier row of their group: all but the first."""
+def _already_close(folder: Path, manifest: pd.DataFrame, x: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """Rows (among ``use``) already a near-duplicate of an earlier row of their group: all but
+    the first of each group of pairs joined by either rule below. Distances are on the processed
+    vectors, in units of the model's median nearest-neighbour distance.
+
+    - Within the injected copies' range (``WEB_MIX["duplicate_nn_fraction"]``, 25%) in the
+      model under test.
+    - Within half the median in every face model of the folder (:func:`_face_models`; two or
+      more). Independent models that both put a pair that close are looking at one photo: over
+      the celeba_wild nearest-neighbour pairs the larger of the two models' distances is spread
+      thin and flat (10–17 pairs per 0.05) from 0.2 to 0.55 of the median and rises 3–7× after
+      it, where distinct photos begin; a pair at 0.3 in dlib sits at 0.27 (median) in OMZ,
+      against 0.8–1.0 for distinct photos of one person. Left in, such re-crops are
+      near-duplicates the truth would call clean (they were 27 of dlib plain's 163 rows
+      flagged as copies).
+    """
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
@@ -107,18 +124,43 @@ def _already_close(x: np.ndarray, use: np.ndarray) -> np.ndarray:
     from facecluster.synth import WEB_MIX
 
     rows = np.flatnonzero(use)
-    unit, _, _ = prepare_embeddings(x[rows])
-    graph = build_knn_graph(unit, k=10, device="cpu")
-    dist = np.sqrt(np.clip(2.0 - 2.0 * graph.sims.astype(np.float64), 0.0, None))
-    cut = WEB_MIX["duplicate_nn_fraction"][1] * np.median(dist[:, 0])
-    a, b = np.nonzero(dist < cut)
-    adj = sp.coo_matrix((np.ones(len(a)), (a, graph.indices[a, b])), shape=(len(rows), len(rows)))
+    models = _face_models(folder, manifest)
+    units = [prepare_embeddings(x[rows])[0]] + [prepare_embeddings(np.load(m / "embeddings.npy")[rows])[0]
+                                                 for m in models[1:]]
+    src, dst, medians = [], [], []
+    for unit in units:
+        graph = build_knn_graph(unit, k=10, device="cpu")
+        dist = np.sqrt(np.clip(2.0 - 2.0 * graph.sims.astype(np.float64), 0.0, None))
+        src.append(np.repeat(np.arange(len(rows)), graph.k))
+        dst.append(graph.indices.ravel())
+        medians.append(np.median(dist[:, 0]))
+    a, b = np.concatenate(src), np.concatenate(dst)
+    keep = b >= 0
+    a, b = a[keep], b[keep]
+    # every candidate pair's distance in every model, in units of that model's median
+    scaled = np.stack([np.linalg.norm(u[a] - u[b], axis=1) / med for u, med in zip(units, medians)])
+    close = scaled[0] < WEB_MIX["duplicate_nn_fraction"][1]
+    if len(units) >= 2:
+        close |= scaled.max(axis=0) < CROSS_MODEL_SAME_PHOTO
+    adj = sp.coo_matrix((np.ones(int(close.sum())), (a[close], b[close])), shape=(len(rows), len(rows)))
     _, comp = connected_components(adj, directed=False)
     first = np.zeros(len(rows), dtype=bool)
     first[np.unique(comp, return_index=True)[1]] = True
     out = np.zeros(len(x), dtype=bool)
     out[rows[~first]] = True
     return out
+
+
+def _face_models(folder: Path, manifest: pd.DataFrame) -> list[Path]:
+    """The data folder, then its siblings holding embeddings of the same photos (the same
+    manifest path column) by other face models."""
+    models = [folder]
+    for sibling in sorted(folder.parent.iterdir()):
+        if sibling != folder and (sibling / "manifest.csv").is_file() and (sibling / "embeddings.npy").is_file():
+            other = pd.read_csv(sibling / "manifest.csv", dtype=str, keep_default_na=False)
+            if other["path"].tolist() == manifest["path"].tolist():
+                models.append(sibling)
+    return models
 
 
 def _rejected_by_every_model(folder: Path, manifest: pd.DataFrame, use: np.ndarray) -> np.ndarray:
@@ -130,12 +172,7 @@ def _rejected_by_every_model(folder: Path, manifest: pd.DataFrame, use: np.ndarr
     are checked; a single model cannot corroborate itself."""
     from facecluster.faceset import prepare_embeddings
 
-    models = [folder]
-    for sibling in sorted(folder.parent.iterdir()):
-        if sibling != folder and (sibling / "manifest.csv").is_file() and (sibling / "embeddings.npy").is_file():
-            other = pd.read_csv(sibling / "manifest.csv", dtype=str, keep_default_na=False)
-            if other["path"].tolist() == manifest["path"].tolist():
-                models.append(sibling)
+    models = _face_models(folder, manifest)
     out = np.zeros(len(manifest), dtype=bool)
     if len(models) < 2:
         return out

@@ -31,18 +31,19 @@ def _scores(folder: Path, long_tail: bool) -> dict:
     return run_bench(noisy, peers=[], seed=0)[0].scores
 
 
-# measured 2026-11-23 (docs/benchmarks.md, third session), on the base set less the documented
-# mixed identities, several-face photos and rows every face model rejects: floors a little under
+# measured 2026-12-04 (eighth session, seed 0; five seeds in docs/benchmarks.md), on the base set
+# less the documented mixed identities, several-face photos, rows every face model rejects and
+# the photos every face model puts within half the median neighbour distance: floors a little under
 FLOORS = {
-    ("celeba_wild_dlib", False): dict(noise_found_f1=0.96, near_duplicate_f1=0.90, kept_label_precision=0.99,
-                                      clean_rows_lost_share=0.012, merge_p=0.9, merge_r=0.25),
-    ("celeba_wild_dlib", True): dict(noise_found_f1=0.85, near_duplicate_f1=0.90, kept_label_precision=0.96,
+    ("celeba_wild_dlib", False): dict(noise_found_f1=0.96, near_duplicate_f1=0.98, kept_label_precision=0.99,
+                                      clean_rows_lost_share=0.008, merge_p=0.9, merge_r=0.5),
+    ("celeba_wild_dlib", True): dict(noise_found_f1=0.87, near_duplicate_f1=0.95, kept_label_precision=0.96,
                                      clean_rows_lost_share=0.03),
-    ("celeba_wild_omz_facereid0095", True): dict(noise_found_f1=0.84, near_duplicate_f1=0.95,
-                                                 kept_label_precision=0.94, clean_rows_lost_share=0.035),
-    ("celeba_wild_omz_facereid0095", False): dict(noise_found_f1=0.97, near_duplicate_f1=0.93,
-                                                  kept_label_precision=0.99, clean_rows_lost_share=0.008,
-                                                  merge_p=0.9, merge_r=0.9),
+    ("celeba_wild_omz_facereid0095", True): dict(noise_found_f1=0.88, near_duplicate_f1=0.95,
+                                                 kept_label_precision=0.96, clean_rows_lost_share=0.025),
+    ("celeba_wild_omz_facereid0095", False): dict(noise_found_f1=0.97, near_duplicate_f1=0.97,
+                                                  kept_label_precision=0.99, clean_rows_lost_share=0.006,
+                                                  merge_p=0.9, merge_r=0.8),
 }
 
 
