@@ -52,6 +52,10 @@ MERGE_CANDIDATE = 0.25
 # three-to-one odds (a kNN mislabel score b / (b + 1) of 3/4: three reliable same-person votes
 # for one other label)
 SINGLE_IMAGE_ODDS = 0.75
+# A merge is refused when the centroid rank test rejects "one person" at this level: one
+# label's images sit farther from the other's centroid than the other's own images do, far
+# beyond chance (a probability, not a similarity; 0.1% with many candidate pairs tested).
+TWO_PEOPLE_P = 0.001
 
 
 @dataclass(frozen=True)
@@ -478,7 +482,11 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     0 (no same-person mass shared, or a label whose own images do not hold together) is no
     merge however close the partitions and centroids put it. On the long-tailed real sets
     such pairs were most false merges: a label holding a flip of the other's person beside
-    an image of someone else. The votes of a split's halves are discounted because
+    an image of someone else. Nor is there a merge where the centroid rank test rejects one
+    person (p below :data:`TWO_PEOPLE_P`): on dlib's plain real set every false merge was two
+    look-alike identities that both partitions lump together (87–95% shared) while not one
+    image of either reaches the other's median (p 2e-4 and 5e-7; true splits ≥ 0.01 over
+    three noise draws). The votes of a split's halves are discounted because
     each half looks mislabeled to the other, so the vote tests only propose; the one-person
     test, which weighs every edge by its calibrated P(same person) alone, judges.
     Chains (A→B, B→C) are resolved as connected components with networkx; each group merges
@@ -521,11 +529,13 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     for j, (a, b) in enumerate(ordered):
         one = _one_person(pairs, a, b) if pairs is not None else vote_score[(a, b)]
         pair_shares = [(name, ab[j], ba[j]) for name, ab, ba in shares]
-        pooled, parts = _pooled_merge(one, pair_shares, labels, embeddings, a, b, label_names)
+        pooled, parts, p_two = _pooled_merge(one, pair_shares, labels, embeddings, a, b, label_names)
         # a label of one image is one observation, its "share" of mass says where that image
         # leans, not how strongly: such a merge asks for three-to-one odds (the conservative
-        # policy's bar for a relabel), others for more likely than not
-        if one > 0 and pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5):
+        # policy's bar for a relabel), others for more likely than not; and none where the
+        # centroid rank test says two people
+        two_people = p_two is not None and p_two < TWO_PEOPLE_P
+        if one > 0 and not two_people and pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5):
             accepted.append((a, b, pooled, [f"one person: {one:.2f} (same-person kNN mass shared as one "
                                             f"identity's would be; 1 = fully)", *parts]))
     if not accepted:
@@ -559,18 +569,20 @@ def _one_person(pairs, a: int, b: int) -> float:
 def _pooled_merge(one_person: float, shares, labels, embeddings, a: int, b: int, label_names=None):
     """A merge's pooled score: the one-person test, each partition's shared-cluster share
     (``shares``: (name, a's share with b, b's share with a) per partition; the smaller
-    direction counts) and the centroid test, averaged; with the texts naming each term."""
+    direction counts) and the centroid test, averaged; with the texts naming each term and the
+    centroid rank test's p-value (None where it has no label of three images to judge by)."""
     terms, text = [one_person], []
     for name, ab, ba in shares:
         terms.append(min(ab, ba))
         if label_names is not None:
             text.append(f"{name}: {ab:.0%} of {label_names[a]}'s images share a cluster with {label_names[b]}, "
                         f"{ba:.0%} back")
-    cen = None if embeddings is None else _centroid_term(embeddings, labels, a, b)
+    cen, p_two = (None, None) if embeddings is None else _centroid_term(embeddings, labels, a, b)
     if cen is not None:
         terms.append(cen)
-        text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's)")
-    return round(float(np.mean(terms)), 4), text
+        text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's; "
+                    f"rank test p={p_two:.2g})")
+    return round(float(np.mean(terms)), 4), text, p_two
 
 
 def _claimed_labels(agreement: LabelAgreement, labels: np.ndarray, label_names: np.ndarray,
@@ -653,14 +665,26 @@ def shared_shares(partition: np.ndarray, labels: np.ndarray, a: np.ndarray, b: n
     return shared / np.maximum(sizes[a], 1.0)
 
 
-def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -> float:
+def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -> tuple[float | None, float | None]:
     """How well label a's images pass for label b's (and back), judged at b's own centroid.
 
     If a and b are one person, a's images sit as close to b's centroid as b's own images do,
     so about half of them reach the median similarity of b's images to their centroid; for two
-    people almost none do. Returns min(1, 2·share), the smaller of the two directions; the
-    threshold is each label's own spread, not a fixed cosine.
+    people almost none do. Returns (term, p):
+
+    - term: min(1, 2·share), the smaller of the two directions; the threshold is each label's
+      own spread, not a fixed cosine.
+    - p: the one-sided Mann–Whitney p-value (:func:`scipy.stats.mannwhitneyu`) that a's images
+      rank below b's own that far by chance, the smaller of the two directions. Far below
+      :data:`TWO_PEOPLE_P` the labels are two people however the graph joins them: look-alike
+      identities a partition lumps together pass the median rarely, but they fail the ranks
+      as a whole.
+
+    A label of one or two images has no spread of its own to judge the other against: only the
+    direction into the bigger label counts then; (None, None) when neither has three images.
     """
+    from scipy.stats import mannwhitneyu
+
     def one_way(src, dst):
         xd = embeddings[labels == dst].astype(np.float64)
         total = xd.sum(axis=0)
@@ -669,15 +693,14 @@ def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -
         own_sq = (xd * xd).sum(axis=1)
         dots = xd @ total
         loo = (dots - own_sq) / np.sqrt(np.maximum(total @ total - 2 * dots + own_sq, 1e-24) * own_sq)
-        median_own = np.median(loo)
         xs = embeddings[labels == src].astype(np.float64)
         cos = (xs @ total) / np.maximum(np.linalg.norm(xs, axis=1) * np.linalg.norm(total), 1e-12)
-        return float((cos >= median_own).mean())
+        return float((cos >= np.median(loo)).mean()), float(mannwhitneyu(cos, loo, alternative="less").pvalue)
 
-    # a label of one or two images has no spread of its own to judge the other against: only
-    # the direction into the bigger label counts then (None when neither has three images)
     ways = [one_way(src, dst) for src, dst in ((a, b), (b, a)) if (labels == dst).sum() >= 3]
-    return min(1.0, 2 * min(ways)) if ways else None
+    if not ways:
+        return None, None
+    return min(1.0, 2 * min(share for share, _ in ways)), min(p for _, p in ways)
 
 
 @dataclass(frozen=True)

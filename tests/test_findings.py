@@ -231,6 +231,46 @@ def test_a_merge_needs_some_evidence_from_the_one_person_test():
         merged[["label", "merged_into"]].values.tolist() == [["b", "a"]]
 
 
+def test_look_alikes_lumped_by_every_partition_are_not_merged_when_the_ranks_say_two_people():
+    """Two people a weak model cannot tell apart: both partitions put their labels in one
+    cluster and the one-person test sees some shared mass, but every image of one label sits
+    farther from the other label's centroid than that label's own images do. The centroid
+    rank test rejects one person and there is no merge; one person split at random under
+    two names, with the same partitions and score, is merged."""
+    import dataclasses
+
+    from facecluster.findings import find_duplicate_identities
+    from facecluster.votes import LabelPairs
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [10, 10, 2])
+    names = np.array(["a", "b", "c"], dtype=object)
+    lumped = [0] * 20 + [1, 1]
+    sig = _evidence(labels, given=[3] * 22, other=[0] * 22, best_other=[-1] * 22, none_prob=[0] * 22,
+                    partitions={"hierarchical": lumped, "correlation": lumped})
+    pairs = LabelPairs(np.array([0]), np.array([1]), np.array([0.3], np.float32),
+                       np.array([0.5], np.float32), np.array([0.5], np.float32))
+    sig = dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, pairs=pairs))
+
+    def unit(v):
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    dim = 32
+    centre = rng.normal(size=dim)
+    look_alike = centre + 0.6 * rng.normal(size=dim)  # a second person near the first
+    spread = 0.15 * np.linalg.norm(centre)
+    far = rng.normal(size=(2, dim)) * 3
+    two_people = unit(np.vstack([centre + spread * rng.normal(size=(10, dim)) / np.sqrt(dim),
+                                 look_alike + spread * rng.normal(size=(10, dim)) / np.sqrt(dim), far]))
+    one_person = unit(np.vstack([centre + spread * rng.normal(size=(20, dim)) / np.sqrt(dim), far]))
+
+    refused = find_duplicate_identities(sig, labels, names, embeddings=two_people).merges
+    assert len(refused) == 0
+    merged = find_duplicate_identities(sig, labels, names, embeddings=one_person).merges
+    assert sorted(merged[["label", "merged_into"]].values.ravel().tolist()) == ["a", "b"]
+    assert "rank test p=" in merged["evidence"].iloc[0]
+
+
 def test_find_review_sends_what_cannot_be_judged_to_a_person():
     from facecluster.findings import find_review
 
