@@ -6,6 +6,7 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from facecluster.bench import bench_set, run_bench
@@ -37,11 +38,11 @@ def _scores(folder: Path, long_tail: bool) -> dict:
 FLOORS = {
     ("celeba_wild_dlib", False): dict(noise_found_f1=0.96, near_duplicate_f1=0.98, kept_label_precision=0.99,
                                       clean_rows_lost_share=0.008, merge_p=0.9, merge_r=0.5),
-    ("celeba_wild_dlib", True): dict(noise_found_f1=0.87, near_duplicate_f1=0.95, kept_label_precision=0.96,
+    ("celeba_wild_dlib", True): dict(noise_found_f1=0.87, near_duplicate_f1=0.97, kept_label_precision=0.96,
                                      clean_rows_lost_share=0.03),
-    ("celeba_wild_omz_facereid0095", True): dict(noise_found_f1=0.88, near_duplicate_f1=0.95,
+    ("celeba_wild_omz_facereid0095", True): dict(noise_found_f1=0.88, near_duplicate_f1=0.97,
                                                  kept_label_precision=0.96, clean_rows_lost_share=0.025),
-    ("celeba_wild_omz_facereid0095", False): dict(noise_found_f1=0.97, near_duplicate_f1=0.97,
+    ("celeba_wild_omz_facereid0095", False): dict(noise_found_f1=0.97, near_duplicate_f1=0.98,
                                                   kept_label_precision=0.99, clean_rows_lost_share=0.006,
                                                   merge_p=0.9, merge_r=0.8),
 }
@@ -60,3 +61,35 @@ def test_real_protocol_figures_hold(name, long_tail):
             assert scores[key] <= bound, (key, scores[key])
         else:
             assert scores[key] >= bound, (key, scores[key])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["celeba_wild_dlib", "celeba_wild_omz_facereid0095"])
+def test_copies_are_found_in_long_tailed_real_sets_over_five_noise_draws(name):
+    """In a long-tailed set most rows' 10th neighbour is a stranger; the relative law fitted
+    over every row was wide enough to miss 9 and 15 of 90 copies (dlib, OMZ, seeds 0-4).
+    Fitted where the reference is the row's own person, it finds them all, and the groups
+    hold (almost) no row outside an injected pair."""
+    from facecluster.faceset import prepare_embeddings
+    from facecluster.knn import build_knn_graph
+    from facecluster.votes import near_duplicate_groups
+
+    folder = REAL.parent / name
+    if not (folder / "manifest.csv").is_file():
+        pytest.skip(f"real face embeddings ({folder}) are not in this checkout: research-only data, in CI only")
+    found = injected = stray = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest, embeddings, _ = _protocol().base_set(folder, Path(tmp))
+        for seed in range(5):
+            noisy = bench_set(manifest=manifest, embeddings=embeddings, long_tail=True, seed=seed)
+            unit, _, _ = prepare_embeddings(noisy.embeddings)
+            group = near_duplicate_groups(build_knn_graph(unit, k=30, device="cpu")).group
+            copies = (noisy.truth["issue"] == "near_duplicate").to_numpy().nonzero()[0]
+            sources = noisy.truth["duplicate_of"].to_numpy().astype(int)[copies]
+            found += int(((group[copies] >= 0) & (group[copies] == group[sources])).sum())
+            injected += len(copies)
+            in_pair = np.zeros(len(group), dtype=bool)
+            in_pair[copies] = in_pair[sources] = True
+            stray += int(((group >= 0) & ~in_pair).sum())
+    assert found >= injected - 2, (found, injected)
+    assert stray <= 4, stray
