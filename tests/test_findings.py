@@ -155,6 +155,26 @@ def test_find_outliers_needs_three_images_and_no_other_label_claiming_the_row():
     assert not pooled.mask[0] and pooled.score[0] == pytest.approx((0.9 + 0.05) / 2)
 
 
+def test_an_unsupported_row_of_a_label_with_no_core_goes_to_review_not_out():
+    """An outlier falls outside its label's identity; a label none of whose images are mutual,
+    likely-same-person neighbours (no core) has no identity to fall outside of, so its
+    unsupported row is a person's call. With the label's other three images a core, it is out."""
+    import dataclasses
+
+    from facecluster.findings import find_outliers
+
+    none_prob = [0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.99]
+    sig = _evidence(LABELS, given=[1] * 9, other=[0] * 9, best_other=[-1] * 9, none_prob=none_prob)
+
+    def with_core(core):
+        return dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, core=np.array(core)))
+
+    out = find_outliers(with_core([False, True, True, True] + [True] * 4 + [False]), LABELS)
+    assert out.mask.tolist() == [True] + [False] * 8 and not out.contested.any()
+    spread = find_outliers(with_core([False] * 4 + [True] * 4 + [False]), LABELS)
+    assert not spread.mask.any() and spread.contested.tolist() == [True] + [False] * 8
+
+
 def test_find_near_duplicates_keeps_one_row_per_group_the_best_backed_when_labels_differ():
     from facecluster.findings import find_near_duplicates
 
@@ -229,6 +249,25 @@ def test_a_merge_needs_some_evidence_from_the_one_person_test():
     merged = find_duplicate_identities(with_score(0.3), labels, names).merges
     assert merged[["label", "merged_into"]].values.tolist() == [["a", "b"]] or \
         merged[["label", "merged_into"]].values.tolist() == [["b", "a"]]
+
+
+def test_a_two_image_label_that_is_one_person_is_not_sent_to_review():
+    """Two images of one label, each the other's likely-same-person neighbour (the label's core),
+    are one person photographed twice: not a doubt, even when another label leans on them. Two
+    images that do not back each other are: one of them may be someone else."""
+    import dataclasses
+
+    from facecluster.findings import find_review
+
+    labels = np.array([0, 0, 1, 1, 1, 1, 1, 1])
+    names = np.array(["pair", "big"], dtype=object)
+    leaning = dict(given=[1, 1] + [3] * 6, other=[1.0, 1.0] + [0] * 6, best_other=[1, 1] + [-1] * 6,
+                   none_prob=[0.2, 0.2] + [0] * 6)
+    sig = _evidence(labels, **leaning)
+    assert find_review(sig, labels, names).cannot_tell[:2].tolist() == [True, True]
+    core = np.array([True, True] + [True] * 6)
+    cored = dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, core=core))
+    assert not find_review(cored, labels, names).cannot_tell.any()
 
 
 def test_look_alikes_lumped_by_every_partition_are_not_merged_when_the_ranks_say_two_people():
