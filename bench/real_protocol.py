@@ -1,7 +1,7 @@
 """The real-set protocol of issue 13: every real set in ../shared/data, plain and --long-tail,
 the web noise mix injected, facecluster clean beside cleanlab Datalab in one process.
 
-    python bench/real_protocol.py [--data ../shared/data] [--peers cleanlab] [--json docs/real-protocol.json]
+    python bench/real_protocol.py [--data ../shared/data] [--peers cleanlab] [--seeds 0-4] [--json docs/real-protocol.json]
 
 The base set is the real set less its documented natural noise, so that the injected noise is
 the only noise the figures count: rows whose face detection failed (detection.csv method
@@ -207,11 +207,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--peers", default="cleanlab", help="comma-separated bench peers, or none")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="noise draws: comma-separated seeds or a range a-b "
+                                                     "(each figure is then the mean over the draws, with its sd)")
     parser.add_argument("--policy", default="conservative")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     peers = [] if args.peers == "none" else args.peers.split(",")
+    seeds = _seeds(args.seeds)
     sets = sorted(p for p in args.data.iterdir() if (p / "manifest.csv").is_file() and (p / "embeddings.npy").is_file())
     if not sets:
         sys.exit(f"no real sets under {args.data}")
@@ -225,29 +227,54 @@ def main() -> None:
             from facecluster.synth import fit_generator
 
             fs = load_faceset(manifest, embeddings)
-            fitted = fit_generator(fs.embeddings, fs.labels, seed=args.seed)
+            fitted = fit_generator(fs.embeddings, fs.labels, seed=seeds[0])
             versions = [("plain", dict(manifest=manifest, embeddings=embeddings)),
                         ("long-tail", dict(manifest=manifest, embeddings=embeddings, long_tail=True)),
                         ("synthetic like it", dict(size=fs.n_samples, dim=fs.dim, mean_images=fs.n_samples / fs.n_labels,
                                                    mix="web", generator=fitted["settings"]))]
             for version, kwargs in versions:
-                long_tail = version == "long-tail"
-                noisy = bench_set(seed=args.seed, **kwargs)
-                injected = noisy.truth["issue"].replace("", "clean").value_counts().to_dict()
-                for row in run_bench(noisy, peers=peers, seed=args.seed, policy=args.policy):
-                    if row.kind != "cleaner":
-                        continue
-                    entry = {"set": folder.name, "version": version, "long_tail": long_tail, "rows": len(noisy.labels),
-                             "injected": injected, "left_out": left_out, "method": row.method,
-                             "seconds": row.seconds, **{c: row.scores.get(c) for c in COLUMNS}}
-                    results.append(entry)
+                draws: dict[str, list] = {}
+                for seed in seeds:
+                    noisy = bench_set(seed=seed, **kwargs)
+                    injected = noisy.truth["issue"].replace("", "clean").value_counts().to_dict()
+                    for row in run_bench(noisy, peers=peers, seed=seed, policy=args.policy):
+                        if row.kind == "cleaner":
+                            draws.setdefault(row.method, []).append((noisy, injected, row))
+                for method, runs in draws.items():
+                    entry = _entry(folder.name, version, left_out, method, runs)
                     if version.startswith("synthetic"):
                         entry["generator"] = fitted
-                    print(f"{folder.name[:28]:28s} {version[:9]:9s} {row.method[:26]:26s} "
-                          f"{row.seconds:6.1f}s " + " ".join(f"{c.split('_')[0][:4]}={_fmt(entry[c])}" for c in COLUMNS),
-                          flush=True)
+                    results.append(entry)
+                    print(f"{folder.name[:28]:28s} {version[:9]:9s} {method[:26]:26s} {entry['seconds']:6.2f}s "
+                          + " ".join(f"{c.split('_')[0][:4]}={_fmt(entry[c])}" for c in COLUMNS), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def _entry(name: str, version: str, left_out: dict, method: str, runs: list) -> dict:
+    """One method on one version of a set: each figure the mean over the noise draws (``runs``:
+    (noisy set, injected counts, bench row) per seed), its sd beside it under ``sd``, and every
+    draw's figures under ``draws``."""
+    noisy, injected, _ = runs[0]
+
+    def stat(values, fn):
+        kept = [v for v in values if v is not None]
+        return round(float(fn(kept)), 4) if kept else None
+
+    figures = {c: [row.scores.get(c) for _, _, row in runs] for c in COLUMNS}
+    return {"set": name, "version": version, "long_tail": version == "long-tail", "rows": len(noisy.labels),
+            "injected": injected, "left_out": left_out, "method": method, "seeds": len(runs),
+            "seconds": stat([row.seconds for _, _, row in runs], np.mean),
+            **{c: stat(v, np.mean) for c, v in figures.items()},
+            "sd": {c: stat(v, np.std) for c, v in figures.items()},
+            "draws": [{"seconds": row.seconds, **{c: row.scores.get(c) for c in COLUMNS}} for _, _, row in runs]}
 
 
 def _fmt(value) -> str:
