@@ -288,32 +288,28 @@ def _normalise_checked(path: Path, raw: np.ndarray, chunk_bytes: int = 32 << 20)
     return out
 
 
-def centring_decision(unit: np.ndarray, *, seed: int = 0, n_pairs: int = 200_000) -> dict:
+def centring_decision(unit: np.ndarray, *, seed: int = 0, max_rows: int = 1000) -> dict:
     """Decide from the data whether to subtract the set's mean direction.
 
-    Rule: estimate the distribution of cosines between random pairs of samples (almost all
-    pairs are different people). When its mean sits more than two of its standard deviations
-    above zero, the embeddings share an offset direction (as dlib's do: different people at
-    cosine ~0.83) that compresses every cosine near 1, so we centre; zero-centred models
+    Rule: the distribution of cosines between pairs of samples (almost all pairs are
+    different people). When its mean sits more than two of its standard deviations above
+    zero, the embeddings share an offset direction (as dlib's do: different people at cosine
+    ~0.83) that compresses every cosine near 1, so we centre; zero-centred models
     (ArcFace-style, random pairs at ~0 ± 0.05–0.1) are left as they are.
 
+    The pairs are every pair among ``max_rows`` rows drawn at random (all of them in a smaller
+    set): one matrix product, about half a million pairs, a few milliseconds whatever the set's
+    size (200,000 pairs gathered one by one took 80 ms even for 700 rows).
+
     Returns a dict with ``centre`` (bool), ``random_pair_mean``, ``random_pair_std``,
-    ``mean_norm``.
+    ``mean_norm``, ``n_pairs``.
     """
     n = unit.shape[0]
-    rng = np.random.default_rng(seed)
-    m = min(n_pairs, max(1, n * (n - 1) // 2))
-    a = rng.integers(0, n, size=m)
-    b = rng.integers(0, n, size=m)
-    keep = a != b
-    a, b = a[keep], b[keep]
-    if len(a) < 2:
+    if n < 3:
         return {"centre": False, "random_pair_mean": 0.0, "random_pair_std": 0.0, "mean_norm": 0.0, "n_pairs": 0}
-    cos = np.empty(len(a), dtype=np.float64)
-    step = 8192  # pairs per block: the gathered rows stay a few MB whatever the dimension
-    for start in range(0, len(a), step):
-        sl = slice(start, start + step)
-        cos[sl] = np.einsum("ij,ij->i", unit[a[sl]], unit[b[sl]], dtype=np.float64)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False)) if n > max_rows else slice(None)
+    sub = np.asarray(unit[rows], dtype=np.float64)
+    cos = (sub @ sub.T)[np.triu_indices(len(sub), k=1)]
     mean, std = float(cos.mean()), float(cos.std())
     mean_norm = float(np.linalg.norm(unit.mean(axis=0, dtype=np.float64)))
     return {
@@ -321,7 +317,7 @@ def centring_decision(unit: np.ndarray, *, seed: int = 0, n_pairs: int = 200_000
         "random_pair_mean": mean,
         "random_pair_std": std,
         "mean_norm": mean_norm,
-        "n_pairs": int(len(a)),
+        "n_pairs": int(len(cos)),
     }
 
 

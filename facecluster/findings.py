@@ -538,15 +538,19 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     for j, (a, b) in enumerate(ordered):
         one = _one_person(pairs, a, b) if pairs is not None else vote_score[(a, b)]
         pair_shares = [(name, ab[j], ba[j]) for name, ab, ba in shares]
-        pooled, parts, p_two = _pooled_merge(one, pair_shares, labels, embeddings, a, b, label_names)
+        pooled, parts, samples = _pooled_merge(one, pair_shares, labels, embeddings, a, b, label_names)
         # a label of one image is one observation, its "share" of mass says where that image
         # leans, not how strongly: such a merge asks for three-to-one odds (the conservative
         # policy's bar for a relabel), others for more likely than not; and none where the
-        # centroid rank test says two people
-        two_people = p_two is not None and p_two < TWO_PEOPLE_P
-        if one > 0 and not two_people and pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5):
+        # centroid rank test says two people (asked only of pairs that pass the rest)
+        if one > 0 and pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5):
+            p_two = _two_people_p(samples)
+            if p_two is not None and p_two < TWO_PEOPLE_P:
+                continue
+            rank = [] if p_two is None else [f"centroid rank test p={p_two:.2g} (one person unless far below "
+                                             f"{TWO_PEOPLE_P:g})"]
             accepted.append((a, b, pooled, [f"one person: {one:.2f} (same-person kNN mass shared as one "
-                                            f"identity's would be; 1 = fully)", *parts]))
+                                            f"identity's would be; 1 = fully)", *parts, *rank]))
     if not accepted:
         return DuplicateIdentities(pd.DataFrame(columns=MERGE_COLUMNS), merged_into, label_score, {})
     graph = nx.Graph()
@@ -579,19 +583,19 @@ def _pooled_merge(one_person: float, shares, labels, embeddings, a: int, b: int,
     """A merge's pooled score: the one-person test, each partition's shared-cluster share
     (``shares``: (name, a's share with b, b's share with a) per partition; the smaller
     direction counts) and the centroid test, averaged; with the texts naming each term and the
-    centroid rank test's p-value (None where it has no label of three images to judge by)."""
+    centroid test's samples for :func:`_two_people_p` (empty where it has no label of three
+    images to judge by)."""
     terms, text = [one_person], []
     for name, ab, ba in shares:
         terms.append(min(ab, ba))
         if label_names is not None:
             text.append(f"{name}: {ab:.0%} of {label_names[a]}'s images share a cluster with {label_names[b]}, "
                         f"{ba:.0%} back")
-    cen, p_two = (None, None) if embeddings is None else _centroid_term(embeddings, labels, a, b)
+    cen, samples = (None, []) if embeddings is None else _centroid_term(embeddings, labels, a, b)
     if cen is not None:
         terms.append(cen)
-        text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's; "
-                    f"rank test p={p_two:.2g})")
-    return round(float(np.mean(terms)), 4), text, p_two
+        text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's)")
+    return round(float(np.mean(terms)), 4), text, samples
 
 
 def _claimed_labels(agreement: LabelAgreement, labels: np.ndarray, label_names: np.ndarray,
@@ -674,26 +678,21 @@ def shared_shares(partition: np.ndarray, labels: np.ndarray, a: np.ndarray, b: n
     return shared / np.maximum(sizes[a], 1.0)
 
 
-def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -> tuple[float | None, float | None]:
+def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -> tuple[float | None, list]:
     """How well label a's images pass for label b's (and back), judged at b's own centroid.
 
     If a and b are one person, a's images sit as close to b's centroid as b's own images do,
     so about half of them reach the median similarity of b's images to their centroid; for two
-    people almost none do. Returns (term, p):
+    people almost none do. Returns (term, samples):
 
     - term: min(1, 2·share), the smaller of the two directions; the threshold is each label's
       own spread, not a fixed cosine.
-    - p: the one-sided Mann–Whitney p-value (:func:`scipy.stats.mannwhitneyu`) that a's images
-      rank below b's own that far by chance, the smaller of the two directions. Far below
-      :data:`TWO_PEOPLE_P` the labels are two people however the graph joins them: look-alike
-      identities a partition lumps together pass the median rarely, but they fail the ranks
-      as a whole.
+    - samples: per direction, (the other label's cosines to the centroid, the label's own
+      leave-one-out cosines), for :func:`_two_people_p`.
 
     A label of one or two images has no spread of its own to judge the other against: only the
-    direction into the bigger label counts then; (None, None) when neither has three images.
+    direction into the bigger label counts then; (None, []) when neither has three images.
     """
-    from scipy.stats import mannwhitneyu
-
     def one_way(src, dst):
         xd = embeddings[labels == dst].astype(np.float64)
         total = xd.sum(axis=0)
@@ -704,12 +703,27 @@ def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -
         loo = (dots - own_sq) / np.sqrt(np.maximum(total @ total - 2 * dots + own_sq, 1e-24) * own_sq)
         xs = embeddings[labels == src].astype(np.float64)
         cos = (xs @ total) / np.maximum(np.linalg.norm(xs, axis=1) * np.linalg.norm(total), 1e-12)
-        return float((cos >= np.median(loo)).mean()), float(mannwhitneyu(cos, loo, alternative="less").pvalue)
+        return cos, loo
 
-    ways = [one_way(src, dst) for src, dst in ((a, b), (b, a)) if (labels == dst).sum() >= 3]
-    if not ways:
-        return None, None
-    return min(1.0, 2 * min(share for share, _ in ways)), min(p for _, p in ways)
+    samples = [one_way(src, dst) for src, dst in ((a, b), (b, a)) if (labels == dst).sum() >= 3]
+    if not samples:
+        return None, []
+    share = min(float((cos >= np.median(loo)).mean()) for cos, loo in samples)
+    return min(1.0, 2 * share), samples
+
+
+def _two_people_p(samples: list) -> float | None:
+    """The centroid rank test: the one-sided Mann–Whitney p-value (:func:`scipy.stats.mannwhitneyu`)
+    that one label's images rank below the other's own images at its centroid that far by
+    chance, the smaller of the two directions (``samples`` from :func:`_centroid_term`; None
+    without any). Far below :data:`TWO_PEOPLE_P` the labels are two people however the graph
+    joins them: look-alike identities a partition lumps together pass the median rarely, but
+    they fail the ranks as a whole."""
+    from scipy.stats import mannwhitneyu
+
+    if not samples:
+        return None
+    return min(float(mannwhitneyu(cos, loo, alternative="less").pvalue) for cos, loo in samples)
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,7 @@ def test_look_alikes_lumped_by_every_partition_are_not_merged_when_the_ranks_say
     assert len(refused) == 0
     merged = find_duplicate_identities(sig, labels, names, embeddings=one_person).merges
     assert sorted(merged[["label", "merged_into"]].values.ravel().tolist()) == ["a", "b"]
-    assert "rank test p=" in merged["evidence"].iloc[0]
+    assert "centroid rank test p=" in merged["evidence"].iloc[0]
 
 
 def test_find_review_sends_what_cannot_be_judged_to_a_person():
