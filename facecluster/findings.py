@@ -56,6 +56,9 @@ SINGLE_IMAGE_ODDS = 0.75
 # label's images sit farther from the other's centroid than the other's own images do, far
 # beyond chance (a probability, not a similarity; 0.1% with many candidate pairs tested).
 TWO_PEOPLE_P = 0.001
+# images per label the nearest-neighbour mixing test of a merge looks at (a sample: its
+# expectation does not depend on the sizes; bounds the cost at big identities)
+MIXING_CAP = 200
 
 
 @dataclass(frozen=True)
@@ -485,7 +488,8 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     parts). Each candidate is judged by the mean of independent terms: the one-person test,
     per partition the share of each label's images sharing a cluster with the other (smaller
     direction), and, given ``embeddings`` ((n_samples, n_features), the processed unit
-    vectors), the centroid test (:func:`_centroid_term`). A mean of at least 1/2 makes a
+    vectors), the nearest-neighbour mixing test (:func:`_mixing_term`) and the centroid test
+    (:func:`_centroid_term`). A mean of at least 1/2 makes a
     suggestion (three-to-one, 3/4, when one label has a single image), scored by that mean,
     and only where the one-person test sees some evidence (a score above 0): a pair it scores
     0 (no same-person mass shared, or a label whose own images do not hold together) is no
@@ -519,10 +523,10 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     sizes = np.bincount(labels, minlength=n_labels)
     if pairs is not None and len(pairs.a):
         # joined by kNN edges and either sharing enough same-person mass or, both labels of
-        # three images or more, put together by every partition (most of each label's images
-        # in clusters holding the other); a partition puts a label of one or two images in
-        # whichever cluster is nearest, which says little about its person
-        together = np.minimum(sizes[pairs.a], sizes[pairs.b]) >= 3
+        # two images or more, put together by every partition (most of each label's images
+        # in clusters holding the other); a partition puts a label of one image in whichever
+        # cluster is nearest, which says little about its person
+        together = np.minimum(sizes[pairs.a], sizes[pairs.b]) >= 2
         for _, ev in partitions:
             together &= np.minimum(shared_shares(ev.partition, labels, pairs.a, pairs.b),
                                    shared_shares(ev.partition, labels, pairs.b, pairs.a)) >= 0.5
@@ -592,6 +596,11 @@ def _pooled_merge(one_person: float, shares, labels, embeddings, a: int, b: int,
             text.append(f"{name}: {ab:.0%} of {label_names[a]}'s images share a cluster with {label_names[b]}, "
                         f"{ba:.0%} back")
     cen, samples = (None, []) if embeddings is None else _centroid_term(embeddings, labels, a, b)
+    if embeddings is not None:
+        mix = _mixing_term(embeddings, labels, a, b)
+        terms.append(mix)
+        text.append(f"nearest-neighbour mixing: {mix:.2f} (1 = the two labels' images are each other's nearest "
+                    "as often as two random halves of one person's)")
     if cen is not None:
         terms.append(cen)
         text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's)")
@@ -710,6 +719,32 @@ def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -
         return None, []
     share = min(float((cos >= np.median(loo)).mean()) for cos, loo in samples)
     return min(1.0, 2 * share), samples
+
+
+def _mixing_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int, cap: int = MIXING_CAP) -> float:
+    """How often the images of labels a and b are each other's nearest neighbour among the two
+    labels' images, against how often two random halves of one person's would be: a
+    nearest-neighbour two-sample statistic (Schilling, JASA 1986) as a score, min(1,
+    observed / expected). Expected share of rows whose nearest is in the other label:
+    2·|a|·|b| / (n·(n − 1)), n = |a| + |b|. Two look-alike people keep to their own label
+    (near 0); a split person mixes (near 1). Other labels' images do not enter, so a dense
+    third identity between them changes nothing. Each label is thinned to ``cap`` evenly
+    spaced images (the statistic's expectation does not depend on the sizes)."""
+    def rows(lab):
+        r = np.flatnonzero(labels == lab)
+        return r if len(r) <= cap else r[np.linspace(0, len(r) - 1, cap).astype(np.int64)]
+
+    ra, rb = rows(a), rows(b)
+    n = len(ra) + len(rb)
+    expected = 2.0 * len(ra) * len(rb) / (n * (n - 1)) if n > 1 else 0.0
+    if expected == 0.0:
+        return 0.0
+    x = embeddings[np.concatenate([ra, rb])].astype(np.float64)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    side = np.arange(n) >= len(ra)
+    observed = float((side[sim.argmax(axis=1)] != side).mean())
+    return min(1.0, observed / expected)
 
 
 def _two_people_p(samples: list) -> float | None:

@@ -310,6 +310,43 @@ def test_look_alikes_lumped_by_every_partition_are_not_merged_when_the_ranks_say
     assert "centroid rank test p=" in merged["evidence"].iloc[0]
 
 
+def test_a_two_image_split_that_every_partition_joins_is_merged_unless_its_images_keep_apart():
+    """A two-image label that every partition puts with a ten-image label is a merge candidate
+    even when little kNN mass is shared. Two images of the same person, taken at random from
+    its photos, mix with the other label's (each is the other label's images' nearest as
+    often as chance allows): merged. Two images of a look-alike, nearer each other than
+    either label's images: no merge."""
+    import dataclasses
+
+    from facecluster.findings import find_duplicate_identities
+    from facecluster.votes import LabelPairs
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1, 2], [10, 2, 3])
+    names = np.array(["big", "pair", "other"], dtype=object)
+    lumped = [0] * 12 + [1] * 3
+    sig = _evidence(labels, given=[3] * 15, other=[0] * 15, best_other=[-1] * 15, none_prob=[0] * 15,
+                    partitions={"hierarchical": lumped, "correlation": lumped})
+    pairs = LabelPairs(np.array([0]), np.array([1]), np.array([0.1], np.float32),
+                       np.array([0.5], np.float32), np.array([0.5], np.float32))
+    sig = dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, pairs=pairs))
+
+    def unit(v):
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    dim = 32
+    centre, elsewhere = rng.normal(size=dim), rng.normal(size=(3, dim)) * 3
+    person = centre + 0.5 * rng.normal(size=(12, dim))
+    split = unit(np.vstack([person, elsewhere]))
+    look_alike = centre + 0.9 * rng.normal(size=dim)
+    apart = unit(np.vstack([person[:10], look_alike + 0.05 * rng.normal(size=(2, dim)), elsewhere]))
+
+    merged = find_duplicate_identities(sig, labels, names, embeddings=split).merges
+    assert merged[["label", "merged_into"]].values.tolist() == [["pair", "big"]]
+    assert "nearest-neighbour mixing" in merged["evidence"].iloc[0]
+    assert len(find_duplicate_identities(sig, labels, names, embeddings=apart).merges) == 0
+
+
 def test_find_review_sends_what_cannot_be_judged_to_a_person():
     from facecluster.findings import find_review
 
