@@ -596,7 +596,9 @@ def _pooled_merge(one_person: float, shares, labels, embeddings, a: int, b: int,
             text.append(f"{name}: {ab:.0%} of {label_names[a]}'s images share a cluster with {label_names[b]}, "
                         f"{ba:.0%} back")
     cen, samples = (None, []) if embeddings is None else _centroid_term(embeddings, labels, a, b)
-    if embeddings is not None:
+    # a label of one image has no image of its own to be nearer to: its nearest is the other
+    # label's whoever it is, and the test says nothing (for two one-image labels, nothing at all)
+    if embeddings is not None and min((labels == a).sum(), (labels == b).sum()) >= 2:
         mix = _mixing_term(embeddings, labels, a, b)
         terms.append(mix)
         text.append(f"nearest-neighbour mixing: {mix:.2f} (1 = the two labels' images are each other's nearest "
@@ -729,7 +731,8 @@ def _mixing_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int, cap
     2·|a|·|b| / (n·(n − 1)), n = |a| + |b|. Two look-alike people keep to their own label
     (near 0); a split person mixes (near 1). Other labels' images do not enter, so a dense
     third identity between them changes nothing. Each label is thinned to ``cap`` evenly
-    spaced images (the statistic's expectation does not depend on the sizes)."""
+    spaced images (the statistic's expectation does not depend on the sizes). Asked only of
+    labels of two images or more (:func:`_pooled_merge`)."""
     def rows(lab):
         r = np.flatnonzero(labels == lab)
         return r if len(r) <= cap else r[np.linspace(0, len(r) - 1, cap).astype(np.int64)]
