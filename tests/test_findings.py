@@ -251,6 +251,27 @@ def test_a_merge_needs_some_evidence_from_the_one_person_test():
         merged[["label", "merged_into"]].values.tolist() == [["b", "a"]]
 
 
+def test_a_partition_that_lumps_two_look_alikes_is_no_evidence_against_either():
+    """A cluster that is mostly another label sends a row to review only when the row sits
+    there apart from its own label: a cluster holding most of both labels lumped two
+    look-alike identities and says nothing against the smaller one's rows."""
+    from facecluster.findings import find_review
+
+    # b: 8 images; a: 3 images; row 11 is a's fourth image, alone in b's second cluster
+    labels = np.array([1] * 8 + [0] * 4)
+    names = np.array(["a", "b"], dtype=object)
+    lump = [0] * 8 + [0, 0, 0] + [1]
+    part = np.array(lump)
+    part[4:8] = 1  # b's second half with a's fourth image
+    sig = _evidence(labels, given=[2] * 12, other=[0] * 12, best_other=[-1] * 12, none_prob=[0] * 12,
+                    partitions={"correlation": part.tolist()})
+    review = find_review(sig, labels, names)
+    # rows 8-10 (a) share b's first cluster with most of their label: no review
+    assert not review.partition_text[8:11].any()
+    # row 11 sits with b's rows and none of its own: a person should look
+    assert review.partition_text[11] == "review: correlation cluster is 100% b"
+
+
 def test_a_two_image_label_that_is_one_person_is_not_sent_to_review():
     """Two images of one label, each the other's likely-same-person neighbour (the label's core),
     are one person photographed twice: not a doubt, even when another label leans on them. Two
