@@ -111,7 +111,7 @@ def clean(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails and review.html's images; images outside it are never read or linked. Default: the manifest's folder.")] = None,
     decisions: Annotated[Optional[Path], typer.Option(help="decisions.csv exported from review.html (columns path, decision, label, note, timestamp; decision keep, drop, relabel or merge): a person's decision beats the algorithm on its row in this and every later run.")] = None,
-    dask: Annotated[Optional[str], typer.Option(help="Search the exact kNN graph on a Dask cluster: local:N (N worker processes on this machine) or a scheduler address such as tcp://host:8786 (its workers must read the --out folder). The stages run here; the outputs equal the local run's. Needs the dask extra: pip install 'facecluster[dask]'.")] = None,
+    dask: Annotated[Optional[str], typer.Option(help="Search the kNN graph on a Dask cluster: local:N (N worker processes on this machine) or a scheduler address such as tcp://host:8786 (its workers must read the --out folder). Exact up to 100,000 rows (the outputs equal the local run's), IVF above it or with --knn ivf (refined here to --knn-recall). The stages run here. Needs the dask extra: pip install 'facecluster[dask]'.")] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read (.npy; .npz and Parquet right after loading), naming what needs the memory.")] = None,
 ) -> None:
     """Find mislabeled samples, outliers, near-duplicates and duplicate identities; write a cleaned manifest."""
@@ -133,8 +133,8 @@ def clean(
             if check_spec(dask) is None and dry_run:
                 raise ValueError("--dask with a cluster address needs --out (its workers read a scratch copy of the "
                                  "vectors there), not --dry-run")
-            if knn.value not in ("auto", "exact"):
-                raise ValueError(f"--dask searches the exact graph; --knn {knn.value} is not distributed")
+            if knn.value == "hnsw":
+                raise ValueError("--dask searches the exact or the IVF graph; --knn hnsw is not distributed")
         config = CleanConfig(k=k, device=device.value, knn_method=knn.value, knn_recall=knn_recall, centre=centre_value,
                              policy=policy.value, path_col=path_col, label_col=label_col, seed=seed,
                              stages=tuple(x.strip() for x in stages.split(",") if x.strip()),

@@ -798,6 +798,35 @@ def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_querie
 # --------------------------------------------------------------------------- public builder
 
 
+def _refine_to_target(x: np.ndarray, indices: np.ndarray, k: int, target_recall: float, measure: EdgeRecall,
+                      tune_rows: np.ndarray, recall_queries: int, seed: int, info: dict, phases: dict,
+                      progress: Progress) -> None:
+    """Refine an IVF seed graph (:func:`refine_graph`) until the tuning sample reaches
+    ``target_recall``, then measure its recall on independent queries; the graph goes to
+    ``info["_graph"]`` (indices, sims) and the figures into ``info``."""
+    t = time.perf_counter()
+    rounds_recall: list = []
+
+    def done(graph_indices: np.ndarray) -> bool:
+        rounds_recall.append(measure(graph_indices[tune_rows])["edges_that_matter_recall"])
+        return rounds_recall[-1] >= target_recall
+
+    indices, sims, history = refine_graph(x, indices, done=done, progress=progress)
+    for entry, reached in zip(history, rounds_recall[1:]):
+        entry["tuned_recall"] = round(reached, 6)
+    tuned = rounds_recall[-1]
+    info.update(tuned_recall=tuned, refine_rounds=history)
+    phases["refine"] = round(time.perf_counter() - t, 2)
+    if tuned < target_recall:  # the best reached, far cheaper than exact: kept, and said
+        info["target_missed"] = (f"the refined IVF graph reached {tuned:.4f} of the edges that matter on the "
+                                 f"tuning queries, short of {target_recall} (IVF nprobe {info.get('nprobe')}, "
+                                 f"{len(history)} refinement rounds)")
+    t = time.perf_counter()
+    info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
+    phases["recall"] = round(time.perf_counter() - t, 2)
+    info["_graph"] = (indices, sims)
+
+
 def build_knn_graph(
     x: np.ndarray,
     k: int = 30,
@@ -844,9 +873,11 @@ def build_knn_graph(
         fingerprint (``x`` and every parameter that changes the graph) it is loaded instead of
         searching. Nothing is written here: ``info["fingerprint"]`` goes with the returned
         graph and :meth:`KnnGraph.save` writes it where the caller stages its outputs.
-    dask : a ``dask.distributed.Client``: the exact search runs on its cluster, block pair by
-        block pair (:mod:`facecluster.knn_dask`), and gives the same graph; only exact search
-        is distributed (``auto`` means exact there)
+    dask : a ``dask.distributed.Client``: the search runs on its cluster
+        (:mod:`facecluster.knn_dask`): exact, block pair by block pair, giving the same graph;
+        or IVF (``auto`` above ``exact_max`` rows, as here), flat lists searched exactly
+        bucket by bucket with nprobe tuned on the same sample, then refined here to
+        ``target_recall`` as the local IVF graph is
     scratch : with ``dask``, the folder for the scratch copy of ``x`` the workers read
 
     Returns
@@ -865,9 +896,9 @@ def build_knn_graph(
         raise ValueError(f"k must be at least 1, got {k}")
     dev = device if isinstance(device, Device) else resolve_device(device)
     if method == "auto":
-        method = "exact" if (dev.kind == "cuda" or n <= exact_max or dask is not None) else "ivf"
-    if dask is not None and method != "exact":
-        raise ValueError(f"on Dask the graph is exact: knn method {method!r} is not distributed")
+        method = "exact" if (dev.kind == "cuda" or n <= exact_max) else "ivf"
+    if dask is not None and method not in ("exact", "ivf"):
+        raise ValueError(f"on Dask the graph is exact or IVF: knn method {method!r} is not distributed")
     if method not in {"exact", "ivf", "hnsw"}:
         raise ValueError(f"method must be auto, exact, ivf or hnsw, got {method!r}")
     ef_search = int(ef_search or max(2 * k, 64))
@@ -901,6 +932,21 @@ def build_knn_graph(
         else:
             indices, sims = _search_index(_flat_index(x, dev), x, wide, progress, "kNN search (exact)")
         info.setdefault("phase_seconds", {})["search"] = round(time.perf_counter() - t, 2)
+    elif method == "ivf" and dask is not None:
+        from .knn_dask import ivf_on_dask
+
+        seed_target = max(0.0, 1.0 - REFINE_SEED_SLACK * (1.0 - target_recall))
+        t = time.perf_counter()
+        tune_rows = _sample_rows(n, recall_queries, seed + 1)
+        measure = EdgeRecall(x, tune_rows, k, None, seed)
+        tune_seconds = time.perf_counter() - t
+        indices, on_dask = ivf_on_dask(x, k, dask, scratch=scratch, nlist=nlist, seed_target=seed_target,
+                                       measure=measure, tune_rows=tune_rows, seed=seed, progress=progress)
+        phases = info["phase_seconds"] = dict(on_dask.pop("phase_seconds"), tune=round(tune_seconds, 2))
+        info.update(on_dask, device="cpu", seed_target=round(seed_target, 6), target_recall=target_recall)
+        _refine_to_target(x, indices, k, target_recall, measure, tune_rows, recall_queries, seed, info, phases,
+                          progress)
+        indices, sims = info.pop("_graph")
     elif method == "ivf":
         phases = info["phase_seconds"] = {}
         t = time.perf_counter()
@@ -933,26 +979,9 @@ def build_knn_graph(
                                           f"kNN search (IVF, nprobe={nprobe}, re-ranked {shortlist})")
             del index
             phases["search"] = round(time.perf_counter() - t, 2)
-            t = time.perf_counter()
-            rounds_recall: list = []
-
-            def done(graph_indices: np.ndarray) -> bool:
-                rounds_recall.append(measure(graph_indices[tune_rows])["edges_that_matter_recall"])
-                return rounds_recall[-1] >= target_recall
-
-            indices, sims, history = refine_graph(x, indices, done=done, progress=progress)
-            for entry, reached in zip(history, rounds_recall[1:]):
-                entry["tuned_recall"] = round(reached, 6)
-            tuned = rounds_recall[-1]
-            info.update(tuned_recall=tuned, refine_rounds=history)
-            phases["refine"] = round(time.perf_counter() - t, 2)
-            if tuned < target_recall:  # the best reached, far cheaper than exact: kept, and said
-                info["target_missed"] = (f"the refined IVF graph reached {tuned:.4f} of the edges that matter on the "
-                                         f"tuning queries, short of {target_recall} (IVF nprobe {nprobe}, shortlist "
-                                         f"factor {factor}, {len(history)} refinement rounds)")
-            t = time.perf_counter()
-            info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
-            phases["recall"] = round(time.perf_counter() - t, 2)
+            _refine_to_target(x, indices, k, target_recall, measure, tune_rows, recall_queries, seed, info, phases,
+                              progress)
+            indices, sims = info.pop("_graph")
     else:
         index = _hnsw_index(x, hnsw_m, ef_construction, ef_search, progress)
         indices, sims = _search_index(index, x, k, progress, "kNN search (HNSW)")

@@ -20,6 +20,7 @@ d dimensions and k neighbours about 8·b·d + 16·b·k bytes (b = 65,536, d = 51
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -31,6 +32,9 @@ from .knn import drop_self
 from .progress import NullProgress, Progress
 
 BLOCK_ROWS = 65_536
+# IVF on Dask: rows per bucket of neighbouring lists (None: a block's); smaller buckets scan
+# closer to the probed lists alone, for more tasks (blocks × buckets)
+BUCKET_ROWS = None
 
 
 def check_spec(spec: str) -> int | None:
@@ -166,18 +170,173 @@ def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
     return indices, sims, info
 
 
-def search_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None = None,
-                   block_rows: int | None = None, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """:func:`knn_graph_dask` for unit vectors ``x`` held here (``build_knn_graph(...,
-    dask=client)`` calls it): ``x`` is written to a scratch .npy in ``scratch`` (default: the
-    system's temporary folder; on a real cluster, a folder every worker can read), searched on
-    the cluster, and the scratch file removed, whatever happens."""
+def _read_rows(path: str, rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.load(path, mmap_mode="r")[rows], dtype=np.float32)
+
+
+def _assign(block: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
+    """Each row's ``nprobe`` nearest IVF lists (nearest first), by L2 to the centroids."""
+    import faiss
+
+    return faiss.knn(block, centroids, nprobe)[1].astype(np.int32)
+
+
+def _search_bucket(query: np.ndarray, probes: np.ndarray, base: np.ndarray, base_rows: np.ndarray, lo: int, hi: int,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k + 1 best rows of one bucket (the lists ``lo`` ≤ list < ``hi``: ``base``, whose row
+    numbers are ``base_rows``) for the queries of a block that probe any of its lists; −1 and
+    −inf for the others. Inside the bucket the search is exact."""
+    sims = np.full((len(query), k + 1), -np.inf, dtype=np.float32)
+    idx = np.full((len(query), k + 1), -1, dtype=np.int64)
+    hit = ((probes >= lo) & (probes < hi)).any(axis=1)
+    if hit.any() and len(base):
+        s, i = _search_pair(query[hit], base, 0, k)
+        sims[hit] = s
+        idx[hit] = np.where(i >= 0, base_rows[np.maximum(i, 0)], -1)
+    return sims, idx
+
+
+def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: int, seed_target: float,
+                   measure, tune_rows: np.ndarray, seed: int = 0, block_rows: int = BLOCK_ROWS,
+                   bucket_rows: int | None = None, progress: Progress | None = None) -> tuple[np.ndarray, dict]:
+    """An approximate kNN graph searched on the cluster: IVF lists, searched exactly.
+
+    - A coarse quantiser of ``nlist`` lists (FAISS k-means, L2 on the unit vectors, as the
+      local IVF) is trained here on a sample of ``x``.
+    - The workers put every row of the .npy ``path`` (the rows of ``x``) in its nearest list.
+    - nprobe, the lists a query scans, is the fewest (doubling from 4, at most 1/8 of the
+      lists) whose lists hold ``seed_target`` of the edges that matter of the sampled queries
+      ``tune_rows`` (``measure``, an :class:`facecluster.knn.EdgeRecall` of them): inside a list
+      the search is exact, so a neighbour is found exactly when its list is probed, and that
+      is known from the assignments alone, before any search.
+    - Neighbouring lists are grouped into buckets of about ``bucket_rows`` rows (k-means over
+      the centroids); one task searches the queries of a block that probe a bucket against all
+      of it (exact inner product), and a block's partial lists are merged in a tree, as in
+      :func:`knn_graph_dask`. A query scans the buckets its lists fall in: more rows than its
+      lists hold, never fewer.
+
+    Returns (indices (n, k) int64 with −1 where fewer were found, info). The caller refines
+    the graph (:func:`facecluster.knn.refine_graph`), which also values it exactly."""
+    import dask
+    import faiss
+    from dask.distributed import as_completed
+
+    progress = progress or NullProgress()
+    path = str(Path(path).resolve())
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    n_train = min(n, 64 * nlist)
+    train = x[np.sort(rng.choice(n, size=n_train, replace=False))] if n_train < n else x
+    t = time.perf_counter()
+    kmeans = faiss.Kmeans(d, nlist, niter=20, seed=seed, verbose=False)
+    with progress.task("IVF lists (k-means)", total=None):
+        kmeans.train(np.ascontiguousarray(train, dtype=np.float32))
+    centroids = kmeans.centroids.astype(np.float32)
+    # buckets of neighbouring lists (k-means over the centroids, about bucket_rows rows each),
+    # numbered so that each bucket is a range of list ids: a query's nearest lists then fall
+    # in one bucket or a few, and a task scans little beyond the lists it probes
+    bucket_rows = bucket_rows or BUCKET_ROWS or block_rows
+    n_buckets = int(min(nlist, max(1, -(-n // bucket_rows))))
+    if n_buckets > 1:
+        groups = faiss.Kmeans(d, n_buckets, niter=20, seed=seed, verbose=False)
+        groups.train(centroids)
+        group_of = faiss.knn(centroids, groups.centroids, 1)[1][:, 0]
+        centroids = np.ascontiguousarray(centroids[np.argsort(group_of, kind="stable")])
+        edges = np.r_[0, np.cumsum(np.bincount(group_of, minlength=n_buckets))]
+    else:
+        edges = np.array([0, nlist])
+    edges = np.unique(edges)
+    phases = {"lists": round(time.perf_counter() - t, 2)}
+    bounds = [(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
+    blocks = [dask.delayed(_read_block, pure=True)(path, s, e) for s, e in bounds]
+    cents = dask.delayed(centroids)
+    t = time.perf_counter()
+    owner = np.concatenate(client.compute([dask.delayed(_assign, pure=True)(b, cents, 1) for b in blocks], sync=True))[:, 0]
+    # nprobe from the assignments: the rank of each sampled edge's list among its query's lists
+    max_probe = max(1, nlist // 8)
+    ranked = faiss.knn(np.ascontiguousarray(x[tune_rows]), centroids, max_probe)[1]
+    truth = measure.truth
+    rank = np.full(truth.shape, max_probe, dtype=np.int64)
+    for j in range(max_probe):  # max_probe ≤ nlist / 8: a few hundred at 10M rows
+        rank = np.where((rank == max_probe) & (owner[np.maximum(truth, 0)] == ranked[:, j:j + 1]), j, rank)
+    matters = measure.matters
+    curve = []
+    nprobe = min(4, max_probe)
+    while True:
+        reached = float((rank[matters] < nprobe).mean()) if matters.any() else 1.0
+        curve.append((nprobe, round(reached, 4)))
+        if reached >= seed_target or nprobe >= max_probe:
+            break
+        nprobe = min(2 * nprobe, max_probe)
+    phases["assign"] = round(time.perf_counter() - t, 2)
+    # the share of the rows a sampled query scans (the buckets its lists fall in): the work
+    # against exact search's
+    bucket_of_list = np.searchsorted(edges, np.arange(nlist), side="right") - 1
+    bucket_size = np.bincount(bucket_of_list[owner], minlength=len(edges) - 1)
+    probed = np.zeros((len(tune_rows), len(edges) - 1), dtype=bool)
+    np.put_along_axis(probed, bucket_of_list[ranked[:, :nprobe]], True, axis=1)
+    scan_share = float((probed * bucket_size).sum(axis=1).mean() / n)
+    order = np.argsort(owner, kind="stable")
+    starts = np.searchsorted(owner[order], edges)
+    buckets = []
+    for b in range(len(edges) - 1):
+        rows = dask.delayed(np.sort(order[starts[b]:starts[b + 1]]), pure=True)  # one key, shared by the tasks
+        buckets.append((int(edges[b]), int(edges[b + 1]), rows, dask.delayed(_read_rows, pure=True)(path, rows)))
+    probes = [dask.delayed(_assign, pure=True)(b, cents, nprobe) for b in blocks]
+    outs = []
+    for qi, (qs, _) in enumerate(bounds):
+        parts = [dask.delayed(_search_bucket, pure=True, nout=2)(blocks[qi], probes[qi], base, rows, lo, hi, k)
+                 for lo, hi, rows, base in buckets]
+        merged = _tree(parts, lambda a, b: dask.delayed(_merge, pure=True, nout=2)(a, b))
+        outs.append(dask.delayed(_finish, pure=True, nout=2)(merged, qs, k))
+    t = time.perf_counter()
+    futures = client.compute(outs)
+    index_of = {f.key: i for i, f in enumerate(futures)}
+    indices = np.empty((n, k), dtype=np.int64)
+    with progress.task(f"kNN search (IVF on Dask: nprobe {nprobe} of {nlist} lists, {len(buckets)} buckets)",
+                       total=n) as advance:
+        for future in as_completed(futures):
+            i = index_of[future.key]
+            s, e = bounds[i]
+            indices[s:e] = future.result()[0]
+            advance(e - s)
+    phases["search"] = round(time.perf_counter() - t, 2)
+    info = {"backend": "faiss-cpu on dask", "dask_workers": len(client.scheduler_info().get("workers", {})),
+            "dask_blocks": len(bounds), "dask_block_rows": block_rows, "dask_buckets": len(buckets), "nlist": nlist,
+            "nprobe": nprobe, "seed_recall": curve[-1][1], "nprobe_recall_curve": curve, "phase_seconds": phases,
+            "scan_share": round(scan_share, 4),
+            "lists": "flat (exact inside a list)"}
+    return indices, info
+
+
+@contextlib.contextmanager
+def _scratch_copy(x: np.ndarray, scratch: str | Path | None):
+    """``x`` written to a scratch .npy in ``scratch`` (default: the system's temporary folder;
+    on a real cluster, a folder every worker can read); yields its path, removed whatever
+    happens."""
     folder = Path(scratch) if scratch is not None else Path(tempfile.gettempdir())
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".tmp-dask-{os.getpid()}-", suffix=".npy", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, np.ascontiguousarray(x, dtype=np.float32))
-        return knn_graph_dask(name, k, client, block_rows=block_rows or BLOCK_ROWS, progress=progress)
+        yield name
     finally:
         Path(name).unlink(missing_ok=True)
+
+
+def search_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None = None,
+                   block_rows: int | None = None, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """:func:`knn_graph_dask` for unit vectors ``x`` held here (``build_knn_graph(...,
+    dask=client)`` calls it): ``x`` is written to a scratch .npy in ``scratch`` (a folder every
+    worker can read), searched on the cluster, and the scratch file removed."""
+    with _scratch_copy(x, scratch) as name:
+        return knn_graph_dask(name, k, client, block_rows=block_rows or BLOCK_ROWS, progress=progress)
+
+
+def ivf_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None = None, block_rows: int | None = None,
+                **kwargs) -> tuple[np.ndarray, dict]:
+    """:func:`ivf_graph_dask` for unit vectors ``x`` held here, through a scratch .npy as
+    :func:`search_on_dask`."""
+    with _scratch_copy(x, scratch) as name:
+        return ivf_graph_dask(name, x, k, client, block_rows=block_rows or BLOCK_ROWS, **kwargs)

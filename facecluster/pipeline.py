@@ -330,10 +330,11 @@ def clean(
         row (:func:`facecluster.relabel.apply_decisions`); decided rows carry ``fc_source`` =
         ``person``, are counted in report.json and leave the review queue
     dask : a ``dask.distributed.Client``, ``"local:N"`` (a LocalCluster of N worker processes,
-        closed at the end) or a scheduler address (``"tcp://host:8786"``): the exact kNN graph
-        is searched on that cluster (:mod:`facecluster.knn_dask`; the workers read a scratch
-        copy of the vectors written in ``out_dir``, which must be a folder they can read), the
-        stages run here. The outputs equal the local run's
+        closed at the end) or a scheduler address (``"tcp://host:8786"``): the kNN graph is
+        searched on that cluster (:mod:`facecluster.knn_dask`; the workers read a scratch copy
+        of the vectors written in ``out_dir``, which must be a folder they can read), the
+        stages run here. Exact where the local run is exact (the outputs equal the local
+        run's); IVF where it would be IVF, refined here to the same recall target
 
     Returns
     -------

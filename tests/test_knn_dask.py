@@ -50,7 +50,7 @@ def test_graph_on_dask_equals_the_local_exact_graph(client, monkeypatch, tmp_pat
     assert on_dask.info["fingerprint"] == local.info["fingerprint"], "one cache serves both"
     assert not list(tmp_path.glob(".tmp-dask-*")), "the scratch copy is removed"
     with pytest.raises(ValueError, match="not distributed"):
-        build_knn_graph(x, k=20, device="cpu", method="ivf", dask=client)
+        build_knn_graph(x, k=20, device="cpu", method="hnsw", dask=client)
 
 
 def test_clean_on_dask_writes_the_local_run_outputs(client, monkeypatch, tmp_path):
@@ -73,6 +73,30 @@ def test_clean_on_dask_writes_the_local_run_outputs(client, monkeypatch, tmp_pat
         report["stages"].pop("knn")
     assert a == b
     assert not list((tmp_path / "dask").glob(".tmp-dask-*"))
+
+
+def test_the_ivf_graph_on_dask_reaches_the_recall_target(client, monkeypatch, tmp_path):
+    """Above the exact size the graph on Dask is IVF: flat lists searched exactly bucket by
+    bucket, nprobe read off the lists of the sampled queries' exact neighbours, then refined
+    here. Its recall of the edges that matter, on queries independent of the tuning ones,
+    reaches the target; the probed lists alone already hold the seed target."""
+    x, _ = make_faces(6000, 400, 64, seed=4)
+    x = _unit(x)
+    monkeypatch.setattr(knn_dask, "BLOCK_ROWS", 1500)  # 4 query blocks
+    graph = build_knn_graph(x, k=20, device="cpu", dask=client, scratch=tmp_path, exact_max=1000, nlist=120)
+    info = graph.info
+    assert info["method"] == "ivf" and info["backend"] == "faiss-cpu on dask" and info["dask_buckets"] >= 3
+    assert info["seed_recall"] >= info["seed_target"] or info["nprobe"] == 120 // 8
+    assert info["tuned_recall"] >= 0.999 and info["edges_that_matter_recall"] >= 0.995
+    assert 1 <= info["nprobe"] < 120, "fewer lists scanned than there are"
+    local = build_knn_graph(x, k=20, device="cpu", method="exact")
+    hit = (graph.indices[:, :, None] == local.indices[:, None, :]).any(axis=2).mean()
+    assert hit >= 0.98, hit
+    # valued as the exact graph values them: every listed similarity is the exact one
+    rows = np.repeat(np.arange(len(x)), 20)
+    got = graph.indices.ravel()
+    np.testing.assert_allclose(graph.sims.ravel(), np.einsum("ij,ij->i", x[rows], x[got]), atol=1e-5)
+    assert not list(tmp_path.glob(".tmp-dask-*"))
 
 
 def test_a_worker_killed_mid_build_is_replaced_and_the_graph_is_the_same(client, monkeypatch, tmp_path):
@@ -104,7 +128,7 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_graph_is_the_same(client,
 
 
 @pytest.mark.parametrize("spec, extra", [("local:0", []), ("local:two", []), ("somewhere:8786", []),
-                                         ("local:2", ["--knn", "ivf"]), ("tcp://127.0.0.1:1", ["--dry-run"])])
+                                         ("local:2", ["--knn", "hnsw"]), ("tcp://127.0.0.1:1", ["--dry-run"])])
 def test_a_bad_dask_address_is_refused_before_any_work(small_set, tmp_path, spec, extra):
     from typer.testing import CliRunner
 
