@@ -44,31 +44,27 @@ def main() -> None:
     knn_dask.BLOCK_ROWS = args.block_rows
     knn_dask.BUCKET_ROWS = args.bucket_rows
     blocks = -(-args.rows // args.block_rows)
-    for n in (int(w) for w in args.workers.split(",")):
+    def timed_on_cluster(n: int, method: str):
+        """The graph of x by ``method`` on a fresh LocalCluster of n worker processes, timed."""
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
         try:
             t = time.perf_counter()
-            graph = build_knn_graph(x, k=args.k, device="cpu", dask=client, method="exact")
-            seconds = time.perf_counter() - t
+            graph = build_knn_graph(x, k=args.k, device="cpu", dask=client, method=method)
+            return graph, time.perf_counter() - t
         finally:
             client.close()
             cluster.close()
+
+    for n in (int(w) for w in args.workers.split(",")):
+        graph, seconds = timed_on_cluster(n, "exact")
         same = bool(np.array_equal(graph.indices, local.indices) and np.array_equal(graph.sims, local.sims))
         rows.append({"run": f"Dask, {n} worker process(es), 1 thread each", "seconds": round(seconds, 1),
                      "block_pairs": blocks * blocks, "seconds_per_block_pair_per_worker": round(seconds * n / blocks**2, 3),
                      "identical_to_local": same})
         print(json.dumps(rows[-1]), flush=True)
         if args.ivf:
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
-            client = Client(cluster)
-            try:
-                t = time.perf_counter()
-                graph = build_knn_graph(x, k=args.k, device="cpu", dask=client, method="ivf")
-                seconds = time.perf_counter() - t
-            finally:
-                client.close()
-                cluster.close()
+            graph, seconds = timed_on_cluster(n, "ivf")
             info = graph.info
             hit = float((graph.indices[:, :, None] == local.indices[:, None, :]).any(axis=2).mean())
             rows.append({"run": f"Dask IVF, {n} worker process(es), 1 thread each", "seconds": round(seconds, 1),

@@ -117,6 +117,31 @@ def _tree(items: list, combine):
     return items[0]
 
 
+def _gather_lists(client, bounds: list, parts: list, k: int, progress: Progress, label: str):
+    """Run on the cluster, for every query block (``bounds``: its rows), the merge of its
+    partial lists (``parts[i]``: delayed (sims, idx) pairs of k + 1 a row) in a tree and the
+    drop of the query itself; gathered here as (indices int32, sims float32), block by block
+    as they finish."""
+    import dask
+    from dask.distributed import as_completed
+
+    outs = []
+    for (qs, _), block_parts in zip(bounds, parts):
+        merged = _tree(block_parts, lambda a, b: dask.delayed(_merge, pure=True, nout=2)(a, b))
+        outs.append(dask.delayed(_finish, pure=True, nout=2)(merged, qs, k))
+    futures = client.compute(outs)
+    index_of = {f.key: i for i, f in enumerate(futures)}
+    n = bounds[-1][1]
+    indices = np.empty((n, k), dtype=np.int32)
+    sims = np.empty((n, k), dtype=np.float32)
+    with progress.task(label, total=n) as advance:
+        for future in as_completed(futures):
+            s, e = bounds[index_of[future.key]]
+            indices[s:e], sims[s:e] = future.result()
+            advance(e - s)
+    return indices, sims
+
+
 def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Exact k nearest neighbours (self excluded) of unit vectors, searched on the cluster
@@ -129,7 +154,6 @@ def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
     int32, sims float32 as FAISS gave them, info); a caller holding the vectors rescores
     (:func:`facecluster.knn.rescore`)."""
     import dask
-    from dask.distributed import as_completed
 
     progress = progress or NullProgress()
     if isinstance(source, (str, Path)):
@@ -147,23 +171,10 @@ def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
         bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
         blocks = [dask.delayed(np.ascontiguousarray)(b, dtype=np.float32) for b in source.to_delayed().ravel()]
     k = int(min(k, n - 1))
-    outs = []
-    for qi, (qs, _) in enumerate(bounds):
-        parts = [dask.delayed(_search_pair, pure=True, nout=2)(blocks[qi], blocks[bj], bs, k)
-                 for bj, (bs, _) in enumerate(bounds)]
-        merged = _tree(parts, lambda a, b: dask.delayed(_merge, pure=True, nout=2)(a, b))
-        outs.append(dask.delayed(_finish, pure=True, nout=2)(merged, qs, k))
     t = time.perf_counter()
-    futures = client.compute(outs)
-    index_of = {f.key: i for i, f in enumerate(futures)}
-    indices = np.empty((n, k), dtype=np.int32)
-    sims = np.empty((n, k), dtype=np.float32)
-    with progress.task(f"kNN search (exact, Dask: {len(bounds)}² block pairs)", total=n) as advance:
-        for future in as_completed(futures):
-            i = index_of[future.key]
-            s, e = bounds[i]
-            indices[s:e], sims[s:e] = future.result()
-            advance(e - s)
+    indices, sims = _gather_lists(client, bounds, [[dask.delayed(_search_pair, pure=True, nout=2)(
+        blocks[qi], blocks[bj], bs, k) for bj, (bs, _) in enumerate(bounds)] for qi in range(len(bounds))], k, progress,
+        f"kNN search (exact, Dask: {len(bounds)}² block pairs)")
     workers = len(client.scheduler_info().get("workers", {}))
     info = {"backend": "faiss-cpu on dask", "dask_workers": workers, "dask_blocks": len(bounds),
             "dask_block_rows": block_rows, "phase_seconds": {"search": round(time.perf_counter() - t, 2)}}
@@ -219,7 +230,6 @@ def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: in
     the graph (:func:`facecluster.knn.refine_graph`), which also values it exactly."""
     import dask
     import faiss
-    from dask.distributed import as_completed
 
     progress = progress or NullProgress()
     path = str(Path(path).resolve())
@@ -283,23 +293,10 @@ def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: in
         rows = dask.delayed(np.sort(order[starts[b]:starts[b + 1]]), pure=True)  # one key, shared by the tasks
         buckets.append((int(edges[b]), int(edges[b + 1]), rows, dask.delayed(_read_rows, pure=True)(path, rows)))
     probes = [dask.delayed(_assign, pure=True)(b, cents, nprobe) for b in blocks]
-    outs = []
-    for qi, (qs, _) in enumerate(bounds):
-        parts = [dask.delayed(_search_bucket, pure=True, nout=2)(blocks[qi], probes[qi], base, rows, lo, hi, k)
-                 for lo, hi, rows, base in buckets]
-        merged = _tree(parts, lambda a, b: dask.delayed(_merge, pure=True, nout=2)(a, b))
-        outs.append(dask.delayed(_finish, pure=True, nout=2)(merged, qs, k))
     t = time.perf_counter()
-    futures = client.compute(outs)
-    index_of = {f.key: i for i, f in enumerate(futures)}
-    indices = np.empty((n, k), dtype=np.int64)
-    with progress.task(f"kNN search (IVF on Dask: nprobe {nprobe} of {nlist} lists, {len(buckets)} buckets)",
-                       total=n) as advance:
-        for future in as_completed(futures):
-            i = index_of[future.key]
-            s, e = bounds[i]
-            indices[s:e] = future.result()[0]
-            advance(e - s)
+    indices, _ = _gather_lists(client, bounds, [[dask.delayed(_search_bucket, pure=True, nout=2)(
+        blocks[qi], probes[qi], base, rows, lo, hi, k) for lo, hi, rows, base in buckets] for qi in range(len(bounds))],
+        k, progress, f"kNN search (IVF on Dask: nprobe {nprobe} of {nlist} lists, {len(buckets)} buckets)")
     phases["search"] = round(time.perf_counter() - t, 2)
     info = {"backend": "faiss-cpu on dask", "dask_workers": len(client.scheduler_info().get("workers", {})),
             "dask_blocks": len(bounds), "dask_block_rows": block_rows, "dask_buckets": len(buckets), "nlist": nlist,

@@ -291,38 +291,46 @@ def test_a_two_image_label_that_is_one_person_is_not_sent_to_review():
     assert not find_review(cored, labels, names).cannot_tell.any()
 
 
+def _unit_rows(v):
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _lumped_pair(labels, one_person: float):
+    """Evidence where labels 0 and 1 share one cluster in both partitions (label 2 apart) and
+    the one-person test scores them ``one_person``; no kNN vote leans anywhere."""
+    import dataclasses
+
+    from facecluster.votes import LabelPairs
+
+    n = len(labels)
+    lumped = np.where(labels <= 1, 0, 1).tolist()
+    sig = _evidence(labels, given=[3] * n, other=[0] * n, best_other=[-1] * n, none_prob=[0] * n,
+                    partitions={"hierarchical": lumped, "correlation": lumped})
+    pairs = LabelPairs(np.array([0]), np.array([1]), np.array([one_person], np.float32),
+                       np.array([0.5], np.float32), np.array([0.5], np.float32))
+    return dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, pairs=pairs))
+
+
 def test_look_alikes_lumped_by_every_partition_are_not_merged_when_the_ranks_say_two_people():
     """Two people a weak model cannot tell apart: both partitions put their labels in one
     cluster and the one-person test sees some shared mass, but every image of one label sits
     farther from the other label's centroid than that label's own images do. The centroid
     rank test rejects one person and there is no merge; one person split at random under
     two names, with the same partitions and score, is merged."""
-    import dataclasses
-
     from facecluster.findings import find_duplicate_identities
-    from facecluster.votes import LabelPairs
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [10, 10, 2])
     names = np.array(["a", "b", "c"], dtype=object)
-    lumped = [0] * 20 + [1, 1]
-    sig = _evidence(labels, given=[3] * 22, other=[0] * 22, best_other=[-1] * 22, none_prob=[0] * 22,
-                    partitions={"hierarchical": lumped, "correlation": lumped})
-    pairs = LabelPairs(np.array([0]), np.array([1]), np.array([0.3], np.float32),
-                       np.array([0.5], np.float32), np.array([0.5], np.float32))
-    sig = dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, pairs=pairs))
-
-    def unit(v):
-        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
-
+    sig = _lumped_pair(labels, one_person=0.3)
     dim = 32
     centre = rng.normal(size=dim)
     look_alike = centre + 0.6 * rng.normal(size=dim)  # a second person near the first
     spread = 0.15 * np.linalg.norm(centre)
     far = rng.normal(size=(2, dim)) * 3
-    two_people = unit(np.vstack([centre + spread * rng.normal(size=(10, dim)) / np.sqrt(dim),
+    two_people = _unit_rows(np.vstack([centre + spread * rng.normal(size=(10, dim)) / np.sqrt(dim),
                                  look_alike + spread * rng.normal(size=(10, dim)) / np.sqrt(dim), far]))
-    one_person = unit(np.vstack([centre + spread * rng.normal(size=(20, dim)) / np.sqrt(dim), far]))
+    one_person = _unit_rows(np.vstack([centre + spread * rng.normal(size=(20, dim)) / np.sqrt(dim), far]))
 
     refused = find_duplicate_identities(sig, labels, names, embeddings=two_people).merges
     assert len(refused) == 0
@@ -337,30 +345,18 @@ def test_a_two_image_split_that_every_partition_joins_is_merged_unless_its_image
     its photos, mix with the other label's (each is the other label's images' nearest as
     often as chance allows): merged. Two images of a look-alike, nearer each other than
     either label's images: no merge."""
-    import dataclasses
-
     from facecluster.findings import find_duplicate_identities
-    from facecluster.votes import LabelPairs
 
     rng = np.random.default_rng(3)
     labels = np.repeat([0, 1, 2], [10, 2, 3])
     names = np.array(["big", "pair", "other"], dtype=object)
-    lumped = [0] * 12 + [1] * 3
-    sig = _evidence(labels, given=[3] * 15, other=[0] * 15, best_other=[-1] * 15, none_prob=[0] * 15,
-                    partitions={"hierarchical": lumped, "correlation": lumped})
-    pairs = LabelPairs(np.array([0]), np.array([1]), np.array([0.1], np.float32),
-                       np.array([0.5], np.float32), np.array([0.5], np.float32))
-    sig = dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, pairs=pairs))
-
-    def unit(v):
-        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
-
+    sig = _lumped_pair(labels, one_person=0.1)
     dim = 32
     centre, elsewhere = rng.normal(size=dim), rng.normal(size=(3, dim)) * 3
     person = centre + 0.5 * rng.normal(size=(12, dim))
-    split = unit(np.vstack([person, elsewhere]))
+    split = _unit_rows(np.vstack([person, elsewhere]))
     look_alike = centre + 0.9 * rng.normal(size=dim)
-    apart = unit(np.vstack([person[:10], look_alike + 0.05 * rng.normal(size=(2, dim)), elsewhere]))
+    apart = _unit_rows(np.vstack([person[:10], look_alike + 0.05 * rng.normal(size=(2, dim)), elsewhere]))
 
     merged = find_duplicate_identities(sig, labels, names, embeddings=split).merges
     assert merged[["label", "merged_into"]].values.tolist() == [["pair", "big"]]
