@@ -117,18 +117,31 @@ def near_duplicate_groups(graph: KnnGraph) -> NearDuplicates:
     else:
         relative, reference = _relative_log_distance(graph)
         r1, a1 = relative[:, 0], absolute[:, 0]
-        fit = np.isfinite(r1)
-        if DENSE_SHARE * fit.sum() >= MIN_LAW_SAMPLES:
-            fit &= reference <= np.quantile(reference[fit], DENSE_SHARE)
-        mu, beta = _gumbel_min_fit(r1[fit])
-        mu_a, beta_a = _gumbel_min_fit(a1[np.isfinite(a1)])
+        # rows with an identical twin (a detector's fallback vector repeated, a file copied)
+        # are copies whatever the laws say: their distances say nothing of genuine photos, so
+        # they stay out of both fits; so do rows whose reference is itself identical (ten or
+        # more copies), which have no genuine scale. A dense fit with no spread falls back to
+        # every other row.
+        identical = np.log(IDENTICAL_DISTANCE)
+        fit = np.isfinite(r1) & (a1 > identical)
+        dense = fit & (reference > identical)
+        if DENSE_SHARE * dense.sum() >= MIN_LAW_SAMPLES:
+            dense &= reference <= np.quantile(reference[dense], DENSE_SHARE)
+            mu, beta = _gumbel_min_fit(r1[dense])
+            if not beta > 0:
+                mu, beta = _gumbel_min_fit(r1[fit])
+        else:
+            mu, beta = _gumbel_min_fit(r1[fit])
+        mu_a, beta_a = _gumbel_min_fit(a1[np.isfinite(a1) & (a1 > identical)])
         if not (beta > 0 and beta_a > 0):  # degenerate (almost every vector identical): nothing is separable
             empty = np.full(n, -1, dtype=np.int64)
             return NearDuplicates(empty, np.zeros(n, np.float32), empty.copy(), 1.0,
                                   {"cut": "degenerate", "n_edges": 0, "n_groups": 0, "n_samples_in_groups": 0})
         cut_r = mu - beta * np.log(n)
         cut_a = mu_a - beta_a * 0.5 * np.log(n)
-        is_dup = (relative < cut_r) & (absolute < cut_a) & valid
+        # identical vectors are copies however many there are (ten of them make each other's
+        # reference, and their relative distance 0)
+        is_dup = (((relative < cut_r) & (absolute < cut_a)) | (absolute < identical)) & valid
         threshold_sim = float(1.0 - np.exp(cut_a))
         law = {"cut": "relative and absolute Gumbel laws", "relative_mu": round(mu, 4),
                "relative_beta": round(beta, 4), "relative_cut": round(float(cut_r), 4),
@@ -137,6 +150,7 @@ def near_duplicate_groups(graph: KnnGraph) -> NearDuplicates:
     nb = graph.indices[rows, cols]
     if "relative_mu" in law:
         edge_score = 1.0 / (1.0 + n * _gumbel_min_cdf(relative[rows, cols], law["relative_mu"], law["relative_beta"]))
+        edge_score = np.where(absolute[rows, cols] < np.log(IDENTICAL_DISTANCE), 1.0, edge_score)
     else:
         edge_score = np.ones(len(rows))
 

@@ -51,6 +51,24 @@ def test_near_duplicate_cut_comes_from_the_data_not_a_constant(noisy_sets):
     assert tight.duplicates.stats["n_samples_in_groups"] <= 2
 
 
+def test_many_identical_vectors_neither_hide_the_copies_nor_escape_grouping():
+    """A detector's fallback vector repeated in groups of 15 (30% of the rows): those rows have
+    no genuine distance scale and stay out of the laws' fits, so the injected copies are all
+    still found; and identical vectors are grouped as copies however many there are."""
+    from facecluster.votes import near_duplicate_groups
+
+    x, _ = make_faces(3000, 300, 64, seed=2)
+    rng = np.random.default_rng(2)
+    src = rng.choice(len(x), 80, replace=False)
+    copies = x[src] + 0.02 * rng.normal(size=(80, 64)).astype(np.float32) / 8
+    fallback = np.repeat(rng.normal(size=(90, 64)).astype(np.float32), 15, axis=0)
+    unit, _, _ = prepare_embeddings(np.vstack([x, copies, fallback]))
+    group = near_duplicate_groups(build_knn_graph(unit, k=30, device="cpu")).group
+    cid = np.arange(len(x), len(x) + 80)
+    assert ((group[cid] >= 0) & (group[cid] == group[src])).all()
+    assert (group[len(x) + 80:] >= 0).all()
+
+
 def test_split_identity_becomes_a_merge_suggestion_not_relabels(noisy_sets):
     noisy = noisy_sets["centred"]
     _, _, findings = _run(noisy)
