@@ -56,6 +56,9 @@ SINGLE_IMAGE_ODDS = 0.75
 # label's images sit farther from the other's centroid than the other's own images do, far
 # beyond chance (a probability, not a similarity; 0.1% with many candidate pairs tested).
 TWO_PEOPLE_P = 0.001
+# ... and only when the ranks are far apart: an image of one label ranks above one of the
+# other's own less than one time in four (one person: one in two)
+TWO_PEOPLE_AUC = 0.25
 # images per label the nearest-neighbour mixing test of a merge looks at (a sample: its
 # expectation does not depend on the sizes; bounds the cost at big identities)
 MIXING_CAP = 200
@@ -496,7 +499,8 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     merge however close the partitions and centroids put it. On the long-tailed real sets
     such pairs were most false merges: a label holding a flip of the other's person beside
     an image of someone else. Nor is there a merge where the centroid rank test rejects one
-    person (p below :data:`TWO_PEOPLE_P`): on dlib's plain real set every false merge was two
+    person (:func:`_two_people`: p below :data:`TWO_PEOPLE_P`, AUC below
+    :data:`TWO_PEOPLE_AUC`): on dlib's plain real set every false merge was two
     look-alike identities that both partitions lump together (87–95% shared) while not one
     image of either reaches the other's median (p 2e-4 and 5e-7; true splits ≥ 0.01 over
     three noise draws). The votes of a split's halves are discounted because
@@ -548,11 +552,11 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         # policy's bar for a relabel), others for more likely than not; and none where the
         # centroid rank test says two people (asked only of pairs that pass the rest)
         if one > 0 and pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5):
-            p_two = _two_people_p(samples)
-            if p_two is not None and p_two < TWO_PEOPLE_P:
+            ranks = _two_people(samples)
+            if ranks is not None and ranks[0] < TWO_PEOPLE_P and ranks[1] < TWO_PEOPLE_AUC:
                 continue
-            rank = [] if p_two is None else [f"centroid rank test p={p_two:.2g} (one person unless far below "
-                                             f"{TWO_PEOPLE_P:g})"]
+            rank = [] if ranks is None else [f"centroid rank test p={ranks[0]:.2g}, AUC {ranks[1]:.2f} (two people "
+                                             f"below p {TWO_PEOPLE_P:g} and AUC {TWO_PEOPLE_AUC:g})"]
             accepted.append((a, b, pooled, [f"one person: {one:.2f} (same-person kNN mass shared as one "
                                             f"identity's would be; 1 = fully)", *parts, *rank]))
     if not accepted:
@@ -587,7 +591,7 @@ def _pooled_merge(one_person: float, shares, labels, embeddings, a: int, b: int,
     """A merge's pooled score: the one-person test, each partition's shared-cluster share
     (``shares``: (name, a's share with b, b's share with a) per partition; the smaller
     direction counts) and the centroid test, averaged; with the texts naming each term and the
-    centroid test's samples for :func:`_two_people_p` (empty where it has no label of three
+    centroid test's samples for :func:`_two_people` (empty where it has no label of three
     images to judge by)."""
     terms, text = [one_person], []
     for name, ab, ba in shares:
@@ -699,7 +703,7 @@ def _centroid_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int) -
     - term: min(1, 2·share), the smaller of the two directions; the threshold is each label's
       own spread, not a fixed cosine.
     - samples: per direction, (the other label's cosines to the centroid, the label's own
-      leave-one-out cosines), for :func:`_two_people_p`.
+      leave-one-out cosines), for :func:`_two_people`.
 
     A label of one or two images has no spread of its own to judge the other against: only the
     direction into the bigger label counts then; (None, []) when neither has three images.
@@ -750,18 +754,25 @@ def _mixing_term(embeddings: np.ndarray, labels: np.ndarray, a: int, b: int, cap
     return min(1.0, observed / expected)
 
 
-def _two_people_p(samples: list) -> float | None:
-    """The centroid rank test: the one-sided Mann–Whitney p-value (:func:`scipy.stats.mannwhitneyu`)
-    that one label's images rank below the other's own images at its centroid that far by
-    chance, the smaller of the two directions (``samples`` from :func:`_centroid_term`; None
-    without any). Far below :data:`TWO_PEOPLE_P` the labels are two people however the graph
-    joins them: look-alike identities a partition lumps together pass the median rarely, but
-    they fail the ranks as a whole."""
+def _two_people(samples: list) -> tuple[float, float] | None:
+    """The centroid rank test (one-sided Mann–Whitney, :func:`scipy.stats.mannwhitneyu`): one
+    label's images against the other's own images at its centroid (``samples`` from
+    :func:`_centroid_term`). Returns (p, AUC) of the direction with the smaller p: how likely
+    ranks that low are by chance, and how far apart they are (AUC = U / (n₁n₂), the chance an
+    image of the one label ranks above one of the other's own; 1/2 for one person, near 0 for
+    two people); None without samples. A merge is refused when p < :data:`TWO_PEOPLE_P` and
+    AUC < :data:`TWO_PEOPLE_AUC`: look-alike identities a partition lumps together pass the
+    median rarely and fail the ranks as a whole, while the halves of one big identity shot in
+    two sessions, a little apart, can reach any p with enough images but keep a sizeable AUC."""
     from scipy.stats import mannwhitneyu
 
     if not samples:
         return None
-    return min(float(mannwhitneyu(cos, loo, alternative="less").pvalue) for cos, loo in samples)
+    tests = []
+    for cos, loo in samples:
+        res = mannwhitneyu(cos, loo, alternative="less")
+        tests.append((float(res.pvalue), float(res.statistic) / (len(cos) * len(loo))))
+    return min(tests)
 
 
 @dataclass(frozen=True)

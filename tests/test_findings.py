@@ -329,18 +329,20 @@ def _lumped_pair(labels, one_person: float):
     return dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, pairs=pairs))
 
 
-def test_look_alikes_lumped_by_every_partition_are_not_merged_when_the_ranks_say_two_people():
+def test_look_alikes_lumped_by_every_partition_are_not_merged_when_the_ranks_say_two_people(monkeypatch):
     """Two people a weak model cannot tell apart: both partitions put their labels in one
-    cluster and the one-person test sees some shared mass, but every image of one label sits
-    farther from the other label's centroid than that label's own images do. The centroid
-    rank test rejects one person and there is no merge; one person split at random under
-    two names, with the same partitions and score, is merged."""
+    cluster and the one-person test sees strong shared mass, so the pooled score passes, but
+    every image of one label sits farther from the other label's centroid than that label's
+    own images do. The centroid rank test rejects one person and there is no merge (without
+    the test, there would be); one person split at random under two names, with the same
+    partitions and score, is merged."""
+    import facecluster.findings as findings
     from facecluster.findings import find_duplicate_identities
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [10, 10, 2])
     names = np.array(["a", "b", "c"], dtype=object)
-    sig = _lumped_pair(labels, one_person=0.3)
+    sig = _lumped_pair(labels, one_person=0.9)
     dim = 32
     centre = rng.normal(size=dim)
     look_alike = centre + 0.6 * rng.normal(size=dim)  # a second person near the first
@@ -352,6 +354,9 @@ def test_look_alikes_lumped_by_every_partition_are_not_merged_when_the_ranks_say
 
     refused = find_duplicate_identities(sig, labels, names, embeddings=two_people).merges
     assert len(refused) == 0
+    with monkeypatch.context() as m:
+        m.setattr(findings, "TWO_PEOPLE_P", 0.0)
+        assert len(find_duplicate_identities(sig, labels, names, embeddings=two_people).merges) == 1
     merged = find_duplicate_identities(sig, labels, names, embeddings=one_person).merges
     assert sorted(merged[["label", "merged_into"]].values.ravel().tolist()) == ["a", "b"]
     assert "centroid rank test p=" in merged["evidence"].iloc[0]
