@@ -261,20 +261,24 @@ def _seeds(text: str) -> list[int]:
 def _entry(name: str, version: str, left_out: dict, method: str, runs: list) -> dict:
     """One method on one version of a set: each figure the mean over the noise draws (``runs``:
     (noisy set, injected counts, bench row) per seed), its sd beside it under ``sd``, and every
-    draw's figures under ``draws``."""
-    noisy, injected, _ = runs[0]
-
+    draw's figures, rows and injected counts under ``draws``."""
     def stat(values, fn):
         kept = [v for v in values if v is not None]
         return round(float(fn(kept)), 4) if kept else None
 
     figures = {c: [row.scores.get(c) for _, _, row in runs] for c in COLUMNS}
-    return {"set": name, "version": version, "long_tail": version == "long-tail", "rows": len(noisy.labels),
+    # a long-tailed draw keeps a different number of rows each seed: rows and injected counts
+    # are means here, and each draw's own are under "draws"
+    injected = {key: round(float(np.mean([inj.get(key, 0) for _, inj, _ in runs])), 1)
+                for key in sorted({key for _, inj, _ in runs for key in inj})}
+    return {"set": name, "version": version, "long_tail": version == "long-tail",
+            "rows": round(float(np.mean([len(noisy.labels) for noisy, _, _ in runs])), 1),
             "injected": injected, "left_out": left_out, "method": method, "seeds": len(runs),
             "seconds": stat([row.seconds for _, _, row in runs], np.mean),
             **{c: stat(v, np.mean) for c, v in figures.items()},
             "sd": {c: stat(v, np.std) for c, v in figures.items()},
-            "draws": [{"seconds": row.seconds, **{c: row.scores.get(c) for c in COLUMNS}} for _, _, row in runs]}
+            "draws": [{"rows": len(noisy.labels), "injected": inj, "seconds": row.seconds,
+                       **{c: row.scores.get(c) for c in COLUMNS}} for noisy, inj, row in runs]}
 
 
 def _fmt(value) -> str:

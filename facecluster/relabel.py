@@ -44,9 +44,9 @@ class Policy:
         evidence says is wrong; ``False`` keeps it (action keep, reason "[kept: below …]")
 
     conservative (default): relabel at three to one, which with four stages needs at least
-        three of them to agree; quarantine the other mislabeled findings; drop every outlier
-        found (pooled score at the 0.5 report floor: more likely than not that no labelled
-        identity fits); suggest merges without applying them. Conservative about labels: it
+        three of them to agree; quarantine the other mislabeled findings; drop outliers at
+        0.5, the default report floor, so every outlier found (more likely than not that no
+        labelled identity fits); suggest merges without applying them. Conservative about labels: it
         never writes a label it is not sure of, and it does not keep one the evidence says is
         wrong. (Outliers were dropped at 0.6 until the eighth session; the findings between 0.5
         and 0.6 were 85% noise on dlib's plain real set and 100% on OMZ's, so keeping them
