@@ -191,6 +191,15 @@ def test_an_unsupported_row_of_a_label_with_no_core_goes_to_review_not_out():
     assert out.mask.tolist() == [True] + [False] * 8 and not out.contested.any()
     spread = find_outliers(with_core([False] * 4 + [True] * 4 + [False]), LABELS)
     assert not spread.mask.any() and spread.contested.tolist() == [True] + [False] * 8
+    # a stranger is judged by the partitions, not by its label: out even in a label with no core
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 3, 3])
+    hier = [0, 1, 1, 1, 0, 2, 0, 3, 0, 4]  # row 0 among one b, one c and one d, none its own
+    stranger = _evidence(labels, given=[1] * 10, other=[0] * 10, best_other=[-1] * 10, none_prob=[0.9] + [0.1] * 9,
+                         partitions={"hierarchical": hier})
+    stranger = dataclasses.replace(stranger, agreement=dataclasses.replace(stranger.agreement,
+                                                                           core=np.zeros(10, dtype=bool)))
+    out = find_outliers(stranger, labels)
+    assert out.mask[0] and out.stranger[0] and not out.contested[0]
 
 
 def test_find_near_duplicates_keeps_one_row_per_group_the_best_backed_when_labels_differ():
