@@ -606,6 +606,14 @@ def pq_subquantizers(d: int) -> int:
     return max(m for m in range(1, bound + 1) if d % m == 0)
 
 
+def ivf_training_rows(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    """The rows IVF lists are trained on: 64 a list (FAISS's k-means needs 39), sampled with
+    ``seed``, in row order; every row in a smaller set."""
+    n = x.shape[0]
+    n_train = min(n, 64 * nlist)
+    return x[np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))] if n_train < n else x
+
+
 def _ivf_index(x: np.ndarray, nlist: int, seed: int, progress: Progress):
     """IVF over 4-bit product-quantised codes scanned with FAISS's fast-scan kernels
     (``IVF{nlist},PQ{m}x4fs``, m = :func:`pq_subquantizers`: 64 bytes a 512-d row): the codes
@@ -620,9 +628,7 @@ def _ivf_index(x: np.ndarray, nlist: int, seed: int, progress: Progress):
     index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_subquantizers(d)}x4fs", faiss.METRIC_L2)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed
-    rng = np.random.default_rng(seed)
-    n_train = min(n, 64 * nlist)
-    train = x[np.sort(rng.choice(n, size=n_train, replace=False))] if n_train < n else x
+    train = ivf_training_rows(x, nlist, seed)
     with progress.task("IVF training (k-means, PQ codebooks)", total=None):
         index.train(np.ascontiguousarray(train))
     chunk = 1 << 16
@@ -800,10 +806,10 @@ def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_querie
 
 def _refine_to_target(x: np.ndarray, indices: np.ndarray, k: int, target_recall: float, measure: EdgeRecall,
                       tune_rows: np.ndarray, recall_queries: int, seed: int, info: dict, phases: dict,
-                      progress: Progress) -> None:
+                      progress: Progress) -> tuple[np.ndarray, np.ndarray]:
     """Refine an IVF seed graph (:func:`refine_graph`) until the tuning sample reaches
-    ``target_recall``, then measure its recall on independent queries; the graph goes to
-    ``info["_graph"]`` (indices, sims) and the figures into ``info``."""
+    ``target_recall``, then measure its recall on independent queries; returns the graph
+    (indices, sims) and puts the figures into ``info`` and ``phases``."""
     t = time.perf_counter()
     rounds_recall: list = []
 
@@ -824,7 +830,7 @@ def _refine_to_target(x: np.ndarray, indices: np.ndarray, k: int, target_recall:
     t = time.perf_counter()
     info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
     phases["recall"] = round(time.perf_counter() - t, 2)
-    info["_graph"] = (indices, sims)
+    return indices, sims
 
 
 def build_knn_graph(
@@ -944,9 +950,8 @@ def build_knn_graph(
                                        measure=measure, tune_rows=tune_rows, seed=seed, progress=progress)
         phases = info["phase_seconds"] = dict(on_dask.pop("phase_seconds"), tune=round(tune_seconds, 2))
         info.update(on_dask, device="cpu", seed_target=round(seed_target, 6), target_recall=target_recall)
-        _refine_to_target(x, indices, k, target_recall, measure, tune_rows, recall_queries, seed, info, phases,
-                          progress)
-        indices, sims = info.pop("_graph")
+        indices, sims = _refine_to_target(x, indices, k, target_recall, measure, tune_rows, recall_queries, seed,
+                                          info, phases, progress)
     elif method == "ivf":
         phases = info["phase_seconds"] = {}
         t = time.perf_counter()
@@ -979,9 +984,8 @@ def build_knn_graph(
                                           f"kNN search (IVF, nprobe={nprobe}, re-ranked {shortlist})")
             del index
             phases["search"] = round(time.perf_counter() - t, 2)
-            _refine_to_target(x, indices, k, target_recall, measure, tune_rows, recall_queries, seed, info, phases,
-                              progress)
-            indices, sims = info.pop("_graph")
+            indices, sims = _refine_to_target(x, indices, k, target_recall, measure, tune_rows, recall_queries, seed,
+                                              info, phases, progress)
     else:
         index = _hnsw_index(x, hnsw_m, ef_construction, ef_search, progress)
         indices, sims = _search_index(index, x, k, progress, "kNN search (HNSW)")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .knn import drop_self
+from .knn import IVF_MAX_PROBE_SHARE, drop_self, ivf_training_rows
 from .progress import NullProgress, Progress
 
 BLOCK_ROWS = 65_536
@@ -234,9 +234,7 @@ def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: in
     progress = progress or NullProgress()
     path = str(Path(path).resolve())
     n, d = x.shape
-    rng = np.random.default_rng(seed)
-    n_train = min(n, 64 * nlist)
-    train = x[np.sort(rng.choice(n, size=n_train, replace=False))] if n_train < n else x
+    train = ivf_training_rows(x, nlist, seed)
     t = time.perf_counter()
     kmeans = faiss.Kmeans(d, nlist, niter=20, seed=seed, verbose=False)
     with progress.task("IVF lists (k-means)", total=None):
@@ -263,12 +261,10 @@ def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: in
     t = time.perf_counter()
     owner = np.concatenate(client.compute([dask.delayed(_assign, pure=True)(b, cents, 1) for b in blocks], sync=True))[:, 0]
     # nprobe from the assignments: the rank of each sampled edge's list among its query's lists
-    max_probe = max(1, nlist // 8)
+    max_probe = max(1, nlist // IVF_MAX_PROBE_SHARE)
     ranked = faiss.knn(np.ascontiguousarray(x[tune_rows]), centroids, max_probe)[1]
-    truth = measure.truth
-    rank = np.full(truth.shape, max_probe, dtype=np.int64)
-    for j in range(max_probe):  # max_probe ≤ nlist / 8: a few hundred at 10M rows
-        rank = np.where((rank == max_probe) & (owner[np.maximum(truth, 0)] == ranked[:, j:j + 1]), j, rank)
+    hit = owner[np.maximum(measure.truth, 0)][:, :, None] == ranked[:, None, :]
+    rank = np.where(hit.any(axis=2), hit.argmax(axis=2), max_probe)
     matters = measure.matters
     curve = []
     nprobe = min(4, max_probe)
