@@ -162,6 +162,7 @@ class ClusterEvidence:
     majority_share : (n,) share of the other members carrying ``majority``
     own_share : (n,) share of the other members carrying the sample's own label
     cluster_size : (n,) int64, rows in the sample's cluster (itself included)
+    own_count : (n,) int64, the other members carrying the sample's own label
     """
 
     partition: np.ndarray
@@ -169,6 +170,7 @@ class ClusterEvidence:
     majority_share: np.ndarray
     own_share: np.ndarray
     cluster_size: np.ndarray
+    own_count: np.ndarray
 
 
 def cluster_evidence(partition: np.ndarray, labels: np.ndarray) -> ClusterEvidence:
@@ -206,6 +208,7 @@ def cluster_evidence(partition: np.ndarray, labels: np.ndarray) -> ClusterEviden
         majority_share=np.where(size > 1, maj_count / others, 0.0).astype(np.float32),
         own_share=np.where(size > 1, own_others / others, 0.0).astype(np.float32),
         cluster_size=size.astype(np.int64),
+        own_count=own_others.astype(np.int64),
     )
 
 
@@ -842,8 +845,7 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         # most of the row's own label in the same cluster: the partition lumped two look-alike
         # identities, which says nothing against either (on dlib's plain real set such lumps
         # sent 25 clean rows a draw to review and almost no noisy one)
-        own_others = np.rint(ev.own_share * np.maximum(ev.cluster_size - 1, 0))
-        with_label = own_others / np.maximum(sizes - 1, 1)
+        with_label = ev.own_count / np.maximum(sizes - 1, 1)
         alone = (~candidate & (ev.majority >= 0) & (ev.majority != labels) & (ev.majority_share >= config.review_share)
                  & (ev.cluster_size >= config.review_min_cluster) & (sizes >= 2) & (with_label < 0.5))
         for i in np.flatnonzero(alone):
