@@ -396,6 +396,55 @@ def test_a_two_image_split_that_every_partition_joins_is_merged_unless_its_image
     assert len(find_duplicate_identities(sig, labels, names, embeddings=apart).merges) == 0
 
 
+def test_a_split_that_the_graph_keeps_apart_is_merged_when_both_two_sample_tests_say_one_person():
+    """One person split at random under two names, where the partitions keep the two labels
+    in clusters of their own and the one-person test sees little shared mass (0.3, enough to
+    be a candidate; a person shot in two looks): the pooled score stays under 1/2, but the images mix in both directions and
+    pass for each other at the centroids, so the two-sample tests merge them. A small
+    look-alike label beside a dense big one, with the same graph evidence: no merge. And the
+    mixing test's weaker direction: three images around a tight big label, each nearer the big
+    label than the others, mix one way only (pooled 0.53, weaker direction 0)."""
+    import dataclasses
+
+    from facecluster.findings import find_duplicate_identities
+    from facecluster.votes import LabelPairs
+
+    rng = np.random.default_rng(5)
+    dim = 32
+    centre, elsewhere = rng.normal(size=dim), rng.normal(size=(3, dim)) * 3
+
+    def evidence(labels):
+        n = len(labels)
+        sig = _evidence(labels, given=[3] * n, other=[0] * n, best_other=[-1] * n, none_prob=[0] * n,
+                        partitions={"hierarchical": labels.tolist(), "correlation": labels.tolist()})
+        pairs = LabelPairs(np.array([0]), np.array([1]), np.array([0.3], np.float32),
+                           np.array([0.5], np.float32), np.array([0.5], np.float32))
+        return dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, pairs=pairs))
+
+    names = np.array(["a", "b", "other"], dtype=object)
+    labels = np.repeat([0, 1, 2], [8, 8, 3])
+    split = _unit_rows(np.vstack([centre + 0.5 * rng.normal(size=(16, dim)), elsewhere]))
+    merged = find_duplicate_identities(evidence(labels), labels, names, embeddings=split).merges
+    assert merged[["label", "merged_into"]].values.ravel().tolist() in (["a", "b"], ["b", "a"])
+    assert merged["score"].iloc[0] < 0.5, "the pooled mean alone would not merge"
+    assert "weaker direction" in merged["evidence"].iloc[0]
+
+    labels = np.repeat([0, 1, 2], [30, 3, 3])
+    look_alike = centre + 0.9 * rng.normal(size=dim)
+    pair = _unit_rows(np.vstack([centre + 0.5 * rng.normal(size=(30, dim)),
+                                 look_alike + 0.2 * rng.normal(size=(3, dim)), elsewhere]))
+    assert len(find_duplicate_identities(evidence(labels), labels, names, embeddings=pair).merges) == 0
+
+    from facecluster.findings import _mixing_term, _rows_of
+
+    axis = np.eye(dim)
+    tight = axis[0] + 0.02 * rng.normal(size=(30, dim))
+    around = axis[0] + 0.5 * axis[1:4]
+    pooled, weaker = _mixing_term(_unit_rows(np.vstack([tight, around])), _rows_of(np.repeat([0, 1], [30, 3]), 2), 0, 1)
+    assert pooled == pytest.approx((3 / 33) / (2 * 30 * 3 / (33 * 32)))
+    assert weaker == 0.0
+
+
 def test_find_review_sends_what_cannot_be_judged_to_a_person():
     from facecluster.findings import find_review
 
