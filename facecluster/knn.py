@@ -606,12 +606,23 @@ def pq_subquantizers(d: int) -> int:
     return max(m for m in range(1, bound + 1) if d % m == 0)
 
 
+def default_nlist(n: int) -> int:
+    """IVF lists for ``n`` rows: 4·sqrt(n), but at least 39 training points a list (FAISS's
+    k-means minimum) and at most 65,536."""
+    return int(max(1, min(65536, round(4 * np.sqrt(n)), n // 39)))
+
+
+def ivf_training_sample(n: int, nlist: int, seed: int) -> np.ndarray | None:
+    """The row numbers IVF lists are trained on (:func:`ivf_training_rows`), or None for all."""
+    n_train = min(n, 64 * nlist)
+    return np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False)) if n_train < n else None
+
+
 def ivf_training_rows(x: np.ndarray, nlist: int, seed: int) -> np.ndarray:
     """The rows IVF lists are trained on: 64 a list (FAISS's k-means needs 39), sampled with
     ``seed``, in row order; every row in a smaller set."""
-    n = x.shape[0]
-    n_train = min(n, 64 * nlist)
-    return x[np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))] if n_train < n else x
+    rows = ivf_training_sample(x.shape[0], nlist, seed)
+    return x if rows is None else x[rows]
 
 
 def _ivf_index(x: np.ndarray, nlist: int, seed: int, progress: Progress):
@@ -683,7 +694,8 @@ def _exact_neighbours(x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarr
     return drop_self(i, s, rows, k)
 
 
-def _sample_rows(n: int, n_queries: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, n_queries: int, seed: int) -> np.ndarray:
+    """``n_queries`` of ``n`` row numbers drawn with ``seed``, ascending (recall samples)."""
     return np.sort(np.random.default_rng(seed).choice(n, size=min(n_queries, n), replace=False))
 
 
@@ -704,12 +716,16 @@ class EdgeRecall:
     neighbour carrying the query's label.
     """
 
-    def __init__(self, x: np.ndarray, rows: np.ndarray, k: int, labels: np.ndarray | None = None, seed: int = 0):
+    def __init__(self, x: np.ndarray | None, rows: np.ndarray, k: int, labels: np.ndarray | None = None,
+                 seed: int = 0, *, neighbours: tuple | None = None):
+        """``neighbours``: the sampled rows' exact neighbours (indices, similarities), self
+        excluded, k a row, where they were searched elsewhere (on a Dask cluster); else they
+        are searched in ``x`` here."""
         from .calibration import fit_pair_calibration
 
         self.rows, self.k = rows, k
         t = time.perf_counter()
-        self.truth, sims = _exact_neighbours(x, rows, k)
+        self.truth, sims = neighbours if neighbours is not None else _exact_neighbours(x, rows, k)
         # what exact search costs a query here, measured: an approximate search that costs as
         # much is not worth its missed edges
         self.exact_seconds_per_query = (time.perf_counter() - t) / max(1, len(rows))
@@ -754,7 +770,7 @@ def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed:
     neither gains. The curve lists (nprobe, factor, that recall, recall@k) for each setting
     measured (with its search time per query, µs). Returns (nprobe, factor, its recall,
     curve, its seconds per query, the :class:`EdgeRecall` of the sample, the sampled rows)."""
-    q = _sample_rows(x.shape[0], n_queries, seed + 1)
+    q = sample_rows(x.shape[0], n_queries, seed + 1)
     measure = EdgeRecall(x, q, k, labels, seed)
     nlist = index.nlist
     # scanning more than 1/IVF_MAX_PROBE_SHARE of the lists is refused anyway (exact is cheaper)
@@ -797,7 +813,7 @@ def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_querie
                    seed: int = 0, labels: np.ndarray | None = None) -> dict:
     """Recall of ``graph_indices`` against exact search on a random sample of queries: raw
     recall@k and the recall of the edges that matter (:class:`EdgeRecall`)."""
-    q = _sample_rows(x.shape[0], n_queries, seed)
+    q = sample_rows(x.shape[0], n_queries, seed)
     return EdgeRecall(x, q, k, labels, seed)(graph_indices[q])
 
 
@@ -909,8 +925,7 @@ def build_knn_graph(
         raise ValueError(f"method must be auto, exact, ivf or hnsw, got {method!r}")
     ef_search = int(ef_search or max(2 * k, 64))
     params = {"k": k, "method": method}
-    # 4·sqrt(n) lists, but at least 39 training points per list (FAISS's k-means minimum)
-    nlist = int(nlist or max(1, min(65536, round(4 * np.sqrt(n)), n // 39)))
+    nlist = int(nlist or default_nlist(n))
     if method == "hnsw":
         params.update(hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, seed=seed)
     elif method == "ivf":
@@ -943,10 +958,10 @@ def build_knn_graph(
 
         seed_target = max(0.0, 1.0 - REFINE_SEED_SLACK * (1.0 - target_recall))
         t = time.perf_counter()
-        tune_rows = _sample_rows(n, recall_queries, seed + 1)
+        tune_rows = sample_rows(n, recall_queries, seed + 1)
         measure = EdgeRecall(x, tune_rows, k, None, seed)
         tune_seconds = time.perf_counter() - t
-        indices, on_dask = ivf_on_dask(x, k, dask, scratch=scratch, nlist=nlist, seed_target=seed_target,
+        indices, _, on_dask = ivf_on_dask(x, k, dask, scratch=scratch, nlist=nlist, seed_target=seed_target,
                                        measure=measure, tune_rows=tune_rows, seed=seed, progress=progress)
         phases = info["phase_seconds"] = dict(on_dask.pop("phase_seconds"), tune=round(tune_seconds, 2))
         info.update(on_dask, device="cpu", seed_target=round(seed_target, 6), target_recall=target_recall)

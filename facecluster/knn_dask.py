@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .knn import IVF_MAX_PROBE_SHARE, drop_self, ivf_training_rows
+from .knn import (
+    IVF_MAX_PROBE_SHARE,
+    EdgeRecall,
+    default_nlist,
+    drop_self,
+    ivf_training_sample,
+    sample_rows,
+)
 from .progress import NullProgress, Progress
 
 BLOCK_ROWS = 65_536
@@ -142,6 +149,49 @@ def _gather_lists(client, bounds: list, parts: list, k: int, progress: Progress,
     return indices, sims
 
 
+def _source_blocks(source, block_rows: int):
+    """A .npy path or a dask array as (n, d, bounds, blocks, take): the row range and a
+    delayed float32 array of each block (a .npy's blocks are ``block_rows`` rows read by the
+    task itself, memory-mapped; a dask array's are its own row chunks, its columns joined),
+    and ``take(rows)``, a delayed array of the rows ``rows`` (ascending), read where they lie."""
+    import dask
+
+    if isinstance(source, (str, Path)):
+        path = str(Path(source).resolve())
+        n, d = np.load(path, mmap_mode="r").shape
+        bounds = [(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
+        blocks = [dask.delayed(_read_block, pure=True)(path, s, e) for s, e in bounds]
+        return int(n), int(d), bounds, blocks, lambda rows: dask.delayed(_read_rows, pure=True)(path, rows)
+    if any(np.isnan(c) for c in source.chunks[0]):  # e.g. a Parquet frame's to_dask_array()
+        source = source.compute_chunk_sizes()
+    n, d = source.shape
+    if len(source.chunks[1]) != 1:
+        source = source.rechunk({1: -1})  # a block holds whole rows
+    starts = np.r_[0, np.cumsum(source.chunks[0])]
+    bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+    blocks = [dask.delayed(np.ascontiguousarray)(b, dtype=np.float32) for b in source.to_delayed().ravel()]
+
+    def take(rows):
+        part = source[np.asarray(rows, dtype=np.int64)].rechunk({0: -1})
+        return dask.delayed(np.ascontiguousarray)(part.to_delayed().ravel()[0], dtype=np.float32)
+
+    return int(n), int(d), bounds, blocks, take
+
+
+def _sample_neighbours(client, blocks: list, bounds: list, queries: np.ndarray, rows: np.ndarray,
+                       k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours (self excluded) of the sampled rows ``rows`` (their vectors
+    ``queries``, held here), searched against every block on the cluster and merged in a tree
+    as :func:`knn_graph_dask` merges a block's lists: (indices, similarities)."""
+    import dask
+
+    query = dask.delayed(np.ascontiguousarray(queries, dtype=np.float32), pure=True)
+    parts = [dask.delayed(_search_pair, pure=True, nout=2)(query, block, start, k)
+             for block, (start, _) in zip(blocks, bounds)]
+    sims, idx = client.compute(_tree(parts, lambda a, b: dask.delayed(_merge, pure=True, nout=2)(a, b)), sync=True)
+    return drop_self(idx, sims, rows, k)
+
+
 def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Exact k nearest neighbours (self excluded) of unit vectors, searched on the cluster
@@ -156,20 +206,7 @@ def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
     import dask
 
     progress = progress or NullProgress()
-    if isinstance(source, (str, Path)):
-        path = str(Path(source).resolve())
-        n, d = np.load(path, mmap_mode="r").shape
-        bounds = [(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
-        blocks = [dask.delayed(_read_block, pure=True)(path, s, e) for s, e in bounds]
-    else:
-        if any(np.isnan(c) for c in source.chunks[0]):  # e.g. a Parquet frame's to_dask_array()
-            source = source.compute_chunk_sizes()
-        n, d = source.shape
-        if len(source.chunks[1]) != 1:
-            source = source.rechunk({1: -1})  # a block holds whole rows
-        starts = np.r_[0, np.cumsum(source.chunks[0])]
-        bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
-        blocks = [dask.delayed(np.ascontiguousarray)(b, dtype=np.float32) for b in source.to_delayed().ravel()]
+    n, d, bounds, blocks, _ = _source_blocks(source, block_rows)
     k = int(min(k, n - 1))
     t = time.perf_counter()
     indices, sims = _gather_lists(client, bounds, [[dask.delayed(_search_pair, pure=True, nout=2)(
@@ -207,38 +244,66 @@ def _search_bucket(query: np.ndarray, probes: np.ndarray, base: np.ndarray, base
     return sims, idx
 
 
-def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: int, seed_target: float,
-                   measure, tune_rows: np.ndarray, seed: int = 0, block_rows: int = BLOCK_ROWS,
-                   bucket_rows: int | None = None, progress: Progress | None = None) -> tuple[np.ndarray, dict]:
+def ivf_graph_dask(source, k: int, client, *, x: np.ndarray | None = None, nlist: int | None = None,
+                   seed_target: float = 0.999, measure=None, tune_rows: np.ndarray | None = None,
+                   recall_queries: int = 1000, seed: int = 0, block_rows: int = BLOCK_ROWS,
+                   bucket_rows: int | None = None,
+                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """An approximate kNN graph searched on the cluster: IVF lists, searched exactly.
 
-    - A coarse quantiser of ``nlist`` lists (FAISS k-means, L2 on the unit vectors, as the
-      local IVF) is trained here on a sample of ``x``.
-    - The workers put every row of the .npy ``path`` (the rows of ``x``) in its nearest list.
+    ``source`` is a .npy file every worker can read or a dask array of unit vectors, as for
+    :func:`knn_graph_dask`; ``x``, the same vectors, where the caller holds them (the samples
+    below are then read here instead of on the cluster).
+
+    - A coarse quantiser of ``nlist`` lists (default :func:`facecluster.knn.default_nlist`;
+      FAISS k-means, L2 on the unit vectors, as the local IVF) is trained here on a sample of
+      64 rows a list, read from the source.
+    - The workers put every row in its nearest list.
     - nprobe, the lists a query scans, is the fewest (doubling from 4, at most 1/8 of the
       lists) whose lists hold ``seed_target`` of the edges that matter of the sampled queries
-      ``tune_rows`` (``measure``, an :class:`facecluster.knn.EdgeRecall` of them): inside a list
-      the search is exact, so a neighbour is found exactly when its list is probed, and that
-      is known from the assignments alone, before any search.
+      ``tune_rows`` (``measure``, an :class:`facecluster.knn.EdgeRecall` of them; without it,
+      ``recall_queries`` rows whose exact neighbours are searched on the cluster): inside a
+      list the search is exact, so a neighbour is found exactly when its list is probed, and
+      that is known from the assignments alone, before any search.
     - Neighbouring lists are grouped into buckets of about ``bucket_rows`` rows (k-means over
       the centroids); one task searches the queries of a block that probe a bucket against all
       of it (exact inner product), and a block's partial lists are merged in a tree, as in
       :func:`knn_graph_dask`. A query scans the buckets its lists fall in: more rows than its
       lists hold, never fewer.
 
-    Returns (indices (n, k) int64 with −1 where fewer were found, info). The caller refines
-    the graph (:func:`facecluster.knn.refine_graph`), which also values it exactly."""
+    Returns (indices (n, k) int32 with −1 where fewer were found, sims float32 as FAISS gave
+    them, info). A caller holding the vectors refines the graph
+    (:func:`facecluster.knn.refine_graph`, as ``build_knn_graph(..., dask=client)`` does);
+    without them (``x`` None) the graph is what the probed lists hold, and ``info`` carries
+    its recall of the edges that matter on ``recall_queries`` rows drawn apart from the
+    tuning ones, their exact neighbours searched on the cluster."""
     import dask
     import faiss
 
+
     progress = progress or NullProgress()
-    path = str(Path(path).resolve())
-    n, d = x.shape
-    train = ivf_training_rows(x, nlist, seed)
+    n, d, bounds, blocks, take = _source_blocks(source, block_rows)
+    k = int(min(k, n - 1))
+    nlist = int(nlist or default_nlist(n))
+
+    def rows_here(rows):
+        return x[rows] if x is not None else client.compute(take(rows), sync=True)
+
+    t = time.perf_counter()
+    if tune_rows is None:
+        tune_rows = sample_rows(n, recall_queries, seed + 1)
+    tune_x = np.ascontiguousarray(rows_here(tune_rows), dtype=np.float32)
+    if measure is None:
+        measure = EdgeRecall(None, tune_rows, k, None, seed,
+                             neighbours=_sample_neighbours(client, blocks, bounds, tune_x, tune_rows, k))
+    phases = {"tune": round(time.perf_counter() - t, 2)}
+    sample = ivf_training_sample(n, nlist, seed)
+    train = x if sample is None and x is not None else rows_here(np.arange(n) if sample is None else sample)
     t = time.perf_counter()
     kmeans = faiss.Kmeans(d, nlist, niter=20, seed=seed, verbose=False)
     with progress.task("IVF lists (k-means)", total=None):
         kmeans.train(np.ascontiguousarray(train, dtype=np.float32))
+    del train
     centroids = kmeans.centroids.astype(np.float32)
     # buckets of neighbouring lists (k-means over the centroids, about bucket_rows rows each),
     # numbered so that each bucket is a range of list ids: a query's nearest lists then fall
@@ -254,15 +319,13 @@ def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: in
     else:
         edges = np.array([0, nlist])
     edges = np.unique(edges)
-    phases = {"lists": round(time.perf_counter() - t, 2)}
-    bounds = [(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
-    blocks = [dask.delayed(_read_block, pure=True)(path, s, e) for s, e in bounds]
+    phases["lists"] = round(time.perf_counter() - t, 2)
     cents = dask.delayed(centroids)
     t = time.perf_counter()
     owner = np.concatenate(client.compute([dask.delayed(_assign, pure=True)(b, cents, 1) for b in blocks], sync=True))[:, 0]
     # nprobe from the assignments: the rank of each sampled edge's list among its query's lists
     max_probe = max(1, nlist // IVF_MAX_PROBE_SHARE)
-    ranked = faiss.knn(np.ascontiguousarray(x[tune_rows]), centroids, max_probe)[1]
+    ranked = faiss.knn(tune_x, centroids, max_probe)[1]
     hit = owner[np.maximum(measure.truth, 0)][:, :, None] == ranked[:, None, :]
     rank = np.where(hit.any(axis=2), hit.argmax(axis=2), max_probe)
     matters = measure.matters
@@ -286,11 +349,12 @@ def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: in
     starts = np.searchsorted(owner[order], edges)
     buckets = []
     for b in range(len(edges) - 1):
-        rows = dask.delayed(np.sort(order[starts[b]:starts[b + 1]]), pure=True)  # one key, shared by the tasks
-        buckets.append((int(edges[b]), int(edges[b + 1]), rows, dask.delayed(_read_rows, pure=True)(path, rows)))
+        members = np.sort(order[starts[b]:starts[b + 1]])
+        rows = dask.delayed(members, pure=True)  # one key, shared by the tasks
+        buckets.append((int(edges[b]), int(edges[b + 1]), rows, take(members)))
     probes = [dask.delayed(_assign, pure=True)(b, cents, nprobe) for b in blocks]
     t = time.perf_counter()
-    indices, _ = _gather_lists(client, bounds, [[dask.delayed(_search_bucket, pure=True, nout=2)(
+    indices, sims = _gather_lists(client, bounds, [[dask.delayed(_search_bucket, pure=True, nout=2)(
         blocks[qi], probes[qi], base, rows, lo, hi, k) for lo, hi, rows, base in buckets] for qi in range(len(bounds))],
         k, progress, f"kNN search (IVF on Dask: nprobe {nprobe} of {nlist} lists, {len(buckets)} buckets)")
     phases["search"] = round(time.perf_counter() - t, 2)
@@ -299,7 +363,16 @@ def ivf_graph_dask(path: str | Path, x: np.ndarray, k: int, client, *, nlist: in
             "nprobe": nprobe, "seed_recall": curve[-1][1], "nprobe_recall_curve": curve, "phase_seconds": phases,
             "scan_share": round(scan_share, 4),
             "lists": "flat (exact inside a list)"}
-    return indices, info
+    if x is None:
+        # the recall of what was found, on queries drawn apart from the tuning ones
+        t = time.perf_counter()
+        check = sample_rows(n, recall_queries, seed)
+        check_x = client.compute(take(check), sync=True)
+        independent = EdgeRecall(None, check, k, None, seed,
+                                 neighbours=_sample_neighbours(client, blocks, bounds, check_x, check, k))
+        info.update(independent(indices[check]))
+        phases["recall"] = round(time.perf_counter() - t, 2)
+    return indices, sims, info
 
 
 @contextlib.contextmanager
@@ -328,8 +401,8 @@ def search_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None 
 
 
 def ivf_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None = None, block_rows: int | None = None,
-                **kwargs) -> tuple[np.ndarray, dict]:
+                **kwargs) -> tuple[np.ndarray, np.ndarray, dict]:
     """:func:`ivf_graph_dask` for unit vectors ``x`` held here, through a scratch .npy as
     :func:`search_on_dask`."""
     with _scratch_copy(x, scratch) as name:
-        return ivf_graph_dask(name, x, k, client, block_rows=block_rows or BLOCK_ROWS, **kwargs)
+        return ivf_graph_dask(name, k, client, x=x, block_rows=block_rows or BLOCK_ROWS, **kwargs)

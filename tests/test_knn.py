@@ -225,11 +225,11 @@ def test_edge_recall_counts_the_neighbours_that_can_be_the_same_person():
     """A graph that keeps every exact neighbour with a real chance of being the same person and
     loses the rest has edge recall 1 and raw recall below 1; one that loses a same-person
     neighbour per row does not."""
-    from facecluster.knn import MATTER_FLOOR, EdgeRecall, _sample_rows
+    from facecluster.knn import MATTER_FLOOR, EdgeRecall, sample_rows
 
     x, y = make_faces(3000, 200, 32, seed=6)
     exact = build_knn_graph(x, k=30, device="cpu", method="exact")
-    rows = _sample_rows(len(x), 400, 1)
+    rows = sample_rows(len(x), 400, 1)
     measure = EdgeRecall(x, rows, 30, labels=y)
     assert measure.calibration == "mixture" and 0 < measure.matters.sum(axis=1).mean() < 30
     full = measure(exact.indices[rows])

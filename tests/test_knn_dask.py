@@ -170,6 +170,32 @@ def test_graph_from_a_dask_array_never_gathered(client):
     np.testing.assert_array_equal(rescore(x, indices)[0], local.indices)
 
 
+def test_the_ivf_graph_from_a_dask_array_reaches_its_seed_target_without_the_matrix_here(client, tmp_path):
+    """IVF on Dask from a dask array: the training and tuning samples are read from the
+    array's chunks and the samples' exact neighbours searched on the cluster, so nothing but
+    samples comes here. The graph is the one the same search gives from a .npy with the
+    vectors at hand; every similarity is exact; its recall of the edges that matter, on
+    queries drawn apart from the tuning ones, is reported and reaches the seed target."""
+    import dask.array as da
+
+    x, _ = make_faces(6000, 400, 64, seed=4)
+    x = _unit(x)
+    source = da.from_array(x, chunks=((1500, 1500, 1500, 1500), (32, 32)))
+    indices, sims, info = knn_dask.ivf_graph_dask(source, 20, client, nlist=120, bucket_rows=1500, seed_target=0.99)
+    assert info["dask_blocks"] == 4 and info["dask_buckets"] >= 3 and 1 <= info["nprobe"] <= 120 // 8
+    assert info["seed_recall"] >= 0.99 or info["nprobe"] == 120 // 8
+    assert info["n_queries"] == 1000 and info["edges_that_matter_recall"] >= 0.98
+    assert info["scan_share"] < 1.0
+    found = indices >= 0
+    rows = np.broadcast_to(np.arange(len(x))[:, None], indices.shape)[found]
+    np.testing.assert_allclose(sims[found], np.einsum("ij,ij->i", x[rows], x[indices[found]]), atol=1e-5)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    here, _, _ = knn_dask.ivf_graph_dask(path, 20, client, x=x, nlist=120, bucket_rows=1500, block_rows=1500,
+                                         seed_target=0.99)
+    np.testing.assert_array_equal(here, indices)
+
+
 def test_camsoftmax_scoring_on_dask_equals_the_local_scoring(client, monkeypatch):
     import facecluster.camsoftmax as camsoftmax
     from facecluster.camsoftmax import CamSoftmaxConfig, camsoftmax_confidence
