@@ -119,12 +119,10 @@ def main() -> None:
 
         shutil.rmtree(stack, ignore_errors=True)
     timed_pairs = [r["seconds_per_block_pair_per_worker"] for r in rows if "seconds_per_block_pair_per_worker" in r]
-    if not timed_pairs:
-        return
-    per_pair = min(timed_pairs)
-    b = args.block_rows
     paper = []
-    for n_rows in (10_000_000, 100_000_000):
+    b = args.block_rows
+    for n_rows in (10_000_000, 100_000_000) if timed_pairs else ():
+        per_pair = min(timed_pairs)
         pairs = (n_rows / b) ** 2
         paper.append({"rows": n_rows, "block_pairs": int(pairs), "worker_core_hours": round(pairs * per_pair / 3600, 1),
                       "task_memory_mb": round((2 * b * args.dim * 4 + 2 * b * (args.k + 9) * 12) / 1e6, 1),
