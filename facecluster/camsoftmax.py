@@ -63,6 +63,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from numba import njit
 
+from .blocks import map_row_blocks
+
 HALF_PI = math.pi / 2
 SCHEDULES = ("adaptive", "linear", "reference", "fixed")
 _EPS = 1e-6
@@ -488,36 +490,17 @@ def _closed_form_logits(x, labels, folds, weight, present, score_cand, scale: fl
     (only those dot products, by a compiled kernel). Invalid entries are −inf. With a Dask
     ``client`` the row chunks are scored on its workers (the heads sent once to each), by the
     same function, so the logits are the local ones."""
-    n, d = x.shape
-    n_folds, n_classes = present.shape
-    width = n_classes if score_cand is None else score_cand.shape[1]
-    logits = np.full((n, width), -np.inf, dtype=np.float32)
-    scorable = np.zeros(n, dtype=bool)
-    chunks = [np.arange(lo, min(n, lo + _SCORE_CHUNK)) for lo in range(0, n, _SCORE_CHUNK)]
-
-    def args(rows):
-        return (np.asarray(x[rows], dtype=np.float32), labels[rows], folds[rows],
-                None if score_cand is None else score_cand[rows])
-
-    if client is None:
-        for rows in chunks:
-            logits[rows], scorable[rows] = _score_rows(*args(rows), weight, present, scale)
-            advance(1)
-        return logits, scorable
-    from dask.distributed import as_completed
-
-    heads = client.scatter(weight, broadcast=True, hash=False)
-    seen = client.scatter(present, broadcast=True, hash=False)
-    futures = {client.submit(_score_rows, *args(rows), heads, seen, scale, pure=False): rows for rows in chunks}
-    for future in as_completed(futures):
-        logits[futures[future]], scorable[futures[future]] = future.result()
-        advance(1)
-    return logits, scorable
+    per_row = (x, labels, folds) if score_cand is None else (x, labels, folds, score_cand)
+    cand = (None,) if score_cand is None else ()
+    parts = map_row_blocks(_score_rows, len(x), per_row, (*cand, weight, present, scale), client=client,
+                           block_rows=_SCORE_CHUNK, advance=advance)
+    return np.concatenate([logits for logits, _ in parts]), np.concatenate([scorable for _, scorable in parts])
 
 
 def _score_rows(z, labels, fold, cand, weight, present, scale: float):
     """One chunk of :func:`_closed_form_logits`: (logits, scorable) of rows ``z``."""
     n_classes = present.shape[1]
+    z = np.asarray(z, dtype=np.float32)
     z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), _EPS)
     if cand is None:
         valid = present[fold]

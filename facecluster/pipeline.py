@@ -256,7 +256,8 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
     embeddings : (n_samples, n_features) float32 processed unit vectors (cam-softmax)
     device : the resolved device (default: ``resolve_device(config.device)``)
     progress : one task per stage; timings : filled with seconds per stage when given
-    client : a ``dask.distributed.Client``: cam-softmax scores its rows on the cluster (same result)
+    client : a ``dask.distributed.Client``: the kNN votes, the near-duplicate cuts and
+        cam-softmax's scoring run block by block on its workers (same result)
 
     Returns
     -------
@@ -278,7 +279,8 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
         return out
 
     calibration = timed("calibration", lambda: fit_calibration(graph, labels, rng=rngs["calibration"]))
-    duplicates, agreement = timed("knn_votes", lambda: vote_stage(graph, labels, calibration, n_labels=n_labels))
+    duplicates, agreement = timed("knn_votes", lambda: vote_stage(graph, labels, calibration, n_labels=n_labels,
+                                                                   client=client))
     hier = corr = conf = None
     if "hierarchical" in config.stages:
         hier = timed("hierarchical", lambda: hierarchical_stage(graph, labels, config.hierarchical,

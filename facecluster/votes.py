@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from .blocks import map_row_blocks
 from .calibration import Calibration
 from .knn import KnnGraph
 
@@ -68,19 +69,48 @@ REFERENCE_NEIGHBOUR = 10  # distances are measured against each row's 10th neigh
 DENSE_SHARE = 0.25
 
 
-def _relative_log_distance(graph: KnnGraph) -> tuple[np.ndarray, np.ndarray]:
+def _relative_log_distance(sims: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log(1 − s_ij) − log(1 − s_i,m): each edge's cosine distance relative to the row's m-th
     neighbour's (m = REFERENCE_NEIGHBOUR, or the last), which takes out the local density (a
     dense identity and a sparse tail have very different genuine distances). Returns the (n, k)
     float64 relative distances and the (n,) reference distances log(1 − s_i,m)."""
-    d = np.clip(1.0 - graph.sims.astype(np.float64), 1e-12, None)
-    valid = np.isfinite(d) & (graph.indices >= 0)
+    d = np.clip(1.0 - sims.astype(np.float64), 1e-12, None)
+    valid = np.isfinite(d) & (indices >= 0)
     m = np.minimum(REFERENCE_NEIGHBOUR, valid.sum(axis=1)) - 1
     ref = np.log(d[np.arange(len(d)), np.maximum(m, 0)])
     return np.where(valid, np.log(d) - ref[:, None], np.inf), ref
 
 
-def near_duplicate_groups(graph: KnnGraph) -> NearDuplicates:
+def _absolute_log_distance(sims: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(1.0 - sims.astype(np.float64), 1e-12, None))
+
+
+def _nearest_distances(sims: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One block of rows: the nearest edge's relative and absolute log distances and the
+    reference distance, the laws' samples (:func:`near_duplicate_groups`)."""
+    relative, reference = _relative_log_distance(sims, indices)
+    return relative[:, 0], _absolute_log_distance(sims)[:, 0], reference
+
+
+def _duplicate_edges(sims: np.ndarray, indices: np.ndarray, rows: np.ndarray, law: dict, n: int):
+    """One block of rows: its duplicate edges (row, neighbour, score), row-major, under the
+    cuts in ``law`` (:func:`near_duplicate_groups`)."""
+    absolute = _absolute_log_distance(sims)
+    valid = indices >= 0
+    identical = np.log(IDENTICAL_DISTANCE)
+    if "relative_cut" not in law:
+        is_dup = (absolute < identical) & valid
+        r, c = np.nonzero(is_dup)
+        return rows[r], indices[r, c].astype(np.int64), np.ones(len(r))
+    relative, _ = _relative_log_distance(sims, indices)
+    is_dup = (((relative < law["relative_cut"]) & (absolute < law["absolute_cut"])) | (absolute < identical)) & valid
+    r, c = np.nonzero(is_dup)
+    # scored by the law as the stats report it (4 decimals), so a score can be redone from them
+    score = 1.0 / (1.0 + n * _gumbel_min_cdf(relative[r, c], round(law["relative_mu"], 4), round(law["relative_beta"], 4)))
+    return rows[r], indices[r, c].astype(np.int64), np.where(absolute[r, c] < identical, 1.0, score)
+
+
+def near_duplicate_groups(graph: KnnGraph, *, client=None) -> NearDuplicates:
     """Near-duplicate groups: pairs far closer than their neighbourhood and than the set allow.
 
     Two laws, each fitted from the quartiles of the rows' nearest-neighbour distances (which
@@ -104,19 +134,20 @@ def near_duplicate_groups(graph: KnnGraph) -> NearDuplicates:
     those edges. An edge's score is 1 / (1 + n·F(r)): 0.5 at the relative cut, → 1 far below
     it. Under ``MIN_LAW_SAMPLES`` rows there are too few distances to fit the laws, and only
     identical vectors are grouped (score 1).
+
+    The per-row work (each row's distances, each edge's cut) runs block by block
+    (:func:`facecluster.blocks.map_row_blocks`), on the workers of a Dask ``client`` when
+    given; the fits and the groups, which need every row, run here.
     """
     n = graph.n_samples
-    absolute = np.log(np.clip(1.0 - graph.sims.astype(np.float64), 1e-12, None))
-    valid = graph.indices >= 0
     if n < MIN_LAW_SAMPLES:
         # too few nearest neighbours to fit a law to: only identical vectors (cosine 1 to
         # float precision) are copies
-        is_dup = (absolute < np.log(IDENTICAL_DISTANCE)) & valid
         law: dict = {"cut": f"identical only (n < {MIN_LAW_SAMPLES})"}
         threshold_sim = 1.0 - IDENTICAL_DISTANCE
     else:
-        relative, reference = _relative_log_distance(graph)
-        r1, a1 = relative[:, 0], absolute[:, 0]
+        r1, a1, reference = (np.concatenate(part) for part in zip(*map_row_blocks(
+            _nearest_distances, n, (graph.sims, graph.indices), client=client)))
         # rows with an identical twin (a detector's fallback vector repeated, a file copied)
         # are copies whatever the laws say: their distances say nothing of genuine photos, so
         # they stay out of both fits; so do rows whose reference is itself identical (ten or
@@ -141,18 +172,13 @@ def near_duplicate_groups(graph: KnnGraph) -> NearDuplicates:
         cut_a = mu_a - beta_a * 0.5 * np.log(n)
         # identical vectors are copies however many there are (ten of them make each other's
         # reference, and their relative distance 0)
-        is_dup = (((relative < cut_r) & (absolute < cut_a)) | (absolute < identical)) & valid
         threshold_sim = float(1.0 - np.exp(cut_a))
-        law = {"cut": "relative and absolute Gumbel laws", "relative_mu": round(mu, 4),
-               "relative_beta": round(beta, 4), "relative_cut": round(float(cut_r), 4),
-               "absolute_mu": round(mu_a, 4), "absolute_beta": round(beta_a, 4)}
-    rows, cols = np.nonzero(is_dup)
-    nb = graph.indices[rows, cols]
-    if "relative_mu" in law:
-        edge_score = 1.0 / (1.0 + n * _gumbel_min_cdf(relative[rows, cols], law["relative_mu"], law["relative_beta"]))
-        edge_score = np.where(absolute[rows, cols] < np.log(IDENTICAL_DISTANCE), 1.0, edge_score)
-    else:
-        edge_score = np.ones(len(rows))
+        law = {"cut": "relative and absolute Gumbel laws", "relative_mu": mu, "relative_beta": beta,
+               "relative_cut": float(cut_r), "absolute_mu": mu_a, "absolute_beta": beta_a, "absolute_cut": float(cut_a)}
+    rows, nb, edge_score = (np.concatenate(part) for part in zip(*map_row_blocks(
+        _duplicate_edges, n, (graph.sims, graph.indices, np.arange(n, dtype=np.int64)), (law, n), client=client)))
+    law = {key: round(value, 4) if isinstance(value, float) else value for key, value in law.items()
+           if key != "absolute_cut"}
 
     score = np.zeros(n, dtype=np.float32)
     partner = np.full(n, -1, dtype=np.int64)
@@ -317,8 +343,35 @@ def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray,
     return given, best, best_mass
 
 
+def _first_pass(indices, sims, labels, groups, all_labels, all_groups, calibration, n_labels):
+    """Pass 1 of :func:`knn_label_agreement` on one block of rows: P(same person) of every
+    edge, the vote weights (0 for copies of the row and missing neighbours), whether each
+    neighbour is a copy, and each row's reliability."""
+    valid = indices >= 0
+    nb_safe = np.where(valid, indices, 0)
+    p_same = calibration(sims)
+    p = np.where(valid, p_same, 0.0).astype(np.float64, copy=False)
+    same_dup = (groups[:, None] >= 0) & (all_groups[nb_safe] == groups[:, None])
+    p = np.where(same_dup, 0.0, p)
+    given1, _, _ = _label_votes(all_labels[nb_safe], p, labels, n_labels)
+    return p_same, p, same_dup, given1 / (p.sum(axis=1) + 1.0)
+
+
+def _second_pass(indices, p, labels, all_labels, reliability, n_labels):
+    """Pass 2 of :func:`knn_label_agreement` on one block of rows: votes weighted by
+    P(same person) times the neighbour's reliability; the own-label mass, the best other label
+    and its mass, and the chance that no neighbour is the same person."""
+    nb_safe = np.where(indices >= 0, indices, 0)
+    w = p * reliability[nb_safe]
+    given, best, best_mass = _label_votes(all_labels[nb_safe], w, labels, n_labels)
+    np.clip(w, 0.0, 1.0, out=w)
+    np.subtract(1.0, w, out=w)
+    return given, best, best_mass, np.prod(w, axis=1)
+
+
 def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibration,
-                        *, dup_group: np.ndarray | None = None, n_labels: int | None = None) -> LabelAgreement:
+                        *, dup_group: np.ndarray | None = None, n_labels: int | None = None,
+                        client=None) -> LabelAgreement:
     """Two-pass, reliability-weighted label vote over each sample's kNN.
 
     Pass 1: each neighbour j votes for its label with weight p_ij = P(same identity | s_ij).
@@ -326,29 +379,27 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     plus one pseudo-vote. Pass 2: votes are weighted by p_ij·a_j, so neighbours whose own
     labels are unsupported (open-set images, other flips) do not vouch for anything. Near
     duplicates of a sample do not vote for it: a copy is not independent evidence.
+
+    Both passes run block by block (:func:`facecluster.blocks.map_row_blocks`), on the
+    workers of a Dask ``client`` when given; the label cores (connected components) and the
+    label pairs (a label × label sum over every edge) need the whole graph and run here.
     """
     labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
     n_labels = int(n_labels if n_labels is not None else labels.max() + 1)
     nb = graph.indices
     valid = nb >= 0
     nb_safe = np.where(valid, nb, 0)
-    p_same = calibration(graph.sims)  # P(same person) of every kNN edge, read once
-    p = np.where(valid, p_same, 0.0).astype(np.float64, copy=False)
-    same_dup = np.zeros(nb.shape, dtype=bool)
-    if dup_group is not None:
-        g_self = dup_group[:, None]
-        same_dup = (g_self >= 0) & (dup_group[nb_safe] == g_self)
-        p = np.where(same_dup, 0.0, p)
+    groups = dup_group if dup_group is not None else np.full(n, -1, dtype=np.int64)
+    # pass 1 block by block (P(same person) of every edge, copies' votes removed, the
+    # reliabilities), then pass 2 with every row's reliability at hand
+    first_pass = map_row_blocks(_first_pass, n, (graph.indices, graph.sims, labels, groups),
+                                (labels, groups, calibration, n_labels), client=client)
+    p_same, p, same_dup, reliability = (np.concatenate(part) for part in zip(*first_pass))
+    del first_pass
+    given, best, best_mass, none_prob = (np.concatenate(part) for part in zip(*map_row_blocks(
+        _second_pass, n, (graph.indices, p, labels), (labels, reliability, n_labels), client=client)))
     nb_labels = labels[nb_safe]
-
-    given1, _, _ = _label_votes(nb_labels, p, labels, n_labels)
-    reliability = given1 / (p.sum(axis=1) + 1.0)
-    w = p * reliability[nb_safe]
-    given, best, best_mass = _label_votes(nb_labels, w, labels, n_labels)
-    np.clip(w, 0.0, 1.0, out=w)  # w is done with: N x k float64 arrays are 240 MB each at 1M rows
-    np.subtract(1.0, w, out=w)
-    none_prob = np.prod(w, axis=1)
-    del w
     # neighbours come most similar first: the first one with another label is the nearest
     other = valid & (nb_labels != labels[:, None])
     first = np.argmax(other, axis=1)
@@ -396,9 +447,11 @@ def _label_cores(graph: KnnGraph, labels: np.ndarray, likely_same: np.ndarray) -
 
 
 def vote_stage(graph: KnnGraph, labels: np.ndarray, calibration: Calibration, *,
-               n_labels: int | None = None) -> tuple[NearDuplicates, LabelAgreement]:
+               n_labels: int | None = None, client=None) -> tuple[NearDuplicates, LabelAgreement]:
     """The stage as ``clean`` runs it: near-duplicate groups first (copies of a sample do not
-    vote for it), then the two-pass label votes."""
-    duplicates = near_duplicate_groups(graph)
-    agreement = knn_label_agreement(graph, labels, calibration, dup_group=duplicates.group, n_labels=n_labels)
+    vote for it), then the two-pass label votes; the per-row work on the workers of a Dask
+    ``client`` when given (same result)."""
+    duplicates = near_duplicate_groups(graph, client=client)
+    agreement = knn_label_agreement(graph, labels, calibration, dup_group=duplicates.group, n_labels=n_labels,
+                                    client=client)
     return duplicates, agreement

@@ -196,6 +196,37 @@ def test_the_ivf_graph_from_a_dask_array_reaches_its_seed_target_without_the_mat
     np.testing.assert_array_equal(here, indices)
 
 
+def test_the_vote_stage_on_dask_equals_the_local_stage(client, monkeypatch):
+    """The kNN votes and the near-duplicate cuts run block by block on the workers (four
+    blocks here), the fits, label cores and label pairs here: every array the stage returns
+    equals the local stage's, copies and wrong labels included."""
+    import dataclasses
+
+    import facecluster.blocks as blocks
+    from facecluster.calibration import fit_calibration
+    from facecluster.votes import vote_stage
+
+    x, y = make_faces(3000, 300, 32, seed=21)
+    noisy = inject_noise(x, y, seed=21, duplicates=0.03)
+    x = _unit(noisy.embeddings)
+    graph = build_knn_graph(x, k=20, device="cpu", method="exact")
+    calibration = fit_calibration(graph, noisy.labels)
+    local_dups, local_votes = vote_stage(graph, noisy.labels, calibration)
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 800)
+    dups, votes = vote_stage(graph, noisy.labels, calibration, client=client)
+    assert local_dups.stats["n_groups"] > 10 and dups.stats == local_dups.stats
+    for field in ("group", "score", "partner"):
+        np.testing.assert_array_equal(getattr(dups, field), getattr(local_dups, field))
+    for field in dataclasses.fields(votes):
+        got, want = getattr(votes, field.name), getattr(local_votes, field.name)
+        if field.name == "pairs":
+            for part in ("a", "b", "score", "cross_share_a", "cross_share_b"):
+                np.testing.assert_array_equal(getattr(got, part), getattr(want, part))
+        else:
+            np.testing.assert_array_equal(got, want)
+    assert (votes.best_other >= 0).any() and votes.core.any()
+
+
 def test_camsoftmax_scoring_on_dask_equals_the_local_scoring(client, monkeypatch):
     import facecluster.camsoftmax as camsoftmax
     from facecluster.camsoftmax import CamSoftmaxConfig, camsoftmax_confidence
