@@ -45,9 +45,9 @@ MIXED_IDENTITIES = ("7312", "7314", "7316", "7317", "7319")
 # a pair every face model puts within this share of its median nearest-neighbour distance is one
 # photo (re-crops): where the joint distribution of distinct photos begins (_already_close)
 CROSS_MODEL_SAME_PHOTO = 0.5
-COLUMNS = ("noise_found_f1", "mislabeled_p", "mislabeled_r", "outlier_p", "outlier_r", "near_duplicate_p",
+COLUMNS = ("noise_found_f1", "noise_found_p", "noise_found_r", "mislabeled_p", "mislabeled_r", "outlier_p", "outlier_r", "near_duplicate_p",
            "near_duplicate_r", "near_duplicate_f1", "merge_p", "merge_r", "relabel_acc", "kept_label_precision",
-           "clean_rows_lost_share")
+           "clean_rows_lost_share", "review_rows", "review_noisy_rows")
 
 
 def base_set(folder: Path, out: Path) -> tuple[Path, Path, dict]:
@@ -246,7 +246,7 @@ def main() -> None:
                         entry["generator"] = fitted
                     results.append(entry)
                     print(f"{folder.name[:28]:28s} {version[:9]:9s} {method[:26]:26s} {entry['seconds']:6.2f}s "
-                          + " ".join(f"{c.split('_')[0][:4]}={_fmt(entry[c])}" for c in COLUMNS), flush=True)
+                          + " ".join(f"{_short(c)}={_fmt(entry[c])}" for c in COLUMNS), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
@@ -279,6 +279,12 @@ def _entry(name: str, version: str, left_out: dict, method: str, runs: list) -> 
             "sd": {c: stat(v, np.std) for c, v in figures.items()},
             "draws": [{"rows": len(noisy.labels), "injected": inj, "seconds": row.seconds,
                        **{c: row.scores.get(c) for c in COLUMNS}} for noisy, inj, row in runs]}
+
+
+def _short(column: str) -> str:
+    """noise_found_f1 -> nf_f1, kept_label_precision -> kl_precision: the printed line's keys."""
+    *words, last = column.split("_")
+    return "".join(w[0] for w in words) + "_" + last
 
 
 def _fmt(value) -> str:

@@ -145,7 +145,8 @@ def _flat_cleaning(scores: dict) -> dict:
         out[f"{issue}_p"], out[f"{issue}_r"], out[f"{issue}_f1"] = s["precision"], s["recall"], s["f1"]
     out.update(merge_p=scores["merges"]["precision"], merge_r=scores["merges"]["recall"],
                relabel_acc=scores["relabel_accuracy"], kept_label_precision=scores["kept_label_precision"],
-               clean_rows_lost_share=scores["clean_rows_lost_share"])
+               clean_rows_lost_share=scores["clean_rows_lost_share"], review_rows=scores["review_rows"],
+               review_noisy_rows=scores["review_noisy_rows"])
     return out
 
 

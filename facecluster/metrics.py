@@ -203,7 +203,8 @@ def cleaning_scores(audit: pd.DataFrame, truth_labels: np.ndarray, truth: pd.Dat
     Returns noise found (wrong labels and open-set images, as mislabeled or outlier findings:
     precision/recall/F1), per-issue precision/recall/F1 (found and acted on), relabel accuracy, merge-pair
     precision/recall, kept-label precision (share of rows kept for retraining whose final
-    label is right, labels of one person counted as one) and clean rows lost.
+    label is right, labels of one person counted as one), clean rows lost, and the rows left
+    for review (and how many of them are wrong labels or strangers).
     """
     truth_labels = np.asarray(truth_labels).astype(str)
     action = audit["fc_action"].to_numpy()
@@ -227,5 +228,8 @@ def cleaning_scores(audit: pd.DataFrame, truth_labels: np.ndarray, truth: pd.Dat
         "clean_rows_lost": int((~kept & clean).sum()),
         "clean_rows_lost_share": float((~kept & clean).sum() / max(clean.sum(), 1)),
         "rows_kept": int(kept.sum()),
+        # rows left to a person: how many, and how many of them are wrong labels or strangers
+        "review_rows": int((issue == "review").sum()),
+        "review_noisy_rows": int(((issue == "review") & true_noise).sum()),
     }
 
