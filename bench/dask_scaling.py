@@ -89,7 +89,8 @@ def main() -> None:
             try:
                 t = time.perf_counter()
                 indices, _, info = knn_dask.ivf_graph_dask(da.from_npy_stack(stack), args.k, client,
-                                                             seed_target=args.array_seed_target)
+                                                             seed_target=args.array_seed_target,
+                                                             block_rows=args.block_rows, bucket_rows=args.bucket_rows)
                 seconds = time.perf_counter() - t
             finally:
                 client.close()

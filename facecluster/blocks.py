@@ -26,24 +26,34 @@ def row_blocks(n: int, block_rows: int | None = None) -> list[tuple[int, int]]:
 
 
 def map_row_blocks(fn: Callable, n: int, per_row: Sequence[np.ndarray], shared: Sequence = (), *,
-                   client=None, block_rows: int | None = None,
-                   advance: Callable[[int], None] | None = None) -> list:
+                   client=None, block_rows: int | None = None, advance: Callable[[int], None] | None = None,
+                   consume: Callable[[int, int, object], None] | None = None) -> list | None:
     """``fn(*blocks of per_row, *shared)`` for every block of the ``n`` rows, in block order.
 
     ``per_row`` arrays (first axis n) are sliced here and sent with their block's task;
     ``shared`` objects are passed whole (on a cluster, arrays are scattered once to every
-    worker, anything else is sent with each task). With
-    ``client`` None the blocks run here one after the other. ``advance(1)`` is called as each
-    block finishes.
+    worker, anything else is sent with each task). With ``client`` None the blocks run here
+    one after the other. ``advance(1)`` is called as each block finishes. Returns the blocks'
+    results in order; with ``consume``, each result is handed to ``consume(start, stop,
+    result)`` as it arrives instead (to fill a preallocated array without holding every
+    block's result at once) and None is returned.
     """
     bounds = row_blocks(n, block_rows)
+    out: list = []
+
+    def take(i, result):
+        if consume is not None:
+            consume(*bounds[i], result)
+        else:
+            out[i] = result
+        if advance is not None:
+            advance(1)
+
+    out = [None] * len(bounds) if consume is None else []
     if client is None:
-        out = []
-        for lo, hi in bounds:
-            out.append(fn(*(a[lo:hi] for a in per_row), *shared))
-            if advance is not None:
-                advance(1)
-        return out
+        for i, (lo, hi) in enumerate(bounds):
+            take(i, fn(*(a[lo:hi] for a in per_row), *shared))
+        return None if consume is not None else out
     from dask.distributed import as_completed
 
     # arrays are sent once to every worker; small objects (a calibration, a scale) ride along
@@ -53,9 +63,7 @@ def map_row_blocks(fn: Callable, n: int, per_row: Sequence[np.ndarray], shared: 
         rows = client.scatter([np.ascontiguousarray(a[lo:hi]) for a in per_row], hash=False)
         futures.append(client.submit(fn, *rows, *sent, pure=False))
     place = {f.key: i for i, f in enumerate(futures)}
-    out = [None] * len(futures)
     for future in as_completed(futures):
-        out[place[future.key]] = future.result()
-        if advance is not None:
-            advance(1)
-    return out
+        take(place[future.key], future.result())
+        future.release()
+    return None if consume is not None else out

@@ -490,11 +490,18 @@ def _closed_form_logits(x, labels, folds, weight, present, score_cand, scale: fl
     (only those dot products, by a compiled kernel). Invalid entries are −inf. With a Dask
     ``client`` the row chunks are scored on its workers (the heads sent once to each), by the
     same function, so the logits are the local ones."""
+    n_classes = present.shape[1]
+    logits = np.full((len(x), n_classes if score_cand is None else score_cand.shape[1]), -np.inf, dtype=np.float32)
+    scorable = np.zeros(len(x), dtype=bool)
+
+    def consume(lo, hi, part):
+        logits[lo:hi], scorable[lo:hi] = part
+
     per_row = (x, labels, folds) if score_cand is None else (x, labels, folds, score_cand)
     cand = (None,) if score_cand is None else ()
-    parts = map_row_blocks(_score_rows, len(x), per_row, (*cand, weight, present, scale), client=client,
-                           block_rows=_SCORE_CHUNK, advance=advance)
-    return np.concatenate([logits for logits, _ in parts]), np.concatenate([scorable for _, scorable in parts])
+    map_row_blocks(_score_rows, len(x), per_row, (*cand, weight, present, scale), client=client,
+                   block_rows=_SCORE_CHUNK, advance=advance, consume=consume)
+    return logits, scorable
 
 
 def _score_rows(z, labels, fold, cand, weight, present, scale: float):

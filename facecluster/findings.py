@@ -62,6 +62,10 @@ TWO_PEOPLE_AUC = 0.25
 # images per label the nearest-neighbour mixing test of a merge looks at (a sample: its
 # expectation does not depend on the sizes; bounds the cost at big identities)
 MIXING_CAP = 200
+# Both two-sample tests (the mixing test in its weaker direction, the centroid test) at half of
+# what two random halves of one person's images show: a merge even when the pooled mean is
+# under 1/2 (find_duplicate_identities)
+TWO_SAMPLE_BAR = 0.5
 
 
 @dataclass(frozen=True)
@@ -498,8 +502,8 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     (:func:`_centroid_term`). A mean of at least 1/2 makes a
     suggestion (three-to-one, 3/4, when one label has a single image), scored by that mean;
     so do the two-sample tests alone when both, the mixing test in its weaker direction, see
-    at least half of what two random halves of one person's images show (a label of three
-    images or more, the other of two or more). The kNN graph and the partitions see a
+    at least half of what two random halves of one person's images show (both labels of
+    three images or more; scored by the smaller of the two then, when it is the higher). The kNN graph and the partitions see a
     person shot in two looks as two groups, whichever way the person was split: on dlib's
     plain real set the two big splits missed pooled 0.48 and 0.50 with one-person scores of
     0.10 and 0.43, while their images mixed 0.88 and 0.67 in the weaker direction; no pair
@@ -563,7 +567,9 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         # policy's bar for a relabel), others for more likely than not, or both two-sample
         # tests at one person's half; and none where the centroid rank test says two people
         # (asked only of pairs that pass the rest)
-        if one > 0 and (pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5) or two_sample >= 0.5):
+        if one > 0 and (pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5)
+                        or two_sample >= TWO_SAMPLE_BAR):
+            pooled = max(pooled, two_sample)
             ranks = _two_people(samples)
             if ranks is not None and ranks[0] < TWO_PEOPLE_P and ranks[1] < TWO_PEOPLE_AUC:
                 continue
@@ -606,7 +612,7 @@ def _pooled_merge(one_person: float, shares, rows_of: list, embeddings, a: int, 
     :func:`_rows_of`), averaged; with the texts naming each term and the
     centroid test's samples for :func:`_two_people` (empty where it has no label of three
     images to judge by), and the smaller of the two two-sample terms, the mixing test in its
-    weaker direction (0 where either test cannot be asked)."""
+    weaker direction (0 unless both labels have three images or more)."""
     terms, text, two_sample = [one_person], [], []
     for name, ab, ba in shares:
         terms.append(min(ab, ba))
@@ -626,8 +632,10 @@ def _pooled_merge(one_person: float, shares, rows_of: list, embeddings, a: int, 
         terms.append(cen)
         two_sample.append(cen)
         text.append(f"centroids: {cen:.2f} (1 = each label's images pass for the other's)")
-    return (round(float(np.mean(terms)), 4), text, samples,
-            min(two_sample) if len(two_sample) == 2 else 0.0)
+    # the two-sample tests judge alone only with three images a side: with two, the mixing
+    # test hangs on one image's nearest neighbour and the centroid test on one direction
+    alone = len(two_sample) == 2 and min(len(rows_of[a]), len(rows_of[b])) >= 3
+    return round(float(np.mean(terms)), 4), text, samples, round(float(min(two_sample)), 4) if alone else 0.0
 
 
 def _claimed_labels(agreement: LabelAgreement, labels: np.ndarray, label_names: np.ndarray,

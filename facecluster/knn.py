@@ -694,9 +694,13 @@ def _exact_neighbours(x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarr
     return drop_self(i, s, rows, k)
 
 
-def sample_rows(n: int, n_queries: int, seed: int) -> np.ndarray:
-    """``n_queries`` of ``n`` row numbers drawn with ``seed``, ascending (recall samples)."""
-    return np.sort(np.random.default_rng(seed).choice(n, size=min(n_queries, n), replace=False))
+def sample_rows(n: int, n_queries: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """``n_queries`` of ``n`` row numbers drawn with ``seed``, ascending (recall samples);
+    none of the rows in ``exclude`` (fewer where too few are left)."""
+    if exclude is None or not len(exclude):
+        return np.sort(np.random.default_rng(seed).choice(n, size=min(n_queries, n), replace=False))
+    rest = np.setdiff1d(np.arange(n), exclude)
+    return np.sort(np.random.default_rng(seed).choice(rest, size=min(n_queries, len(rest)), replace=False))
 
 
 # An exact neighbour "matters" when its calibrated P(same person) is at least this: a real
@@ -810,10 +814,13 @@ def _tune_ivf(index, x: np.ndarray, k: int, target: float, n_queries: int, seed:
 
 
 def measure_recall(x: np.ndarray, graph_indices: np.ndarray, k: int, *, n_queries: int = 1000,
-                   seed: int = 0, labels: np.ndarray | None = None) -> dict:
-    """Recall of ``graph_indices`` against exact search on a random sample of queries: raw
-    recall@k and the recall of the edges that matter (:class:`EdgeRecall`)."""
-    q = sample_rows(x.shape[0], n_queries, seed)
+                   seed: int = 0, labels: np.ndarray | None = None, exclude: np.ndarray | None = None) -> dict:
+    """Recall of ``graph_indices`` against exact search on a random sample of queries (none of
+    the rows ``exclude``, such as the ones a graph was tuned on): raw recall@k and the recall
+    of the edges that matter (:class:`EdgeRecall`)."""
+    q = sample_rows(x.shape[0], n_queries, seed, exclude)
+    if not len(q):
+        return {"n_queries": 0}
     return EdgeRecall(x, q, k, labels, seed)(graph_indices[q])
 
 
@@ -844,7 +851,7 @@ def _refine_to_target(x: np.ndarray, indices: np.ndarray, k: int, target_recall:
                                  f"tuning queries, short of {target_recall} (IVF nprobe {info.get('nprobe')}, "
                                  f"{len(history)} refinement rounds)")
     t = time.perf_counter()
-    info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed))
+    info.update(measure_recall(x, indices, k, n_queries=recall_queries, seed=seed, exclude=tune_rows))
     phases["recall"] = round(time.perf_counter() - t, 2)
     return indices, sims
 

@@ -192,7 +192,7 @@ def _sample_neighbours(client, blocks: list, bounds: list, queries: np.ndarray, 
     return drop_self(idx, sims, rows, k)
 
 
-def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
+def knn_graph_dask(source, k: int, client, *, block_rows: int | None = None,
                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Exact k nearest neighbours (self excluded) of unit vectors, searched on the cluster
     behind ``client``, block pair by block pair.
@@ -206,6 +206,7 @@ def knn_graph_dask(source, k: int, client, *, block_rows: int = BLOCK_ROWS,
     import dask
 
     progress = progress or NullProgress()
+    block_rows = block_rows or BLOCK_ROWS
     n, d, bounds, blocks, _ = _source_blocks(source, block_rows)
     k = int(min(k, n - 1))
     t = time.perf_counter()
@@ -246,7 +247,7 @@ def _search_bucket(query: np.ndarray, probes: np.ndarray, base: np.ndarray, base
 
 def ivf_graph_dask(source, k: int, client, *, x: np.ndarray | None = None, nlist: int | None = None,
                    seed_target: float = 0.999, measure=None, tune_rows: np.ndarray | None = None,
-                   recall_queries: int = 1000, seed: int = 0, block_rows: int = BLOCK_ROWS,
+                   recall_queries: int = 1000, seed: int = 0, block_rows: int | None = None,
                    bucket_rows: int | None = None,
                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """An approximate kNN graph searched on the cluster: IVF lists, searched exactly.
@@ -282,6 +283,7 @@ def ivf_graph_dask(source, k: int, client, *, x: np.ndarray | None = None, nlist
 
 
     progress = progress or NullProgress()
+    block_rows = block_rows or BLOCK_ROWS
     n, d, bounds, blocks, take = _source_blocks(source, block_rows)
     k = int(min(k, n - 1))
     nlist = int(nlist or default_nlist(n))
@@ -366,11 +368,12 @@ def ivf_graph_dask(source, k: int, client, *, x: np.ndarray | None = None, nlist
     if x is None:
         # the recall of what was found, on queries drawn apart from the tuning ones
         t = time.perf_counter()
-        check = sample_rows(n, recall_queries, seed)
-        check_x = client.compute(take(check), sync=True)
-        independent = EdgeRecall(None, check, k, None, seed,
-                                 neighbours=_sample_neighbours(client, blocks, bounds, check_x, check, k))
-        info.update(independent(indices[check]))
+        check = sample_rows(n, recall_queries, seed, exclude=tune_rows)
+        if len(check):
+            check_x = client.compute(take(check), sync=True)
+            independent = EdgeRecall(None, check, k, None, seed,
+                                     neighbours=_sample_neighbours(client, blocks, bounds, check_x, check, k))
+            info.update(independent(indices[check]))
         phases["recall"] = round(time.perf_counter() - t, 2)
     return indices, sims, info
 

@@ -140,6 +140,10 @@ def near_duplicate_groups(graph: KnnGraph, *, client=None) -> NearDuplicates:
     given; the fits and the groups, which need every row, run here.
     """
     n = graph.n_samples
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return NearDuplicates(empty, np.zeros(0, np.float32), empty.copy(), 1.0,
+                              {"cut": "empty", "n_edges": 0, "n_groups": 0, "n_samples_in_groups": 0})
     if n < MIN_LAW_SAMPLES:
         # too few nearest neighbours to fit a law to: only identical vectors (cosine 1 to
         # float precision) are copies
@@ -156,25 +160,28 @@ def near_duplicate_groups(graph: KnnGraph, *, client=None) -> NearDuplicates:
         identical = np.log(IDENTICAL_DISTANCE)
         fit = np.isfinite(r1) & (a1 > identical)
         dense = fit & (reference > identical)
-        if DENSE_SHARE * dense.sum() >= MIN_LAW_SAMPLES:
-            dense &= reference <= np.quantile(reference[dense], DENSE_SHARE)
-            mu, beta = _gumbel_min_fit(r1[dense])
-            if not beta > 0:
+        mu = beta = mu_a = beta_a = 0.0
+        if fit.sum() >= 2:  # else (almost) every vector has an identical twin: no genuine distance to fit
+            if DENSE_SHARE * dense.sum() >= MIN_LAW_SAMPLES:
+                dense &= reference <= np.quantile(reference[dense], DENSE_SHARE)
+                mu, beta = _gumbel_min_fit(r1[dense])
+                if not beta > 0:
+                    mu, beta = _gumbel_min_fit(r1[fit])
+            else:
                 mu, beta = _gumbel_min_fit(r1[fit])
-        else:
-            mu, beta = _gumbel_min_fit(r1[fit])
-        mu_a, beta_a = _gumbel_min_fit(a1[np.isfinite(a1) & (a1 > identical)])
-        if not (beta > 0 and beta_a > 0):  # degenerate (almost every vector identical): nothing is separable
-            empty = np.full(n, -1, dtype=np.int64)
-            return NearDuplicates(empty, np.zeros(n, np.float32), empty.copy(), 1.0,
-                                  {"cut": "degenerate", "n_edges": 0, "n_groups": 0, "n_samples_in_groups": 0})
-        cut_r = mu - beta * np.log(n)
-        cut_a = mu_a - beta_a * 0.5 * np.log(n)
-        # identical vectors are copies however many there are (ten of them make each other's
-        # reference, and their relative distance 0)
-        threshold_sim = float(1.0 - np.exp(cut_a))
-        law = {"cut": "relative and absolute Gumbel laws", "relative_mu": mu, "relative_beta": beta,
-               "relative_cut": float(cut_r), "absolute_mu": mu_a, "absolute_beta": beta_a, "absolute_cut": float(cut_a)}
+            mu_a, beta_a = _gumbel_min_fit(a1[np.isfinite(a1) & (a1 > identical)])
+        if beta > 0 and beta_a > 0:
+            cut_r = mu - beta * np.log(n)
+            cut_a = mu_a - beta_a * 0.5 * np.log(n)
+            # identical vectors are copies however many there are (ten of them make each
+            # other's reference, and their relative distance 0)
+            threshold_sim = float(1.0 - np.exp(cut_a))
+            law = {"cut": "relative and absolute Gumbel laws", "relative_mu": mu, "relative_beta": beta,
+                   "relative_cut": float(cut_r), "absolute_mu": mu_a, "absolute_beta": beta_a,
+                   "absolute_cut": float(cut_a)}
+        else:  # degenerate (almost every vector identical): only identical vectors are copies
+            law = {"cut": "identical only (degenerate: no spread of genuine distances)"}
+            threshold_sim = 1.0 - IDENTICAL_DISTANCE
     rows, nb, edge_score = (np.concatenate(part) for part in zip(*map_row_blocks(
         _duplicate_edges, n, (graph.sims, graph.indices, np.arange(n, dtype=np.int64)), (law, n), client=client)))
     law = {key: round(value, 4) if isinstance(value, float) else value for key, value in law.items()

@@ -138,6 +138,18 @@ def test_tiny_and_one_identity_sets_give_a_sound_result(tmp_path, labels):
         assert len(table) == len(labels) and table.fc_cluster.min() == 0
 
 
+def test_a_set_of_one_repeated_vector_is_one_group_of_copies():
+    """Every row the same vector (a detector's fallback box on every photo): no genuine
+    distance to fit the near-duplicate laws to, so the identical vectors are one group of
+    copies and nothing else is claimed; no crash."""
+    x = np.tile(np.random.default_rng(0).standard_normal(16), (80, 1)).astype(np.float32)
+    manifest = pd.DataFrame({"path": [f"{i}.jpg" for i in range(80)], "label": [f"p{i % 4}" for i in range(80)]})
+    result = fc.clean(manifest, x, centre=False, device="cpu")
+    stats = result.signals.duplicates.stats
+    assert stats["cut"].startswith("identical only") and stats["n_groups"] == 1 and stats["n_samples_in_groups"] == 80
+    assert result.report["counts"]["issues"]["near_duplicate"] == 79
+
+
 def test_finch_can_be_the_hierarchical_evidence_inside_clean(small_set):
     result = fc.clean(small_set, device="cpu", stages=("hierarchical",),
                       hierarchical=HierarchicalConfig(method="finch"))
