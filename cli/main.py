@@ -169,6 +169,7 @@ def cluster(
     threshold: Annotated[Optional[float], typer.Option(help="Average-linkage cut (cosine). Default: from the labels, or from the data.")] = None,
     level: Annotated[Optional[int], typer.Option(help="FINCH level (0 = finest). Default: from the labels, or the finest.")] = None,
     bias: Annotated[Optional[float], typer.Option(help="Correlation clustering: log-odds added to every pair (> 0 merges more). Default: from the labels, or 0.")] = None,
+    smooth: Annotated[str, typer.Option(help="Correlation clustering: value the kNN edges with faces averaged with their likely-same neighbours: auto (without labels, for embeddings that had to be centred), yes, no.")] = "auto",
     k: Annotated[int, typer.Option(min=1, help="Neighbours per sample in the kNN graph.")] = 30,
     device: Annotated[DeviceChoice, typer.Option(help="Where to search: auto uses a GPU when one is usable.")] = DeviceChoice.auto,
     knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto.")] = KnnChoice.auto,
@@ -181,9 +182,13 @@ def cluster(
     from facecluster import cluster as run_cluster
     from facecluster.progress import NullProgress, RichProgress
 
+    smooth_value = {"auto": None, "yes": True, "true": True, "no": False, "false": False}.get(smooth.lower(), "bad")
+    if smooth_value == "bad":
+        _fail(ValueError(f"--smooth must be auto, yes or no, got {smooth!r}"))
     try:
         config = ClusterConfig(method=method.value, threshold=threshold, level=level, bias=bias, k=k, device=device.value,
-                               knn_method=knn.value, path_col=path_col, label_col=label_col, seed=seed)
+                               knn_method=knn.value, path_col=path_col, label_col=label_col, seed=seed,
+                               smooth=smooth_value)
     except ValueError as exc:  # a bad option value
         _fail(exc)
     try:
@@ -205,6 +210,8 @@ def cluster(
         if "bias" in stage:
             table.add_row("bias", f"{stage['bias']:+.2f} ({stage['bias_source']}); "
                                   f"objective {stage['objective_gaec']:.1f} -> {stage['objective_refined']:.1f}")
+        if stage.get("smoothing", {}).get("applied"):
+            table.add_row("edges smoothed", f"{stage['smoothing']['neighbours']} neighbours ({stage['smoothing']['why']})")
         if "level" in stage:
             table.add_row("FINCH level", f"{stage['level']} of {len(stage['clusters_per_level'])}")
         if "agreement_with_labels" in stage:

@@ -461,6 +461,9 @@ class ClusterConfig:
         linkage) or "finch"
     bias : correlation-clustering bias (log-odds added to every pair; > 0 merges more);
         None = chosen from the labels when given, else 0
+    smooth : correlation clustering: value the kNN edges with faces averaged with their
+        likely-same neighbours (:class:`facecluster.correlation.CorrelationConfig`); None =
+        without labels, for embeddings that had to be centred
     threshold : average-linkage cut (cosine, in the processed space); None = chosen from the
         labels when ``label_col`` is given, else from the data (two-component mixture)
     level : FINCH level (None = best agreement with the labels when given, else finest)
@@ -471,6 +474,7 @@ class ClusterConfig:
     threshold: float | None = None
     level: int | None = None
     bias: float | None = None
+    smooth: bool | None = None
     k: int = 30
     device: str = "auto"
     knn_method: str = "auto"
@@ -487,7 +491,7 @@ class ClusterConfig:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        owners = {"threshold": "average", "level": "finch", "bias": "correlation"}
+        owners = {"threshold": "average", "level": "finch", "bias": "correlation", "smooth": "correlation"}
         for name, owner in owners.items():
             if getattr(self, name) is not None and self.method != owner:
                 raise ValueError(f"{name} applies to method {owner!r} only, and the method is {self.method!r} "
@@ -497,7 +501,7 @@ class ClusterConfig:
     def stage_config(self) -> HierarchicalConfig | CorrelationConfig:
         """The stage's own settings for this run."""
         if self.method == "correlation":
-            return CorrelationConfig(bias=self.bias)
+            return CorrelationConfig(bias=self.bias, smooth=self.smooth)
         return HierarchicalConfig(method=self.method, threshold=self.threshold, level=self.level)
 
 
@@ -561,7 +565,8 @@ def cluster(
         if config.method == "correlation" or (config.method == "average" and config.threshold is None):
             calibration = fit_calibration(graph, labels, rng=rngs["calibration"])
         if config.method == "correlation":
-            part = correlation_stage(graph, labels, stage_config, calibration=calibration, rng=rngs["correlation"])
+            part = correlation_stage(graph, labels, stage_config, calibration=calibration, rng=rngs["correlation"],
+                                     embeddings=faceset.embeddings, centred=faceset.centred)
         else:
             part = hierarchical_stage(graph, labels, stage_config, calibration=calibration, rng=rngs["hierarchical"])
     timings["cluster"] = time.perf_counter() - t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -74,3 +75,15 @@ def test_invalid_option_is_a_usage_error():
 def test_a_bad_cluster_option_value_is_one_line_and_exit_2(small_set):
     result = CliRunner().invoke(app, ["cluster", str(small_set), "--method", "finch", "--level", "-1", "-q"])
     assert result.exit_code == 2 and result.output.strip() == "error: level must be >= 0, got -1"
+    result = CliRunner().invoke(app, ["cluster", str(small_set), "--smooth", "maybe", "-q"])
+    assert result.exit_code == 2 and result.output.strip() == "error: --smooth must be auto, yes or no, got 'maybe'"
+    result = CliRunner().invoke(app, ["cluster", str(small_set), "--method", "average", "--smooth", "no", "-q"])
+    assert result.exit_code == 2 and "smooth applies to method 'correlation' only" in result.output
+
+
+def test_cluster_smooth_yes_values_the_edges_with_smoothed_faces(small_set, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["cluster", str(small_set), "--smooth", "yes", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    stage = json.loads((out / "report.json").read_text())["stages"]["clustering"]
+    assert stage["smoothing"] == {"applied": True, "neighbours": 3, "why": "asked"}

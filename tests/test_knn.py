@@ -245,3 +245,25 @@ def test_edge_recall_counts_the_neighbours_that_can_be_the_same_person():
     # the neighbours that matter are mostly the same person, the others mostly not
     valid = measure.truth >= 0
     assert measure.same_label[measure.matters].mean() > 0.9 > 0.3 > measure.same_label[valid & ~measure.matters].mean()
+
+
+def test_the_smoothed_graph_keeps_the_lists_and_pulls_faces_only_towards_likely_same_neighbours():
+    """Same neighbour lists, every edge valued by the smoothed vectors (each face plus its
+    first neighbours weighted by P(same person), only where that is at least 1/2); a face
+    whose neighbours are all under 1/2 keeps its own vector."""
+    from facecluster.knn import smoothed_graph
+
+    x, _ = make_faces(300, 20, 16, seed=5)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    graph = build_knn_graph(x, k=8, device="cpu", method="exact")
+    p_same = np.where(np.arange(len(x))[:, None] % 2 == 0, 0.9, 0.2) * np.ones(graph.indices.shape)
+    out = smoothed_graph(x, graph, p_same, neighbours=3)
+    assert out.info["smoothed_neighbours"] == 3
+    np.testing.assert_array_equal(np.sort(out.indices, axis=1), np.sort(graph.indices, axis=1))
+    expected = x.astype(np.float64).copy()
+    even = np.arange(len(x)) % 2 == 0
+    expected[even] += 0.9 * x[graph.indices[even, :3]].sum(axis=1)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    rows = np.repeat(np.arange(len(x)), graph.k)
+    np.testing.assert_allclose(out.sims.ravel(), np.einsum("ij,ij->i", expected[rows], expected[out.indices.ravel()]),
+                               atol=1e-5)
