@@ -324,9 +324,13 @@ def smoothed_graph(x: np.ndarray, graph: KnnGraph, p_same: np.ndarray,
     idx = graph.indices[:, :m]
     weight = np.where((idx >= 0) & (p_same[:, :m] >= 0.5), p_same[:, :m], 0.0).astype(np.float32)
     smoothed = np.array(x, dtype=np.float32, copy=True)
-    for j in range(m):  # one column of neighbours at a time: no (N, m, D) array
-        smoothed += weight[:, j:j + 1] * x[np.maximum(idx[:, j], 0)]
-    smoothed /= np.maximum(np.linalg.norm(smoothed, axis=1, keepdims=True), 1e-12)
+    step = query_chunk_rows(x.shape[1], m)
+    for lo in range(0, len(x), step):  # a block of rows at a time: no (N, m, D) array
+        hi = min(lo + step, len(x))
+        block = smoothed[lo:hi]
+        for j in range(m):
+            block += weight[lo:hi, j:j + 1] * x[np.maximum(idx[lo:hi, j], 0)]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
     indices, sims = rescore(smoothed, graph.indices)
     return KnnGraph(indices, sims, dict(graph.info, smoothed_neighbours=m))
 
