@@ -617,9 +617,10 @@ class CorrelationConfig:
         (:func:`facecluster.knn.smoothed_graph`; needs the vectors, ``embeddings=`` of
         :func:`correlation_stage`); None (default): only without labels and for embeddings
         that had to be centred (an offset geometry, dlib-like). Measured with labels hidden
-        (docs/benchmarks.md, issue 16): pairwise F 0.824 → 0.861 (real dlib), 0.870 → 0.915
-        (its long-tailed version), 0.934 → 0.970 (dlib-like synthetic); on centred embeddings it
-        cost the long-tailed real set 0.977 → 0.912, so there it stays off unless asked for
+        (docs/benchmarks.md, issue 16): pairwise F 0.824 → 0.854 (real dlib), 0.870 → 0.903
+        (its long-tailed version), 0.934 → 0.967 (dlib-like synthetic, 5k rows), 0.922 → 0.935
+        (100k rows); on centred embeddings it cost the long-tailed real set 0.977 → 0.950, so
+        there it stays off unless asked for
     """
 
     bias: float | None = None

@@ -304,9 +304,12 @@ def _rescore_rows(x, indices, lo, hi, out_idx, out_sim):  # pragma: no cover - c
 
 
 # Neighbours each face is averaged with by :func:`smoothed_graph`, where its calibrated
-# P(same person) is at least 1/2. Measured with labels hidden (docs/benchmarks.md, issue 16):
-# 1 to 5 all lift the dlib geometry; 3 is at or near the best on each set.
-SMOOTH_NEIGHBOURS = 3
+# P(same person) is at least 1/2. Measured with labels hidden on the dlib geometry (docs/
+# benchmarks.md, issue 16): on 4.6k–5k-row sets 1 to 5 all help, but at 100k rows (6.7k
+# identities, more strangers near every face) pairwise F went 0.922 -> 0.935 with 1, 0.923
+# with 2, 0.911 with 3 and 0.899 with 5. The nearest likely-same neighbour alone is the
+# choice that held at every size.
+SMOOTH_NEIGHBOURS = 1
 
 
 def smoothed_graph(x: np.ndarray, graph: KnnGraph, p_same: np.ndarray,

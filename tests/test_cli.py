@@ -86,4 +86,4 @@ def test_cluster_smooth_yes_values_the_edges_with_smoothed_faces(small_set, tmp_
     result = CliRunner().invoke(app, ["cluster", str(small_set), "--smooth", "yes", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     stage = json.loads((out / "report.json").read_text())["stages"]["clustering"]
-    assert stage["smoothing"] == {"applied": True, "neighbours": 3, "why": "asked"}
+    assert stage["smoothing"] == {"applied": True, "neighbours": 1, "why": "asked"}
