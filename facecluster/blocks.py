@@ -39,7 +39,7 @@ def map_row_blocks(fn: Callable, n: int, per_row: Sequence[np.ndarray], shared: 
     block's result at once) and None is returned.
     """
     bounds = row_blocks(n, block_rows)
-    out: list = []
+    out: list = [None] * len(bounds)
 
     def take(i, result):
         if consume is not None:
@@ -49,7 +49,6 @@ def map_row_blocks(fn: Callable, n: int, per_row: Sequence[np.ndarray], shared: 
         if advance is not None:
             advance(1)
 
-    out = [None] * len(bounds) if consume is None else []
     if client is None:
         for i, (lo, hi) in enumerate(bounds):
             take(i, fn(*(a[lo:hi] for a in per_row), *shared))

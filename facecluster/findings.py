@@ -503,8 +503,9 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     suggestion (three-to-one, 3/4, when one label has a single image), scored by that mean;
     so do the two-sample tests alone when both, the mixing test in its weaker direction, see
     at least half of what two random halves of one person's images show (both labels of
-    three images or more; scored by the smaller of the two then, when it is the higher). The kNN graph and the partitions see a
-    person shot in two looks as two groups, whichever way the person was split: on dlib's
+    three images or more; scored by the smaller of the two then, when it is the higher).
+    The kNN graph and the partitions see a person shot in two looks as two groups,
+    whichever way the person was split: on dlib's
     plain real set the two big splits missed pooled 0.48 and 0.50 with one-person scores of
     0.10 and 0.43, while their images mixed 0.88 and 0.67 in the weaker direction; no pair
     of different people on the real or synthetic sets reached 0.5 in both tests. Every
@@ -569,14 +570,13 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         # (asked only of pairs that pass the rest)
         if one > 0 and (pooled >= (SINGLE_IMAGE_ODDS if min(sizes[a], sizes[b]) == 1 else 0.5)
                         or two_sample >= TWO_SAMPLE_BAR):
-            pooled = max(pooled, two_sample)
             ranks = _two_people(samples)
             if ranks is not None and ranks[0] < TWO_PEOPLE_P and ranks[1] < TWO_PEOPLE_AUC:
                 continue
             rank = [] if ranks is None else [f"centroid rank test p={ranks[0]:.2g}, AUC {ranks[1]:.2f} (two people "
                                              f"below p {TWO_PEOPLE_P:g} and AUC {TWO_PEOPLE_AUC:g})"]
-            accepted.append((a, b, pooled, [f"one person: {one:.2f} (same-person kNN mass shared as one "
-                                            f"identity's would be; 1 = fully)", *parts, *rank]))
+            one_text = f"one person: {one:.2f} (same-person kNN mass shared as one identity's would be; 1 = fully)"
+            accepted.append((a, b, max(pooled, two_sample), [one_text, *parts, *rank]))
     if not accepted:
         return DuplicateIdentities(pd.DataFrame(columns=MERGE_COLUMNS), merged_into, label_score, {})
     graph = nx.Graph()

@@ -400,7 +400,7 @@ def search_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None 
     dask=client)`` calls it): ``x`` is written to a scratch .npy in ``scratch`` (a folder every
     worker can read), searched on the cluster, and the scratch file removed."""
     with _scratch_copy(x, scratch) as name:
-        return knn_graph_dask(name, k, client, block_rows=block_rows or BLOCK_ROWS, progress=progress)
+        return knn_graph_dask(name, k, client, block_rows=block_rows, progress=progress)
 
 
 def ivf_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None = None, block_rows: int | None = None,
@@ -408,4 +408,4 @@ def ivf_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None = N
     """:func:`ivf_graph_dask` for unit vectors ``x`` held here, through a scratch .npy as
     :func:`search_on_dask`."""
     with _scratch_copy(x, scratch) as name:
-        return ivf_graph_dask(name, k, client, x=x, block_rows=block_rows or BLOCK_ROWS, **kwargs)
+        return ivf_graph_dask(name, k, client, x=x, block_rows=block_rows, **kwargs)

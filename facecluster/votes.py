@@ -87,9 +87,13 @@ def _absolute_log_distance(sims: np.ndarray) -> np.ndarray:
 
 def _nearest_distances(sims: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One block of rows: the nearest edge's relative and absolute log distances and the
-    reference distance, the laws' samples (:func:`near_duplicate_groups`)."""
-    relative, reference = _relative_log_distance(sims, indices)
-    return relative[:, 0], _absolute_log_distance(sims)[:, 0], reference
+    reference distance, the laws' samples (:func:`near_duplicate_groups`); the columns of
+    :func:`_relative_log_distance` it needs, not all k."""
+    valid = (indices >= 0) & np.isfinite(sims)
+    m = np.maximum(np.minimum(REFERENCE_NEIGHBOUR, valid.sum(axis=1)) - 1, 0)
+    near = _absolute_log_distance(sims[:, 0])
+    reference = _absolute_log_distance(sims[np.arange(len(sims)), m])
+    return np.where(valid[:, 0], near - reference, np.inf), near, reference
 
 
 def _duplicate_edges(sims: np.ndarray, indices: np.ndarray, rows: np.ndarray, law: dict, n: int):
@@ -106,7 +110,8 @@ def _duplicate_edges(sims: np.ndarray, indices: np.ndarray, rows: np.ndarray, la
     is_dup = (((relative < law["relative_cut"]) & (absolute < law["absolute_cut"])) | (absolute < identical)) & valid
     r, c = np.nonzero(is_dup)
     # scored by the law as the stats report it (4 decimals), so a score can be redone from them
-    score = 1.0 / (1.0 + n * _gumbel_min_cdf(relative[r, c], round(law["relative_mu"], 4), round(law["relative_beta"], 4)))
+    mu, beta = round(law["relative_mu"], 4), round(law["relative_beta"], 4)
+    score = 1.0 / (1.0 + n * _gumbel_min_cdf(relative[r, c], mu, beta))
     return rows[r], indices[r, c].astype(np.int64), np.where(absolute[r, c] < identical, 1.0, score)
 
 
