@@ -13,7 +13,9 @@ from facecluster.hierarchical import (
     FINCH,
     GraphAverageLinkage,
     average_linkage,
+    choose_threshold,
     finch,
+    pairwise_f_curve,
     unsupervised_threshold,
 )
 from facecluster.metrics import clustering_scores, pairwise_scores
@@ -57,6 +59,27 @@ def test_dendrogram_invariants_on_sparse_graphs(n, k, seed, t):
     assert len(np.unique(finer)) >= len(np.unique(part))
     pairs = {(int(f), int(p)) for f, p in zip(finer, part)}
     assert len({f for f, _ in pairs}) == len(pairs), "each finer cluster sits inside one coarser cluster"
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 60), k=st.integers(1, 12), n_labels=st.integers(1, 8), seed=st.integers(0, 10_000))
+def test_the_f_curve_is_the_f_of_every_cut(n, k, n_labels, seed):
+    rng = np.random.default_rng(seed)
+    x = _unit(rng.standard_normal((n, 6)))
+    # string labels, some with one image: the curve codes them itself
+    y = np.array([f"id{v}" for v in rng.integers(0, n_labels, n)])
+    dendrogram = average_linkage(build_knn_graph(x, k=k, device="cpu"))
+    thresholds, f, clusters = pairwise_f_curve(dendrogram, y)
+    assert (np.diff(thresholds) < 0).all()
+    for t, fv, c in zip(thresholds, f, clusters):
+        part = dendrogram.cut(t)
+        assert fv == pytest.approx(pairwise_scores(y, part)["f"], abs=1e-12)
+        assert c == len(np.unique(part))
+    if len(thresholds):
+        best, curve = choose_threshold(dendrogram, y)
+        assert best in {t for t, _, _ in curve}
+        for t, fv, c in curve:  # every candidate scored as its cut scores
+            assert fv == pytest.approx(pairwise_scores(y, dendrogram.cut(t))["f"], abs=1e-12)
 
 
 def test_threshold_stops_merging():
