@@ -146,9 +146,36 @@ def test_incremental_rounds_give_the_same_dendrogram_as_full_recomputation(n, k,
     graph = build_knn_graph(x, k=k, device="cpu")
     full = average_linkage(graph, incremental=False)
     fast = average_linkage(graph)
-    np.testing.assert_array_equal(full.children, fast.children)
-    np.testing.assert_array_equal(full.similarity, fast.similarity)
-    assert full.rounds == fast.rounds
+    # the compiled rounds hand the long tail to pair-by-pair merging, in another order: the
+    # same merges (which samples, at which similarity), and so the same cut at every height
+    assert _merges(full) == _merges(fast)
+    np.testing.assert_allclose(np.sort(full.monotone_similarity), np.sort(fast.monotone_similarity), rtol=0, atol=1e-12)
+    for t in np.unique(full.monotone_similarity):
+        np.testing.assert_array_equal(full.cut(t), fast.cut(t))
+
+
+@pytest.mark.parametrize("threshold", [-np.inf, 0.3])
+def test_pair_by_pair_merging_gives_the_merges_of_the_rounds(threshold):
+    x, _ = make_faces(1500, 150, 16, offset=1.0, seed=3)
+    graph = build_knn_graph(x, k=10, device="cpu")
+    rounds = average_linkage(graph, threshold, tail_share=0.0)
+    pairwise = average_linkage(graph, threshold, tail_share=1.0)  # the tail from the first merge on
+    default = average_linkage(graph, threshold)
+    assert rounds.rounds > 5 and pairwise.rounds == 0
+    assert _merges(rounds) == _merges(pairwise) == _merges(default)
+    for t in np.quantile(rounds.monotone_similarity, [0.1, 0.5, 0.9]):
+        np.testing.assert_array_equal(rounds.cut(t), pairwise.cut(t))
+
+
+def _merges(dendrogram) -> set:
+    """Each merge as (the samples it joins, its similarity to 12 digits)."""
+    n = dendrogram.n_samples
+    members = [frozenset([i]) for i in range(n)]
+    out = set()
+    for (c0, c1), s in zip(dendrogram.children, dendrogram.similarity):
+        members.append(members[c0] | members[c1])
+        out.add((members[-1], round(float(s), 12)))
+    return out
 
 
 @pytest.mark.parametrize("est", [GraphAverageLinkage(threshold=float("nan")), GraphAverageLinkage(k=0),
