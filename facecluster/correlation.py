@@ -118,7 +118,9 @@ def signed_graph(graph: KnnGraph, labels: np.ndarray | None = None, *, calibrati
     last = np.where(valid.any(axis=1), valid.sum(axis=1) - 1, 0)
     s_k = graph.sims[np.arange(graph.n_samples), last].astype(np.float64)
     s_k = np.where(valid.any(axis=1), s_k, -1.0)
-    kth = _logit_at(s_k, s, logit)
+    # the curve read at each k-th similarity (clipped to the edges' range, as the curve over the
+    # edges is): n values, not a sort of every edge
+    kth = calibration.log_odds(np.clip(s_k, s.min(), s.max()))
     u = np.minimum(kth + bias, 0.0)
     info["non_edge_weight_median"] = float(np.median(u))
     return SignedGraph(graph.n_samples, a, b, w, info, u, kth)
@@ -183,12 +185,6 @@ def shared_neighbour_log_odds(graph: KnnGraph, a: np.ndarray, b: np.ndarray, lab
                "prior": round(prior, 4), "log_odds_quantiles": {f"{q:.2f}": round(float(v), 3) for q, v in
                                                                 zip((0.05, 0.5, 0.95), np.quantile(evidence, [0.05, 0.5, 0.95]))}}
     return evidence, summary
-
-
-def _logit_at(x: np.ndarray, s: np.ndarray, logit: np.ndarray) -> np.ndarray:
-    """The (monotone) edge log-odds curve read at similarities ``x``, by interpolation."""
-    order = np.argsort(s, kind="stable")
-    return np.interp(x, s[order], logit[order])
 
 
 def objective(a: np.ndarray, b: np.ndarray, w: np.ndarray, labels: np.ndarray, u: np.ndarray | None = None) -> float:
@@ -547,11 +543,13 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
     single = labels < 0
     labels[single] = offset + np.arange(int(single.sum()))
     labels = relabel_by_first(labels)
-    # pairs between components are all negative (or without an edge) and all cut: they add nothing
+    # pairs between components are all negative (or without an edge) and all cut, and a
+    # one-node component has no pair inside: they add nothing, so the objective of the whole
+    # is the sum of the solved components' (no pass over every edge again)
     stats = {"components": int(n_comp), "components_solved": len(big), "batches": n_batches, "chosen": chosen,
              "n_clusters": int(labels.max()) + 1, "threads": workers}
-    final = objective(a, b, w, labels, None if signed.u is None else u)
-    return CorrelationResult(labels, totals["gaec"], final, totals["pivot_refined"] if refine else None, stats)
+    return CorrelationResult(labels, totals["gaec"], totals["refined"], totals["pivot_refined"] if refine else None,
+                             stats)
 
 
 def choose_bias(signed: SignedGraph, labels: np.ndarray, *, step: float = 1.0, max_steps: int = 4,
