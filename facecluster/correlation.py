@@ -380,13 +380,31 @@ def _csr(n, a, b, w):
 
 def _contract(n, a, b, x, u, labels):
     """GAEC on the cluster graph of ``labels`` (every cluster pair whose join gains is
-    contracted, greedily); the new cluster of every node."""
+    contracted, greedily); the new cluster of every node.
+
+    A join only happens along edges, and the first one needs a pair that gains: the parts of
+    the cluster graph without such a pair are left as they are, unread by GAEC (the same
+    result; in the refinement's later rounds that is usually every part)."""
     m = int(labels.max()) + 1
     ca, cb = labels[a], labels[b]
     keep = ca != cb
+    if not keep.any():
+        return labels
+    ca, cb, xk = ca[keep], cb[keep], x[keep]
     size = np.bincount(labels, minlength=m).astype(np.float64)
     usum = np.bincount(labels, weights=u, minlength=m)
-    joined = _gaec(m, ca[keep], cb[keep], x[keep], size, usum) if keep.any() else np.arange(m)
+    lo, hi = np.minimum(ca, cb), np.maximum(ca, cb)
+    pair = sp.coo_matrix((xk, (lo, hi)), shape=(m, m)).tocsr()
+    pair.sum_duplicates()
+    pa = np.repeat(np.arange(m), np.diff(pair.indptr))
+    gains = pair.data + (size[pair.indices] * usum[pa] + size[pa] * usum[pair.indices]) / 2
+    if not (gains > 0).any():
+        return labels
+    n_comp, comp = connected_components(pair, directed=False)
+    active = np.zeros(n_comp, dtype=bool)
+    active[comp[pa[gains > 0]]] = True
+    use = active[comp[lo]]
+    joined = _gaec(m, ca[use], cb[use], xk[use], size, usum)
     return joined[labels]
 
 
