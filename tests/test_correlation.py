@@ -22,6 +22,7 @@ from facecluster.correlation import (
 )
 from facecluster.faceset import prepare_embeddings
 from facecluster.metrics import pairwise_scores
+from facecluster.partition import relabel_by_first
 from facecluster.synth import make_faces
 
 
@@ -313,3 +314,26 @@ def test_offset_embeddings_are_smoothed_without_labels_and_cluster_better():
     assert not CorrelationClustering(smooth=True).fit(graph).stats_["smoothing"]["applied"]
     with pytest.raises(ValueError, match="smooth"):
         CorrelationClustering(smooth="yes").fit(x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 60), n_edges=st.integers(1, 200), n_clusters=st.integers(1, 20), seed=st.integers(0, 10_000),
+       shift=st.floats(-3.0, 1.0))
+def test_contraction_leaves_only_parts_without_a_gaining_pair_unread(n, n_edges, n_clusters, seed, shift):
+    # the cluster-graph contraction hands GAEC only the parts of the cluster graph holding a
+    # pair whose join gains: the same new clusters as GAEC on the whole cluster graph
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, n, n_edges), rng.integers(0, n, n_edges)
+    ok = a != b
+    a, b = np.minimum(a, b)[ok], np.maximum(a, b)[ok]
+    w = rng.normal(shift, 2.0, len(a))
+    u = np.minimum(rng.normal(-0.5, 0.5, n), 0.0)
+    x = w - (u[a] + u[b]) / 2
+    labels = relabel_by_first(rng.integers(0, n_clusters, n))
+    m = int(labels.max()) + 1
+    ca, cb = labels[a], labels[b]
+    keep = ca != cb
+    size = np.bincount(labels, minlength=m).astype(np.float64)
+    usum = np.bincount(labels, weights=u, minlength=m)
+    whole = corr._gaec(m, ca[keep], cb[keep], x[keep], size, usum)[labels] if keep.any() else labels
+    np.testing.assert_array_equal(corr._contract(n, a, b, x, u, labels), whole)
