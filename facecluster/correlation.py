@@ -228,15 +228,35 @@ def _gaec(n, a, b, x, size, usum):
         if usum[i] != 0.0:
             lifted = True
             break
-    adj = List()
-    for _ in range(n):
-        adj.append(Dict.empty(types.int64, types.float64))
+    # each node's edges, in edge order, laid out by node (a stable counting sort) and then
+    # read into its table one node at a time: the same tables, sums in the same order, as
+    # adding the edges in turn, without writing all over memory (a third of the time)
+    start = np.zeros(n + 1, dtype=np.int64)
     for i in range(len(a)):
-        u, v, xi = a[i], b[i], x[i]
+        if a[i] != b[i]:
+            start[a[i] + 1] += 1
+            start[b[i] + 1] += 1
+    for u in range(n):
+        start[u + 1] += start[u]
+    fill = start[:n].copy()
+    other = np.empty(start[n], dtype=np.int64)
+    value = np.empty(start[n])
+    for i in range(len(a)):
+        u, v = a[i], b[i]
         if u == v:
             continue
-        adj[u][v] = adj[u].get(v, 0.0) + xi
-        adj[v][u] = adj[v].get(u, 0.0) + xi
+        other[fill[u]] = v
+        value[fill[u]] = x[i]
+        fill[u] += 1
+        other[fill[v]] = u
+        value[fill[v]] = x[i]
+        fill[v] += 1
+    adj = List()
+    for u in range(n):
+        table = Dict.empty(types.int64, types.float64)
+        for p in range(start[u], start[u + 1]):
+            table[other[p]] = table.get(other[p], 0.0) + value[p]
+        adj.append(table)
     heap = [(0.0, np.int64(0), np.int64(0))]
     heap.pop()
     for u in range(n):
