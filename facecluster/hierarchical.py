@@ -143,22 +143,37 @@ def _rac_tail(m, a, b, wsum, count, n_edges, node, size, best, best_sim, thresho
     large: each edge moves O(log n) times), pushes the changed similarities, and checks the
     clusters it touched for a new reciprocal pair; nothing else is read. Returns the number of
     merges made so far (``children``, ``msim``, ``msize`` are filled from ``n_merges``)."""
+    # each cluster's edges, in edge order, laid out by cluster (a stable counting sort), then
+    # read into its table and heap one cluster at a time: the same tables and heaps as adding
+    # the edges in turn, without writing all over memory
+    start = np.zeros(m + 1, dtype=np.int64)
+    for e in range(n_edges):
+        start[a[e] + 1] += 1
+        start[b[e] + 1] += 1
+    for c in range(m):
+        start[c + 1] += start[c]
+    fill = start[:m].copy()
+    half = np.empty(start[m], dtype=np.int64)
+    for e in range(n_edges):
+        half[fill[a[e]]] = e
+        fill[a[e]] += 1
+        half[fill[b[e]]] = e
+        fill[b[e]] += 1
     adj = List()
     heaps = List()
-    for _ in range(m):
-        adj.append(Dict.empty(types.int64, types.int64))
+    for c in range(m):
+        table = Dict.empty(types.int64, types.int64)
         h = List()
         h.append((0.0, np.int64(0)))
         h.pop()
+        for p in range(start[c], start[c + 1]):
+            e = half[p]
+            x = b[e] if a[e] == c else a[e]
+            table[x] = e
+            h.append((-(wsum[e] / count[e]), x))
+        heapq.heapify(h)
+        adj.append(table)
         heaps.append(h)
-    for e in range(n_edges):
-        adj[a[e]][b[e]] = e
-        adj[b[e]][a[e]] = e
-        s = wsum[e] / count[e]
-        heaps[a[e]].append((-s, b[e]))
-        heaps[b[e]].append((-s, a[e]))
-    for c in range(m):
-        heapq.heapify(heaps[c])
     stack = List()
     for c in range(m - 1, -1, -1):
         stack.append(np.int64(c))
@@ -411,7 +426,7 @@ class Dendrogram:
         return z
 
 
-def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: int = 1_000_000,
+def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: int | None = None,
                     incremental: bool = True, tail_share: float = TAIL_SHARE) -> Dendrogram:
     """Graph average-linkage agglomeration by rounds of reciprocal best pairs.
 
@@ -427,6 +442,8 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
         :data:`TAIL_SHARE` of the clusters, the long tail of chains is merged pair by pair on
         per-cluster adjacency (:func:`_rac_tail`): the same merges, in another order. ``False``
         is the plain numpy version, every merge in rounds, kept for tests.
+    max_rounds : stop after this many rounds of reciprocal merges (None: merge until no
+        reciprocal pair is left at or above ``threshold``)
     tail_share : the share below which the tail is merged pair by pair (0: never; 1: from the
         first round; not used when ``max_rounds`` limits the rounds). Speed only, up to exact
         ties (see :data:`TAIL_SHARE`).
@@ -440,9 +457,10 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
     count = np.ones_like(wsum)
     if incremental:
         # a limit on the rounds is a limit on the merges: no tail then (it runs to the end)
-        share = float(tail_share) if max_rounds >= n else 0.0
+        share = float(tail_share) if max_rounds is None else 0.0
         children_arr, sim_arr, size_arr, rounds, tail = _rac_rounds(n, a, b, wsum, count, float(threshold),
-                                                                    int(max_rounds), share)
+                                                                    n if max_rounds is None else int(max_rounds),
+                                                                    share)
         return _dendrogram(children_arr, sim_arr, size_arr, n, rounds, threshold, tail)
     m = n
     node = np.arange(n, dtype=np.int64)  # dendrogram node of each current cluster
@@ -451,7 +469,7 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
     n_merges = 0
     rounds = 0
     best, best_sim = _best_neighbours(a, b, wsum / count, m)
-    while len(a) and rounds < max_rounds:
+    while len(a) and (max_rounds is None or rounds < max_rounds):
         idx = np.arange(m)
         mutual = (best >= 0) & (best > idx)
         mutual[mutual] = best[best[mutual]] == idx[mutual]

@@ -162,6 +162,10 @@ def test_pair_by_pair_merging_gives_the_merges_of_the_rounds(threshold):
     pairwise = average_linkage(graph, threshold, tail_share=1.0)  # the tail from the first merge on
     default = average_linkage(graph, threshold)
     assert rounds.rounds > 5 and pairwise.rounds == 0
+    assert pairwise.stats["tail_merges"] == pairwise.n_merges and rounds.stats["tail_merges"] == 0
+    # a limit on the rounds is a limit on the merges: the tail, which would run to the end, is off
+    limited = average_linkage(graph, threshold, tail_share=1.0, max_rounds=2)
+    assert limited.rounds == 2 and limited.stats["tail_merges"] == 0 and limited.n_merges < rounds.n_merges
     assert _merges(rounds) == _merges(pairwise) == _merges(default)
     for t in np.quantile(rounds.monotone_similarity, [0.1, 0.5, 0.9]):
         np.testing.assert_array_equal(rounds.cut(t), pairwise.cut(t))
