@@ -225,8 +225,10 @@ def _rac_rounds(n, a, b, wsum, count, threshold, max_rounds, tail_share):  # pra
     round (contract in place, then the affected clusters' best neighbours); scratch for the
     edges is allocated once, and per round only for the edges a merge touches. ``a``, ``b``, ``wsum``, ``count`` are overwritten.
 
-    Returns children, similarity, size of every merge, the number of rounds before the tail and
-    the merges the tail made.
+    Returns the merge arrays (children, similarity, size; filled up to ``n_merges``), the
+    rounds made, whether the tail is left to merge (:data:`TAIL_SHARE`), and the state it
+    starts from: clusters ``m``, edges ``n_edges`` (the first of ``a``, ``b``, ``wsum``,
+    ``count``), and each cluster's node, size and best neighbour.
     """
     m = n
     n_edges = len(a)
@@ -248,7 +250,7 @@ def _rac_rounds(n, a, b, wsum, count, threshold, max_rounds, tail_share):  # pra
     left = np.empty(n, dtype=np.int64)
     n_merges = 0
     rounds = 0
-    tail = 0
+    switched = False
     while n_edges > 0 and rounds < max_rounds:
         k = 0
         for i in range(m):
@@ -259,10 +261,7 @@ def _rac_rounds(n, a, b, wsum, count, threshold, max_rounds, tail_share):  # pra
         if k == 0:
             break
         if k < tail_share * m:
-            before = n_merges
-            n_merges = _rac_tail(m, a, b, wsum, count, n_edges, node, size, best, best_sim, threshold, n,
-                                 n_merges, children, msim, msize)
-            tail = n_merges - before
+            switched = True  # the caller merges the rest (:func:`_rac_tail`), this scratch freed
             break
         rounds += 1
         keep = np.ones(m, dtype=np.bool_)
@@ -359,7 +358,7 @@ def _rac_rounds(n, a, b, wsum, count, threshold, max_rounds, tail_share):  # pra
                 new_best_sim[c] = best_sim[i]
         _update_best(a, b, wsum, count, n_edges, affected, new_best, new_best_sim)
         m, node, size, best, best_sim = m_new, new_node, new_size, new_best, new_best_sim
-    return children[:n_merges], msim[:n_merges], msize[:n_merges], rounds, tail
+    return children, msim, msize, n_merges, rounds, switched, m, n_edges, node, size, best, best_sim
 
 
 # --------------------------------------------------------------------------- dendrogram
@@ -458,10 +457,20 @@ def average_linkage(graph: KnnGraph, threshold: float = -np.inf, *, max_rounds: 
     if incremental:
         # a limit on the rounds is a limit on the merges: no tail then (it runs to the end)
         share = float(tail_share) if max_rounds is None else 0.0
-        children_arr, sim_arr, size_arr, rounds, tail = _rac_rounds(n, a, b, wsum, count, float(threshold),
-                                                                    n if max_rounds is None else int(max_rounds),
-                                                                    share)
-        return _dendrogram(children_arr, sim_arr, size_arr, n, rounds, threshold, tail)
+        (children_arr, sim_arr, size_arr, n_merges, rounds, switched, m, n_edges, node, size, best,
+         best_sim) = _rac_rounds(n, a, b, wsum, count, float(threshold), n if max_rounds is None else int(max_rounds),
+                                 share)
+        tail = 0
+        if switched:
+            # the tail's tables are built after the rounds' scratch (sized to every edge) is
+            # gone, from copies of the edges left (a few per cent of the graph's at 1M)
+            a, b, wsum, count = a[:n_edges].copy(), b[:n_edges].copy(), wsum[:n_edges].copy(), count[:n_edges].copy()
+            before = n_merges
+            n_merges = _rac_tail(m, a, b, wsum, count, n_edges, node, size, best, best_sim, float(threshold), n,
+                                 n_merges, children_arr, sim_arr, size_arr)
+            tail = n_merges - before
+        return _dendrogram(children_arr[:n_merges], sim_arr[:n_merges], size_arr[:n_merges], n, rounds, threshold,
+                           tail)
     m = n
     node = np.arange(n, dtype=np.int64)  # dendrogram node of each current cluster
     size = np.ones(n, dtype=np.int64)
