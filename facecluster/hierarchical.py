@@ -37,7 +37,13 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from .calibration import Calibration, fit_calibration
 from .knn import KnnGraph, graph_from_vectors
 from .metrics import pairwise_scores
-from .partition import Partition, agreement_report, label_codes, relabel_by_first
+from .partition import (
+    Partition,
+    agreement_report,
+    edges_by_node,
+    label_codes,
+    relabel_by_first,
+)
 
 # --------------------------------------------------------------------------- graph machinery
 
@@ -143,22 +149,9 @@ def _rac_tail(m, a, b, wsum, count, n_edges, node, size, best, best_sim, thresho
     large: each edge moves O(log n) times), pushes the changed similarities, and checks the
     clusters it touched for a new reciprocal pair; nothing else is read. Returns the number of
     merges made so far (``children``, ``msim``, ``msize`` are filled from ``n_merges``)."""
-    # each cluster's edges, in edge order, laid out by cluster (a stable counting sort), then
-    # read into its table and heap one cluster at a time: the same tables and heaps as adding
-    # the edges in turn, without writing all over memory
-    start = np.zeros(m + 1, dtype=np.int64)
-    for e in range(n_edges):
-        start[a[e] + 1] += 1
-        start[b[e] + 1] += 1
-    for c in range(m):
-        start[c + 1] += start[c]
-    fill = start[:m].copy()
-    half = np.empty(start[m], dtype=np.int64)
-    for e in range(n_edges):
-        half[fill[a[e]]] = e
-        fill[a[e]] += 1
-        half[fill[b[e]]] = e
-        fill[b[e]] += 1
+    # tables and heaps filled one cluster at a time (:func:`edges_by_node`): the same as
+    # adding the edges in turn, without writing all over memory
+    start, half = edges_by_node(m, a[:n_edges], b[:n_edges])
     adj = List()
     heaps = List()
     for c in range(m):
