@@ -403,7 +403,6 @@ def _contract(n, a, b, x, u, labels):
     usum = np.bincount(labels, weights=u, minlength=m)
     lo, hi = np.minimum(ca, cb), np.maximum(ca, cb)
     pair = sp.coo_matrix((xk, (lo, hi)), shape=(m, m)).tocsr()
-    pair.sum_duplicates()
     pa = np.repeat(np.arange(m), np.diff(pair.indptr))
     gains = pair.data + (size[pair.indices] * usum[pa] + size[pa] * usum[pair.indices]) / 2
     # summed here in another order than GAEC sums the same edges: a gain within rounding of 0
