@@ -214,7 +214,7 @@ def _check_budget(config: CleanConfig, device: Device, n_samples: int, dim: int,
 
 
 def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device: Device, progress: Progress,
-                    timings: dict, client=None) -> tuple[FaceSet, KnnGraph]:
+                    timings: dict, client=None, peaks: dict | None = None) -> tuple[FaceSet, KnnGraph]:
     """The first two boxes of every flow: validated FaceSet, then its (cached) kNN graph."""
     t = time.perf_counter()
     if out_dir is not None and not isinstance(manifest, pd.DataFrame):
@@ -231,6 +231,7 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
         raise InputError(faceset.source["manifest"], f"{faceset.n_samples} row: at least 2 faces are needed "
                                                      "to compare one with another")
     timings["load"] = time.perf_counter() - t
+    _mark_peak(peaks, "load")
     t = time.perf_counter()
     cache = None if out_dir is None else Path(out_dir) / GRAPH_FILE
     graph = build_knn_graph(faceset.embeddings, k=config.k, device=device, method=config.knn_method,
@@ -238,13 +239,23 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
                             cache=cache, seed=config.seed, progress=progress, dask=client,
                             scratch=None if out_dir is None else Path(out_dir))
     timings["knn"] = time.perf_counter() - t
+    _mark_peak(peaks, "knn")
     return faceset, graph
+
+
+def _mark_peak(peaks: dict | None, stage: str) -> None:
+    """The process's peak resident memory at the end of ``stage`` (a high-water mark: the
+    first stage whose mark reaches the run's peak is the one that set it)."""
+    if peaks is not None:
+        from .memory import peak_rss_bytes
+
+        peaks[stage] = peak_rss_bytes()
 
 
 def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = None,
                     config: CleanConfig | None = None, *, embeddings: np.ndarray | None = None,
                     device: Device | None = None, progress: Progress | None = None,
-                    timings: dict | None = None, client=None) -> Signals:
+                    timings: dict | None = None, client=None, peaks: dict | None = None) -> Signals:
     """Run the stages side by side on one graph: the shared calibration (fitted once), the
     kNN-vote stage, and those of ``config.stages`` that ran (cam-softmax needs ``embeddings``).
 
@@ -255,7 +266,8 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
     config : CleanConfig (its ``stages``, per-stage settings and ``seed`` are used)
     embeddings : (n_samples, n_features) float32 processed unit vectors (cam-softmax)
     device : the resolved device (default: ``resolve_device(config.device)``)
-    progress : one task per stage; timings : filled with seconds per stage when given
+    progress : one task per stage; timings : filled with seconds per stage when given;
+        peaks : filled with the process's peak resident memory (bytes) at the end of each stage
     client : a ``dask.distributed.Client``: the kNN votes, the near-duplicate cuts and
         cam-softmax's scoring run block by block on its workers (same result)
 
@@ -276,6 +288,7 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
         with progress.task(name.replace("_", " "), total=None):
             out = fn()
         clock[name] = time.perf_counter() - t
+        _mark_peak(peaks, name)
         return out
 
     calibration = timed("calibration", lambda: fit_calibration(graph, labels, rng=rngs["calibration"]))
@@ -295,6 +308,7 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
         conf = camsoftmax_confidence(embeddings, labels, n_labels, graph.indices, config.camsoftmax, device=device,
                                      seed=rngs["camsoftmax"], progress=progress, client=client)
         clock["camsoftmax"] = time.perf_counter() - t
+        _mark_peak(peaks, "camsoftmax")
     if timings is not None:
         timings.update(clock)
     return Signals(calibration=calibration, agreement=agreement, duplicates=duplicates, hierarchical=hier,
@@ -358,6 +372,7 @@ def clean(
         decisions = read_decisions(decisions)  # bad input fails here, before any work
     device = resolve_device(config.device)
     timings: dict[str, float] = {}
+    peaks: dict[str, int | None] = {}
     t_all = time.perf_counter()
     client, owned = (None, False)
     if dask is not None:
@@ -368,9 +383,9 @@ def clean(
         client, owned = connect(dask)
     try:
         faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES + (GRAPH_FILE,), device,
-                                         progress, timings, client)
+                                         progress, timings, client, peaks)
         signals = compute_signals(graph, faceset.labels, faceset.n_labels, config, embeddings=faceset.embeddings,
-                                  device=device, progress=progress, timings=timings, client=client)
+                                  device=device, progress=progress, timings=timings, client=client, peaks=peaks)
     finally:
         if owned:
             close(client)
@@ -379,6 +394,7 @@ def clean(
         findings = find_issues(signals, faceset.labels, faceset.label_names, config=config.findings,
                                embeddings=faceset.embeddings)
     timings["findings"] = time.perf_counter() - t
+    _mark_peak(peaks, "findings")
 
     t = time.perf_counter()
     with progress.task("decide actions", total=None):
@@ -390,9 +406,10 @@ def clean(
         cleaned = cleaned_manifest(audit, faceset.label_col)
     identities = findings.merges.copy()
     timings["relabel"] = time.perf_counter() - t
+    _mark_peak(peaks, "relabel")
     timings["total"] = time.perf_counter() - t_all
 
-    report = _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir)
+    report = _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir, peaks)
     if decided is not None:
         report["decisions"] = decided
     result = CleanResult(faceset, graph, signals, findings, audit, cleaned, identities, report)
@@ -402,16 +419,19 @@ def clean(
     return result
 
 
-def _memory_report(config, device, faceset, graph) -> dict:
-    """The up-front estimate beside what the process actually held at its peak."""
+def _memory_report(config, device, faceset, graph, peaks: dict | None = None) -> dict:
+    """The up-front estimate beside what the process actually held at its peak, and the peak
+    so far at the end of each stage (``peak_rss_bytes_after``: which stage set it)."""
     from .memory import estimate_clean_memory, peak_rss_bytes
 
     estimate = estimate_clean_memory(faceset.n_samples, faceset.dim, config.k, knn_method=graph.info.get("method", "exact"),
                                      stages=config.stages)
-    return {"estimate": estimate.as_dict(), "peak_rss_bytes": peak_rss_bytes(), "budget_bytes": config.memory_budget}
+    return {"estimate": estimate.as_dict(), "peak_rss_bytes": peak_rss_bytes(), "budget_bytes": config.memory_budget,
+            "peak_rss_bytes_after": peaks or {}}
 
 
-def _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir) -> dict:
+def _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir,
+                  peaks: dict | None = None) -> dict:
     """report.json of a cleaning run."""
     return {
         "facecluster_version": __version__,
@@ -436,7 +456,7 @@ def _clean_report(config, device, faceset, graph, signals, findings, audit, clea
         "label_sizes": _size_summary(faceset.label_sizes()),
         "identities": identity_summary(faceset.labels, faceset.label_names, findings),
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "memory": _memory_report(config, device, faceset, graph),
+        "memory": _memory_report(config, device, faceset, graph, peaks),
     }
 
 

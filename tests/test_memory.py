@@ -60,6 +60,13 @@ def test_the_cli_refuses_with_exit_2_and_reports_the_estimate_beside_the_peak(sm
     assert memory["budget_bytes"] == 8 * GIB
     assert memory["estimate"]["total_bytes"] > memory["estimate"]["embeddings_bytes"] > 0
     assert memory["peak_rss_bytes"] > 0
+    # the peak so far at the end of each stage, in run order: a high-water mark never falls,
+    # and the last mark is the run's peak before the report
+    marks = memory["peak_rss_bytes_after"]
+    assert list(marks)[:2] == ["load", "knn"] and list(marks)[-2:] == ["findings", "relabel"]
+    assert {"calibration", "knn_votes", "hierarchical", "correlation", "camsoftmax"} <= set(marks)
+    values = list(marks.values())
+    assert all(0 < a <= b for a, b in zip(values, values[1:])) and values[-1] <= memory["peak_rss_bytes"]
 
 
 def test_an_array_input_is_checked_from_its_shape(tmp_path):
