@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from numba import njit, types
-from numba.typed import Dict, List
+from numba import njit
 from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
 
@@ -39,7 +38,6 @@ from .knn import KnnGraph, build_knn_graph, smoothed_graph
 from .partition import (
     Partition,
     agreement_report,
-    edges_by_node,
     label_codes,
     relabel_by_first,
 )
@@ -217,6 +215,94 @@ def _find(parent, i):
     return root
 
 
+# --------------------------------------------------------------------------- pair table (numba)
+# GAEC's adjacency without a dictionary per node: one open-addressing table of the live pairs
+# (key lo * n + hi, lo < hi), each with its weight and its place in both ends' neighbour
+# lists; the lists are exact (swap-removal), so a node's degree is its list's length.
+
+_EMPTY = -1
+_GONE = -2  # a deleted slot (tombstone): probing goes on past it
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _home(key, bits):  # pragma: no cover - compiled
+    return np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+
+
+@njit(cache=True, nogil=True)
+def _slot_of(keys, key, bits):  # pragma: no cover - compiled
+    """The slot holding ``key``, or -1."""
+    mask = (1 << bits) - 1
+    s = _home(key, bits)
+    while True:
+        k = keys[s]
+        if k == key:
+            return s
+        if k == _EMPTY:
+            return -1
+        s = (s + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def _free_slot(keys, key, bits):  # pragma: no cover - compiled
+    """Where ``key`` (not in the table) goes: the first deleted or empty slot on its probe path."""
+    mask = (1 << bits) - 1
+    s = _home(key, bits)
+    while keys[s] >= 0:
+        s = (s + 1) & mask
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _pair_table(n, a, b, x, bits):  # pragma: no cover - compiled
+    """The live pairs of the edges (parallel edges summed in edge order; self-loops left out)
+    in a table of 2**bits slots; returns keys, weights and the number of pairs."""
+    keys = np.full(1 << bits, _EMPTY, dtype=np.int64)
+    val = np.zeros(1 << bits)
+    pairs = 0
+    for e in range(len(a)):
+        if a[e] == b[e]:
+            continue
+        key = min(a[e], b[e]) * n + max(a[e], b[e])
+        s = _slot_of(keys, key, bits)
+        if s < 0:
+            s = _free_slot(keys, key, bits)
+            keys[s] = key
+            pairs += 1
+        val[s] += x[e]
+    return keys, val, pairs
+
+
+@njit(cache=True, nogil=True)
+def _rehash(keys, val, plo, phi, bits):  # pragma: no cover - compiled
+    """The live slots moved into a fresh table of 2**bits slots (no deleted ones left)."""
+    nk = np.full(1 << bits, _EMPTY, dtype=np.int64)
+    nv = np.zeros(1 << bits)
+    nlo = np.zeros(1 << bits, dtype=np.int64)
+    nhi = np.zeros(1 << bits, dtype=np.int64)
+    for s in range(len(keys)):
+        if keys[s] >= 0:
+            t = _free_slot(nk, keys[s], bits)
+            nk[t], nv[t], nlo[t], nhi[t] = keys[s], val[s], plo[s], phi[s]
+    return nk, nv, nlo, nhi
+
+
+@njit(cache=True, nogil=True)
+def _swap_remove(nb, st, ln, keys, plo, phi, bits, n, y, p):  # pragma: no cover - compiled
+    """Remove the entry at position ``p`` of node ``y``'s neighbour list: the last entry takes
+    its place, and its pair's record of where it sits in ``y``'s list follows."""
+    last = ln[y] - 1
+    if p != last:
+        w = nb[st[y] + last]
+        nb[st[y] + p] = w
+        s = _slot_of(keys, min(y, w) * n + max(y, w), bits)
+        if y < w:
+            plo[s] = p
+        else:
+            phi[s] = p
+    ln[y] = last
+
+
 @njit(cache=True, nogil=True)
 def _gaec(n, a, b, x, size, usum):
     """Greedy additive edge contraction; returns a root id per node.
@@ -225,61 +311,145 @@ def _gaec(n, a, b, x, size, usum):
     are the node sizes and sums of u (nodes may be clusters). Joining A and B gains
     X(A, B) + (|B|·U(A) + |A|·U(B)) / 2: the edges between them plus every pair between them
     without an edge. With u = 0 this is plain GAEC. Heap entries are checked against the
-    current gain when popped, so stale ones are skipped.
+    current gain when popped, so stale ones are skipped. Of a contracted pair, the node with
+    more neighbours is kept; a tie of gains goes to the pair with the smaller ids.
+
+    With u <= 0 (as the solver passes it), a join only lowers the gains around the joined
+    node, except along the pairs whose weights it adds, which are pushed anew. So an entry
+    left in the heap is an upper bound on its pair's gain: when popped with a gain that has
+    fallen, it goes back with the gain as it is now (lazy greedy). The top entry whose gain
+    is current is then the best pair, the same pair as pushing every changed gain at every
+    join (which is done when some u > 0), at a fraction of the heap's work.
+
+    The adjacency is one table of the live pairs (:func:`_pair_table`) and an exact neighbour
+    list per node; a contraction moves the smaller list's pairs onto the kept node, summing
+    the two weights where both had the neighbour.
     """
     size = size.copy()
     usum = usum.copy()
     lifted = False
+    falling = True  # u <= 0: a join only lowers the gains around it (but where weights add)
     for i in range(n):
         if usum[i] != 0.0:
             lifted = True
-            break
-    # tables filled one node at a time (:func:`edges_by_node`): the same tables, sums in the
-    # same order, as adding the edges in turn, in a third of the time
-    start, ids = edges_by_node(n, a, b)
-    adj = List()
-    for u in range(n):
-        table = Dict.empty(types.int64, types.float64)
-        for p in range(start[u], start[u + 1]):
-            e = ids[p]
-            v = b[e] if a[e] == u else a[e]
-            table[v] = table.get(v, 0.0) + x[e]
-        adj.append(table)
+        if usum[i] > 0.0:
+            falling = False
+    bits = 4
+    while (1 << bits) < 2 * len(a) + 16:
+        bits += 1
+    keys, val, live = _pair_table(n, a, b, x, bits)
+    used = live  # live and deleted slots: probing stops only at an empty one
+    cap = len(keys)
+    plo = np.zeros(cap, dtype=np.int64)
+    phi = np.zeros(cap, dtype=np.int64)
+    # exact neighbour lists in one pool, room to grow at its end
+    ln = np.zeros(n, dtype=np.int64)
+    for s in range(cap):
+        if keys[s] >= 0:
+            ln[keys[s] // n] += 1
+            ln[keys[s] % n] += 1
+    st = np.zeros(n, dtype=np.int64)
+    room = ln.copy()
+    for u in range(1, n):
+        st[u] = st[u - 1] + room[u - 1]
+    top = st[n - 1] + room[n - 1] if n else 0
+    nb = np.empty(max(2 * top, 16), dtype=np.int64)
+    ln[:] = 0
     heap = [(0.0, np.int64(0), np.int64(0))]
     heap.pop()
-    for u in range(n):
-        for v, xv in adj[u].items():
-            if u < v:
-                g = xv + (size[v] * usum[u] + size[u] * usum[v]) / 2
-                if g > 0:
-                    heapq.heappush(heap, (-g, np.int64(u), np.int64(v)))
+    for s in range(cap):
+        key = keys[s]
+        if key >= 0:
+            lo, hi = key // n, key % n
+            plo[s], phi[s] = ln[lo], ln[hi]
+            nb[st[lo] + ln[lo]] = hi
+            nb[st[hi] + ln[hi]] = lo
+            ln[lo] += 1
+            ln[hi] += 1
+            g = val[s] + (size[hi] * usum[lo] + size[lo] * usum[hi]) / 2
+            if g > 0:
+                heap.append((-g, lo, hi))
+    heapq.heapify(heap)
     parent = np.arange(n)
     while len(heap):
         negg, u, v = heapq.heappop(heap)
-        if parent[u] != u or parent[v] != v or v not in adj[u]:
+        if parent[u] != u or parent[v] != v:
             continue
-        g = adj[u][v] + (size[v] * usum[u] + size[u] * usum[v]) / 2
+        s = _slot_of(keys, u * n + v, bits)
+        if s < 0:
+            continue
+        g = val[s] + (size[v] * usum[u] + size[u] * usum[v]) / 2
         if g != -negg or g <= 0:
+            if lifted and falling and g > 0:
+                # the entry was an upper bound: it goes back with the gain as it is now
+                heapq.heappush(heap, (-g, u, v))
             continue
-        keep, gone = (u, v) if len(adj[u]) >= len(adj[v]) else (v, u)
+        keep, gone = (u, v) if ln[u] >= ln[v] else (v, u)
+        # room for the pairs the contraction may add (each replaces one it deletes)
+        if used + ln[gone] > (cap * 3) // 4:
+            while (1 << bits) < 2 * (live + ln[gone]) + 16:
+                bits += 1
+            keys, val, plo, phi = _rehash(keys, val, plo, phi, bits)
+            cap = len(keys)
+            used = live
+            s = _slot_of(keys, u * n + v, bits)
         parent[gone] = keep
         size[keep] += size[gone]
         usum[keep] += usum[gone]
-        del adj[keep][gone]
-        for y, xy in adj[gone].items():
+        _swap_remove(nb, st, ln, keys, plo, phi, bits, n, keep, plo[s] if keep == u else phi[s])
+        keys[s] = _GONE
+        live -= 1
+        for i in range(ln[gone]):
+            y = nb[st[gone] + i]
             if y == keep:
                 continue
-            del adj[y][gone]
-            nx = adj[keep].get(y, 0.0) + xy
-            adj[keep][y] = nx
-            adj[y][keep] = nx
-            if not lifted:
-                if nx > 0:
-                    heapq.heappush(heap, (-nx, np.int64(min(keep, y)), np.int64(max(keep, y))))
-        adj[gone].clear()
-        if lifted:  # the size of keep changed: every gain around it changed
-            for y, xy in adj[keep].items():
-                g = xy + (size[y] * usum[keep] + size[keep] * usum[y]) / 2
+            s = _slot_of(keys, min(gone, y) * n + max(gone, y), bits)
+            xy = val[s]
+            py = plo[s] if y < gone else phi[s]  # where gone sits in y's list
+            keys[s] = _GONE
+            live -= 1
+            t = _slot_of(keys, min(keep, y) * n + max(keep, y), bits)
+            if t >= 0:
+                nx = val[t] + xy
+                val[t] = nx
+                _swap_remove(nb, st, ln, keys, plo, phi, bits, n, y, py)
+            else:
+                nx = 0.0 + xy
+                nb[st[y] + py] = keep
+                if ln[keep] == room[keep]:  # move keep's list to the pool's end, twice the room
+                    grow = max(2 * room[keep], 4)
+                    if top + grow > len(nb):
+                        bigger = np.empty(max(2 * len(nb), top + grow), dtype=np.int64)
+                        bigger[:top] = nb[:top]
+                        nb = bigger
+                    nb[top:top + ln[keep]] = nb[st[keep]:st[keep] + ln[keep]]
+                    st[keep] = top
+                    room[keep] = grow
+                    top += grow
+                q = ln[keep]
+                nb[st[keep] + q] = y
+                ln[keep] += 1
+                key = min(keep, y) * n + max(keep, y)
+                t = _free_slot(keys, key, bits)
+                if keys[t] == _EMPTY:
+                    used += 1
+                keys[t] = key
+                val[t] = nx
+                live += 1
+                if keep < y:
+                    plo[t], phi[t] = q, py
+                else:
+                    plo[t], phi[t] = py, q
+            if not lifted or falling:
+                g = nx + (size[y] * usum[keep] + size[keep] * usum[y]) / 2 if lifted else nx
+                if g > 0:
+                    heapq.heappush(heap, (-g, np.int64(min(keep, y)), np.int64(max(keep, y))))
+        ln[gone] = 0
+        if lifted and not falling:  # the size of keep changed: every gain around it changed
+            for i in range(ln[keep]):
+                y = nb[st[keep] + i]
+                t = _slot_of(keys, min(keep, y) * n + max(keep, y), bits)
+                g = val[t] + (size[y] * usum[keep] + size[keep] * usum[y]) / 2
                 if g > 0:
                     heapq.heappush(heap, (-g, np.int64(min(keep, y)), np.int64(max(keep, y))))
     out = np.empty(n, dtype=np.int64)
