@@ -423,26 +423,32 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
     rng = np.random.default_rng(seed)
     folds = stratified_folds(labels, config.folds, rng)
     score_cand = None if full else candidate_classes(labels, neighbours, n_classes, config.n_negatives, rng)
-    weight, present = closed_form_heads(x, labels, folds, config.folds, n_classes)
     progress = progress or NullProgress()
     if config.epochs > 0:
+        weight, present = closed_form_heads(x, labels, folds, config.folds, n_classes)
         logits, scorable, c_final, losses, device, steps = _trained_logits(
             x, labels, folds, weight, present, neighbours, score_cand, full, config, rng, device, progress)
+        del weight, present  # the fold heads (folds x identities x D: 0.7 GB at 1M x 66k x 512) are done with
         training = (f"{config.folds} fold heads started at their class centroids and trained together with the "
                     f"cam-softmax loss, each row updating the {config.folds - 1} heads that do not score it")
     else:
-        with progress.task(f"cam-softmax ({config.folds} closed-form fold heads)", total=-(-n // _SCORE_CHUNK)) as adv:
-            logits, scorable = _closed_form_logits(x, labels, folds, weight, present, score_cand, config.scale, adv,
-                                                   client)
+        with progress.task(f"cam-softmax ({config.folds} closed-form fold heads)",
+                           total=_score_chunks(folds, config.folds, client is None)) as adv:
+            logits, scorable = _closed_form_logits(x, labels, folds, config.folds, n_classes, score_cand, config.scale,
+                                                   adv, client)
         c_final, losses, device, steps = HALF_PI, [], "cpu", 0
         training = (f"none: {config.folds} closed-form fold heads, each the unit centroids of its training rows' "
                     "classes (set epochs > 0 to train them with the cam-softmax loss)")
-    del weight, present  # the fold heads (folds x identities x D: 0.7 GB at 1M x 66k x 512) are done with
     own = labels if full else np.zeros(n, dtype=np.int64)
-    temperature = _fit_temperature(logits[scorable], own[scorable], rng)
-    from scipy.special import softmax
-
-    prob = softmax(logits / temperature, axis=1)
+    temperature = _fit_temperature(logits, own, rng, rows=np.flatnonzero(scorable))
+    # the softmax of logits / T, in place (as scipy.special.softmax computes it, without its
+    # three N x M temporaries: 0.2 GB each at 1M rows x 47 candidates)
+    prob = logits
+    del logits
+    prob /= np.float32(temperature)
+    prob -= prob.max(axis=1, keepdims=True)
+    np.exp(prob, out=prob)
+    prob /= prob.sum(axis=1, keepdims=True)
     cls = np.arange(n_classes)[None, :] if full else score_cand
     p_given = prob[np.arange(n), own]
     top_col = prob.argmax(axis=1)
@@ -462,6 +468,13 @@ def camsoftmax_confidence(x: np.ndarray, labels: np.ndarray, n_classes: int | No
 
 
 _SCORE_CHUNK = 8192
+
+
+def _score_chunks(folds: np.ndarray, n_folds: int, by_fold: bool) -> int:
+    """How many chunks :func:`_closed_form_logits` scores (its progress bar's total)."""
+    if not by_fold:
+        return -(-len(folds) // _SCORE_CHUNK)
+    return int(sum(-(-int(c) // _SCORE_CHUNK) for c in np.bincount(folds, minlength=n_folds)))
 
 
 def closed_form_heads(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_folds: int, n_classes: int):
@@ -484,23 +497,62 @@ def closed_form_heads(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_fo
     return train.reshape(n_folds * n_classes, d), present
 
 
-def _closed_form_logits(x, labels, folds, weight, present, score_cand, scale: float, advance, client=None):
+def fold_heads(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_folds: int, n_classes: int):
+    """The heads of :func:`closed_form_heads` one fold at a time, equal to them bit for bit:
+    yields (f, (C, D) float32 head, (C,) present). Holds three C×D arrays at once, not F of
+    them (at 1M rows × 101k identities × 512: 0.6 GB against 1.0 GB and its temporaries)."""
+    from scipy import sparse
+
+    n, d = x.shape
+    counts = np.bincount(folds * n_classes + labels, minlength=n_folds * n_classes).reshape(n_folds, n_classes)
+    present = (counts.sum(axis=0, keepdims=True) - counts) > 0
+    rows = [np.flatnonzero(folds == f) for f in range(n_folds)]
+
+    def fold_sums(f):  # each class's sum over fold f, as the rows of closed_form_heads' product
+        member = sparse.csr_matrix((np.ones(len(rows[f]), dtype=np.float32), (labels[rows[f]], rows[f])),
+                                   shape=(n_classes, n))
+        return np.asarray(member @ x, dtype=np.float32)
+
+    total = fold_sums(0)
+    for f in range(1, n_folds):  # in fold order, as the sum over the folds' axis adds them
+        total += fold_sums(f)
+    for f in range(n_folds):
+        head = np.subtract(total, fold_sums(f))
+        head /= np.maximum(np.linalg.norm(head, axis=1, keepdims=True), _EPS)
+        yield f, head, present[f]
+
+
+def _closed_form_logits(x, labels, folds, n_folds: int, n_classes: int, score_cand, scale: float, advance,
+                        client=None):
     """Held-out logits scale·cos of every row against its own fold's closed-form head: all
     classes (``score_cand`` None: one matmul per fold and chunk) or its candidate classes
-    (only those dot products, by a compiled kernel). Invalid entries are −inf. With a Dask
-    ``client`` the row chunks are scored on its workers (the heads sent once to each), by the
-    same function, so the logits are the local ones."""
-    n_classes = present.shape[1]
+    (only those dot products, by a compiled kernel). Invalid entries are −inf.
+
+    Here, the rows are scored fold by fold, each fold's head built when its turn comes
+    (:func:`fold_heads`). With a Dask ``client`` the row chunks are scored on its workers,
+    every head sent once to each (:func:`closed_form_heads`), by the same function: the logits
+    are the local ones."""
     logits = np.full((len(x), n_classes if score_cand is None else score_cand.shape[1]), -np.inf, dtype=np.float32)
     scorable = np.zeros(len(x), dtype=bool)
-
-    def consume(lo, hi, part):
-        logits[lo:hi], scorable[lo:hi] = part
-
-    per_row = (x, labels, folds) if score_cand is None else (x, labels, folds, score_cand)
     cand = (None,) if score_cand is None else ()
-    map_row_blocks(_score_rows, len(x), per_row, (*cand, weight, present, scale), client=client,
-                   block_rows=_SCORE_CHUNK, advance=advance, consume=consume)
+    if client is not None:
+        weight, present = closed_form_heads(x, labels, folds, n_folds, n_classes)
+
+        def consume(lo, hi, part):
+            logits[lo:hi], scorable[lo:hi] = part
+
+        per_row = (x, labels, folds) if score_cand is None else (x, labels, folds, score_cand)
+        map_row_blocks(_score_rows, len(x), per_row, (*cand, weight, present, scale), client=client,
+                       block_rows=_SCORE_CHUNK, advance=advance, consume=consume)
+        return logits, scorable
+    for f, head, present in fold_heads(x, labels, folds, n_folds, n_classes):
+        rows = np.flatnonzero(folds == f)
+        for lo in range(0, len(rows), _SCORE_CHUNK):
+            at = rows[lo:lo + _SCORE_CHUNK]
+            logits[at], scorable[at] = _score_rows(x[at], labels[at], np.zeros(len(at), dtype=np.int64),
+                                                   None if score_cand is None else score_cand[at], head,
+                                                   present[None, :], scale)
+            advance(1)
     return logits, scorable
 
 
@@ -686,17 +738,19 @@ def _candidate_step(heads: _FoldHeads, xb, hb, cand, c: float, config):
 
 
 def _fit_temperature(logits: np.ndarray, target: np.ndarray, rng: np.random.Generator,
-                     max_rows: int = 50_000) -> float:
+                     max_rows: int = 50_000, rows: np.ndarray | None = None) -> float:
     """The T minimising the held-out negative log-likelihood of the given labels (mostly right),
-    on at most ``max_rows`` rows (a sample of that size pins one scalar to well under 1%)."""
+    on at most ``max_rows`` rows (a sample of that size pins one scalar to well under 1%) of
+    ``rows`` (default: all; only the sampled rows are copied)."""
     from scipy.optimize import minimize_scalar
 
-    if not len(logits):
+    rows = np.arange(len(logits)) if rows is None else rows
+    if not len(rows):
         return 1.0
-    if len(logits) > max_rows:
-        pick = rng.choice(len(logits), max_rows, replace=False)
-        logits, target = logits[pick], target[pick]
-    z = logits.astype(np.float64)
+    if len(rows) > max_rows:
+        rows = rows[rng.choice(len(rows), max_rows, replace=False)]
+    z = logits[rows].astype(np.float64)
+    target = target[rows]
     top = z.max(axis=1, keepdims=True)
     shifted = z - top  # <= 0, -inf where invalid: exp gives 0
     own = shifted[np.arange(len(z)), target]

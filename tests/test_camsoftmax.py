@@ -267,7 +267,7 @@ def test_adapter_option_trains_and_scores(noisy_small):
 @given(st.integers(0, 10_000), st.integers(2, 5))
 @settings(max_examples=25, deadline=None)
 def test_closed_form_heads_are_each_folds_held_out_class_centroids(seed, folds):
-    from facecluster.camsoftmax import closed_form_heads
+    from facecluster.camsoftmax import closed_form_heads, fold_heads
 
     rng = np.random.default_rng(seed)
     n, d, n_classes = 40, 5, 7
@@ -282,6 +282,10 @@ def test_closed_form_heads_are_each_folds_held_out_class_centroids(seed, folds):
             if seen.any():
                 centroid = x[seen].sum(axis=0)
                 np.testing.assert_allclose(weight[f * n_classes + c], centroid / np.linalg.norm(centroid), atol=1e-5)
+    # one fold at a time (the default scoring's memory): the same heads, bit for bit
+    for f, head, seen_f in fold_heads(x, labels, fold, folds, n_classes):
+        np.testing.assert_array_equal(head, weight[f * n_classes:(f + 1) * n_classes])
+        np.testing.assert_array_equal(seen_f, present[f])
 
 
 @pytest.mark.parametrize("full_max", [0, 10_000])
@@ -290,6 +294,7 @@ def test_closed_form_scoring_equals_the_torch_heads_untrained(noisy_small, full_
     by the torch path (no training step taken) give the same held-out logits."""
     from facecluster.camsoftmax import (
         _closed_form_logits,
+        _score_rows,
         _trained_logits,
         closed_form_heads,
     )
@@ -304,7 +309,11 @@ def test_closed_form_scoring_equals_the_torch_heads_untrained(noisy_small, full_
     full = full_max > 0
     cand = None if full else candidate_classes(labels, graph.indices, n_classes, config.n_negatives, rng)
     weight, present = closed_form_heads(unit, labels, fold, config.folds, n_classes)
-    ours, ok = _closed_form_logits(unit, labels, fold, weight, present, cand, config.scale, lambda n=1: None)
+    ours, ok = _closed_form_logits(unit, labels, fold, config.folds, n_classes, cand, config.scale, lambda n=1: None)
+    # scored fold by fold here; all heads at once and every row in one call, as on a cluster
+    at_once = _score_rows(unit, labels, fold, cand, weight, present, config.scale)
+    np.testing.assert_array_equal(ours, at_once[0])
+    np.testing.assert_array_equal(ok, at_once[1])
     theirs, ok_t, *_ = _trained_logits(unit, labels, fold, weight.copy(), present, graph.indices, cand, full, config,
                                        rng, "cpu", NullProgress())
     np.testing.assert_array_equal(ok, ok_t)
