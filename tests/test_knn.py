@@ -221,6 +221,30 @@ def test_to_csr_symmetric():
     assert (abs(mat - mat.T) > 1e-7).nnz == 0 and mat.shape == (80, 80)
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 6), seed=st.integers(0, 10_000))
+def test_edges_are_every_pair_listed_either_way_with_the_larger_similarity(n, k, seed):
+    # negative and zero similarities included (a far face's neighbours in a small centred set)
+    rng = np.random.default_rng(seed)
+    idx = np.full((n, k), -1, dtype=np.int32)
+    sims = np.full((n, k), -np.inf, dtype=np.float32)
+    for i in range(n):
+        m = min(k, n - 1, int(rng.integers(0, k + 1)))
+        idx[i, :m] = rng.choice(np.delete(np.arange(n), i), m, replace=False)
+        sims[i, :m] = np.sort(rng.integers(-2, 3, m) / 2)[::-1]
+    expected: dict = {}
+    for i in range(n):
+        for j, s in zip(idx[i], sims[i]):
+            if j >= 0:
+                key = (min(i, int(j)), max(i, int(j)))
+                expected[key] = max(expected.get(key, -np.inf), float(s))
+    a, b, s = KnnGraph(idx, sims).edges()
+    assert list(zip(a.tolist(), b.tolist())) == sorted(expected)
+    np.testing.assert_array_equal(s, [expected[key] for key in sorted(expected)])
+    mat = KnnGraph(idx, sims).to_csr(symmetric=True)
+    assert mat.nnz == 2 * len(expected) and (abs(mat - mat.T) > 0).nnz == 0
+
+
 def test_edge_recall_counts_the_neighbours_that_can_be_the_same_person():
     """A graph that keeps every exact neighbour with a real chance of being the same person and
     loses the rest has edge recall 1 and raw recall below 1; one that loses a same-person
