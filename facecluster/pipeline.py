@@ -300,7 +300,8 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
                                                                 calibration=calibration, rng=rngs["hierarchical"]))
     if "correlation" in config.stages:
         corr = timed("correlation", lambda: correlation_stage(graph, labels, config.correlation,
-                                                              calibration=calibration, rng=rngs["correlation"]))
+                                                              calibration=calibration, rng=rngs["correlation"],
+                                                              keep_graph=False))
     if "camsoftmax" in config.stages and embeddings is not None:
         from .camsoftmax import camsoftmax_confidence
 
