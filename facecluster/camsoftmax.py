@@ -474,7 +474,7 @@ def _score_chunks(folds: np.ndarray, n_folds: int, by_fold: bool) -> int:
     """How many chunks :func:`_closed_form_logits` scores (its progress bar's total)."""
     if not by_fold:
         return -(-len(folds) // _SCORE_CHUNK)
-    return int(sum(-(-int(c) // _SCORE_CHUNK) for c in np.bincount(folds, minlength=n_folds)))
+    return int(sum(len(np.unique(folds[lo:lo + _SCORE_CHUNK])) for lo in range(0, len(folds), _SCORE_CHUNK)))
 
 
 def closed_form_heads(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_folds: int, n_classes: int):
@@ -546,13 +546,15 @@ def _closed_form_logits(x, labels, folds, n_folds: int, n_classes: int, score_ca
                        block_rows=_SCORE_CHUNK, advance=advance, consume=consume)
         return logits, scorable
     for f, head, present in fold_heads(x, labels, folds, n_folds, n_classes):
-        rows = np.flatnonzero(folds == f)
-        for lo in range(0, len(rows), _SCORE_CHUNK):
-            at = rows[lo:lo + _SCORE_CHUNK]
-            logits[at], scorable[at] = _score_rows(x[at], labels[at], np.zeros(len(at), dtype=np.int64),
-                                                   None if score_cand is None else score_cand[at], head,
-                                                   present[None, :], scale)
-            advance(1)
+        # the same chunks of rows as the cluster's blocks, fold f's rows of each: a matrix
+        # product's last bits depend on how many rows it is given
+        for lo in range(0, len(x), _SCORE_CHUNK):
+            at = lo + np.flatnonzero(folds[lo:lo + _SCORE_CHUNK] == f)
+            if len(at):
+                logits[at], scorable[at] = _score_rows(x[at], labels[at], np.zeros(len(at), dtype=np.int64),
+                                                       None if score_cand is None else score_cand[at], head,
+                                                       present[None, :], scale)
+                advance(1)
     return logits, scorable
 
 

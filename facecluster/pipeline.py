@@ -587,7 +587,7 @@ def cluster(
             calibration = fit_calibration(graph, labels, rng=rngs["calibration"])
         if config.method == "correlation":
             part = correlation_stage(graph, labels, stage_config, calibration=calibration, rng=rngs["correlation"],
-                                     embeddings=faceset.embeddings, centred=faceset.centred)
+                                     embeddings=faceset.embeddings, centred=faceset.centred, keep_graph=False)
         else:
             part = hierarchical_stage(graph, labels, stage_config, calibration=calibration, rng=rngs["hierarchical"])
     timings["cluster"] = time.perf_counter() - t

@@ -338,3 +338,30 @@ def test_the_default_closed_form_never_loads_torch(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_closed_form_logits_fold_by_fold_equal_the_blockwise_scoring_bit_for_bit():
+    # the local path scores fold by fold; a cluster (and the code before it) scores blocks of
+    # rows with every head at hand. A matrix product's last bits depend on how many rows it
+    # is given, so both must hand it the same rows: here a fold whose second block holds one row
+    from facecluster.camsoftmax import (
+        _SCORE_CHUNK,
+        _closed_form_logits,
+        _score_rows,
+        closed_form_heads,
+    )
+
+    rng = np.random.default_rng(0)
+    n, n_classes, d = _SCORE_CHUNK + 2, 3, 64
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    labels = np.arange(n) % n_classes
+    folds = rng.integers(0, 2, n)
+    folds[-2:] = [1, 0]
+    weight, present = closed_form_heads(x, labels, folds, 2, n_classes)
+    calls = []
+    ours, ok = _closed_form_logits(x, labels, folds, 2, n_classes, None, 20.0, calls.append)
+    blocks = [_score_rows(x[lo:lo + _SCORE_CHUNK], labels[lo:lo + _SCORE_CHUNK], folds[lo:lo + _SCORE_CHUNK], None,
+                          weight, present, 20.0) for lo in range(0, n, _SCORE_CHUNK)]
+    np.testing.assert_array_equal(ours, np.concatenate([b[0] for b in blocks]))
+    np.testing.assert_array_equal(ok, np.concatenate([b[1] for b in blocks]))
+    assert len(calls) == 4  # two folds in each of two blocks
