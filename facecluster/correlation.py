@@ -368,8 +368,7 @@ def _gaec(n, a, b, x, size, usum):
             ln[hi] += 1
             g = val[s] + (size[hi] * usum[lo] + size[lo] * usum[hi]) / 2
             if g > 0:
-                heap.append((-g, lo, hi))
-    heapq.heapify(heap)
+                heapq.heappush(heap, (-g, lo, hi))
     parent = np.arange(n)
     while len(heap):
         negg, u, v = heapq.heappop(heap)

@@ -165,50 +165,60 @@ class KnnGraph:
 
 @njit(cache=True, nogil=True)
 def _edge_buckets(indices, sims):  # pragma: no cover - compiled
-    """Every pair listed in either direction, in the bucket of its smaller end (a counting
-    sort; bucket i at ``start[i]``), each bucket sorted by the other end and its repeats
-    folded in place into its first ``kept[i + 1] - kept[i]`` entries, with the larger of the
-    similarities (the two directions', or a pair listed twice in one row)."""
+    """Every pair listed in either direction, in the bucket of its smaller end (bucket i at
+    ``start[i]``), sorted by the larger end within it, its repeats folded into the bucket's
+    first ``kept[i + 1] - kept[i]`` entries with the larger of the similarities (the two
+    directions', or a pair listed twice in one row). Two stable counting sorts, by the
+    larger end and then by the smaller (a radix sort on the pair): no comparison sort."""
     n, k = indices.shape
+    count_hi = np.zeros(n + 1, dtype=np.int64)
     start = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         for r in range(k):
             j = indices[i, r]
             if j >= 0 and j != i:
+                count_hi[max(i, j) + 1] += 1
                 start[min(i, j) + 1] += 1
     for i in range(n):
+        count_hi[i + 1] += count_hi[i]
         start[i + 1] += start[i]
-    other = np.empty(start[n], dtype=np.int64)
-    value = np.empty(start[n], dtype=np.float32)
-    fill = start[:n].copy()
+    m = start[n]
+    # pass 1: each listed pair's smaller end and similarity, in buckets of its larger end
+    at_hi = count_hi[:n].copy()
+    lo_by_hi = np.empty(m, dtype=np.int64)
+    sim_by_hi = np.empty(m, dtype=np.float32)
     for i in range(n):
         for r in range(k):
             j = indices[i, r]
             if j >= 0 and j != i:
-                lo = min(i, j)
-                other[fill[lo]] = max(i, j)
-                value[fill[lo]] = sims[i, r]
-                fill[lo] += 1
-    # each bucket sorted by its other end, repeats folded in place (keeping the larger value)
+                h = max(i, j)
+                lo_by_hi[at_hi[h]] = min(i, j)
+                sim_by_hi[at_hi[h]] = sims[i, r]
+                at_hi[h] += 1
+    # pass 2, stable: the larger ends in order into the buckets of the smaller ends, so each
+    # bucket comes out sorted
+    other = np.empty(m, dtype=np.int64)
+    value = np.empty(m, dtype=np.float32)
+    fill = start[:n].copy()
+    for h in range(n):
+        for p in range(count_hi[h], count_hi[h + 1]):
+            lo = lo_by_hi[p]
+            other[fill[lo]] = h
+            value[fill[lo]] = sim_by_hi[p]
+            fill[lo] += 1
     kept = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         lo, hi = start[i], start[i + 1]
-        if hi - lo > 1:
-            order = np.argsort(other[lo:hi], kind="mergesort")
-            o = other[lo:hi][order]
-            v = value[lo:hi][order]
-            other[lo:hi] = o
-            value[lo:hi] = v
-        m = 0
+        q = 0
         for p in range(lo, hi):
-            if m > 0 and other[p] == other[lo + m - 1]:
-                if value[p] > value[lo + m - 1]:
-                    value[lo + m - 1] = value[p]
+            if q > 0 and other[p] == other[lo + q - 1]:
+                if value[p] > value[lo + q - 1]:
+                    value[lo + q - 1] = value[p]
             else:
-                other[lo + m] = other[p]
-                value[lo + m] = value[p]
-                m += 1
-        kept[i + 1] = kept[i] + m
+                other[lo + q] = other[p]
+                value[lo + q] = value[p]
+                q += 1
+        kept[i + 1] = kept[i] + q
     return start, other, value, kept
 
 
