@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+from numba import njit
 from scipy.sparse.csgraph import connected_components
 
 from .blocks import map_row_blocks
@@ -333,26 +334,48 @@ def label_pairs(graph: KnnGraph, labels: np.ndarray, p_same: np.ndarray, n_label
 
 
 def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray, n_labels: int):
-    """Own-label mass, and the best other label and its mass, per row, vectorised."""
-    n, k = nb_labels.shape
+    """Own-label mass, and the best other label and its mass, per row (ties: the smaller
+    label code). The other labels' masses are summed per row in neighbour order by a compiled
+    kernel (:func:`_best_other`; a row has at most k labels)."""
     own = nb_labels == labels[:, None]
     given = np.where(own, weights, 0.0).sum(axis=1)
-    other = (~own) & (weights > 0)
-    r, c = np.nonzero(other)
-    best = np.full(n, -1, dtype=np.int64)
-    best_mass = np.zeros(n, dtype=np.float64)
-    if len(r):
-        key = r.astype(np.int64) * n_labels + nb_labels[r, c]
-        uniq, inv = np.unique(key, return_inverse=True)
-        mass = np.bincount(inv, weights=weights[r, c].astype(np.float64))
-        key_row = uniq // n_labels
-        # per row, the label with the largest mass (ties: smaller label code, deterministic)
-        order = np.lexsort((uniq % n_labels, -mass, key_row))
-        first = np.r_[True, key_row[order][1:] != key_row[order][:-1]]
-        top = order[first]
-        best[key_row[top]] = uniq[top] % n_labels
-        best_mass[key_row[top]] = mass[top]
+    best, best_mass = _best_other(np.ascontiguousarray(nb_labels, dtype=np.int64),
+                                  np.ascontiguousarray(weights, dtype=np.float64), labels.astype(np.int64, copy=False))
     return given, best, best_mass
+
+
+@njit(cache=True, nogil=True)
+def _best_other(nb_labels, weights, labels):  # pragma: no cover - compiled
+    """Per row: the label other than its own with the largest sum of positive weights, in
+    neighbour order (ties: the smaller label code; -1 and 0 when there is none)."""
+    n, k = nb_labels.shape
+    best = np.full(n, -1, dtype=np.int64)
+    best_mass = np.zeros(n)
+    seen = np.empty(k, dtype=np.int64)
+    mass = np.empty(k)
+    for i in range(n):
+        m = 0
+        for c in range(k):
+            lab = nb_labels[i, c]
+            w = weights[i, c]
+            if lab == labels[i] or not w > 0:
+                continue
+            at = -1
+            for t in range(m):
+                if seen[t] == lab:
+                    at = t
+                    break
+            if at < 0:
+                seen[m] = lab
+                mass[m] = 0.0
+                at = m
+                m += 1
+            mass[at] += w
+        for t in range(m):
+            if mass[t] > best_mass[i] or (mass[t] == best_mass[i] and seen[t] < best[i]) or best[i] < 0:
+                best[i] = seen[t]
+                best_mass[i] = mass[t]
+    return best, best_mass
 
 
 def _first_pass(indices, sims, labels, groups, all_labels, all_groups, calibration, n_labels):

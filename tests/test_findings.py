@@ -628,3 +628,28 @@ def test_label_chance_counts_only_the_labels_core_so_two_flips_do_not_vouch_for_
     q = 11 / 51  # a random other row carries label 0
     assert np.allclose(agreement.label_chance[:10], q, atol=1e-6), "a member's nearest face is its label's"
     assert (agreement.label_chance[-2:] == 1.0).all(), "the flips' own-label neighbour is the other flip"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_label_votes_name_the_other_label_with_most_mass(seed):
+    # per row: the own label's mass, and among the other labels with positive weight the one
+    # whose weights sum highest (ties: the smaller code), summed in neighbour order
+    from facecluster.votes import _label_votes
+
+    rng = np.random.default_rng(seed)
+    n, k, n_labels = 300, 9, 5
+    nb = rng.integers(0, n_labels, (n, k))
+    labels = rng.integers(0, n_labels, n)
+    weights = np.where(rng.random((n, k)) < 0.3, 0.0, rng.integers(0, 4, (n, k)) / 4)  # ties and zeros
+    given, best, best_mass = _label_votes(nb, weights, labels, n_labels)
+    for i in range(n):
+        sums: dict = {}
+        for lab, w in zip(nb[i], weights[i]):
+            if lab != labels[i] and w > 0:
+                sums[int(lab)] = sums.get(int(lab), 0.0) + w
+        assert given[i] == pytest.approx(weights[i][nb[i] == labels[i]].sum())
+        if not sums:
+            assert best[i] == -1 and best_mass[i] == 0.0
+        else:
+            top = min(sums, key=lambda lab: (-sums[lab], lab))
+            assert (best[i], best_mass[i]) == (top, sums[top])
