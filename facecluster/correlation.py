@@ -654,6 +654,21 @@ def _solve_components(n, a, b, w, u, refine: bool, seed: int, comp, n_comp: int,
                   "chosen": {"gaec+moves": int((~take_piv).sum()), "pivot+moves": int(take_piv.sum())}}
 
 
+@njit(cache=True, nogil=True)
+def _positive_components(n, a, b, w):  # pragma: no cover - compiled
+    """A root per node of the union-find over the edges with w > 0."""
+    parent = np.arange(n)
+    for e in range(len(a)):
+        if w[e] > 0:
+            ra, rb = _find(parent, a[e]), _find(parent, b[e])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        out[i] = _find(parent, i)
+    return out
+
+
 # nodes per batch of components solved in one pass: large enough that the per-batch Python
 # is negligible, small enough that batches spread over threads and the kernels' per-node
 # dictionaries stay small
@@ -683,10 +698,10 @@ def correlation_clustering(signed: SignedGraph, *, refine: bool = True, seed: in
     adds positive edges, so none of its clusters crosses a component here."""
     n, a, b, w = signed.n, signed.a, signed.b, signed.w
     u = np.zeros(n) if signed.u is None else np.minimum(np.asarray(signed.u, dtype=np.float64), 0.0)
-    pos = w > 0
-    adj = sp.coo_matrix((np.ones(int(pos.sum())), (a[pos], b[pos])), shape=(n, n))
-    n_comp, comp = connected_components(adj, directed=False)
-    comp = comp.astype(np.int64)
+    # components of the positive edges, numbered by their first node as scipy's
+    # connected_components numbers them (no sparse copy of the edges)
+    comp = relabel_by_first(_positive_components(n, a, b, w))
+    n_comp = int(comp.max()) + 1 if n else 0
     comp_size = np.bincount(comp, minlength=n_comp)
     inside = (comp[a] == comp[b]) & (comp_size[comp[a]] > 1)
     # nodes of components with more than one node, grouped by component (original order
