@@ -399,3 +399,19 @@ def test_gaec_joins_the_pairs_the_textbook_greedy_joins(n, n_edges, seed, weight
     usum = {"none": np.zeros(n), "non-positive": np.minimum(rng.normal(-0.2, 0.3, n), 0.0),
             "mixed": rng.normal(0.0, 0.3, n)}[u_kind]
     np.testing.assert_array_equal(corr._gaec(n, a, b, x, size, usum), _plain_gaec(n, a, b, x, size, usum))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 60), n_edges=st.integers(0, 120), seed=st.integers(0, 10_000))
+def test_positive_components_are_scipys_numbered_alike(n, n_edges, seed):
+    # the solver's batches (and their seeds) follow the components' numbering: it must be
+    # scipy's connected_components', component ids in order of their first node
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(seed)
+    a, b, w = rng.integers(0, n, n_edges), rng.integers(0, n, n_edges), rng.normal(0.0, 1.0, n_edges)
+    pos = w > 0
+    _, expected = connected_components(sp.coo_matrix((np.ones(int(pos.sum())), (a[pos], b[pos])), shape=(n, n)),
+                                       directed=False)
+    np.testing.assert_array_equal(relabel_by_first(corr._positive_components(n, a, b, w)), expected)
