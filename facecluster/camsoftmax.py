@@ -534,9 +534,9 @@ def _closed_form_logits(x, labels, folds, n_folds: int, n_classes: int, score_ca
     are the local ones."""
     logits = np.full((len(x), n_classes if score_cand is None else score_cand.shape[1]), -np.inf, dtype=np.float32)
     scorable = np.zeros(len(x), dtype=bool)
-    cand = (None,) if score_cand is None else ()
     if client is not None:
         weight, present = closed_form_heads(x, labels, folds, n_folds, n_classes)
+        cand = (None,) if score_cand is None else ()
 
         def consume(lo, hi, part):
             logits[lo:hi], scorable[lo:hi] = part

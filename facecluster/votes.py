@@ -333,12 +333,16 @@ def label_pairs(graph: KnnGraph, labels: np.ndarray, p_same: np.ndarray, n_label
                       cross_share_b=share_b.astype(np.float32))
 
 
-def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray, n_labels: int):
+def _own_mass(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row, the weight of the neighbours carrying the row's own label."""
+    return np.where(nb_labels == labels[:, None], weights, 0.0).sum(axis=1)
+
+
+def _label_votes(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray):
     """Own-label mass, and the best other label and its mass, per row (ties: the smaller
     label code). The other labels' masses are summed per row in neighbour order by a compiled
     kernel (:func:`_best_other`; a row has at most k labels)."""
-    own = nb_labels == labels[:, None]
-    given = np.where(own, weights, 0.0).sum(axis=1)
+    given = _own_mass(nb_labels, weights, labels)
     best, best_mass = _best_other(np.ascontiguousarray(nb_labels, dtype=np.int64),
                                   np.ascontiguousarray(weights, dtype=np.float64), labels.astype(np.int64, copy=False))
     return given, best, best_mass
@@ -378,7 +382,7 @@ def _best_other(nb_labels, weights, labels):  # pragma: no cover - compiled
     return best, best_mass
 
 
-def _first_pass(indices, sims, labels, groups, all_labels, all_groups, calibration, n_labels):
+def _first_pass(indices, sims, labels, groups, all_labels, all_groups, calibration):
     """Pass 1 of :func:`knn_label_agreement` on one block of rows: P(same person) of every
     edge, the vote weights (0 for copies of the row and missing neighbours), whether each
     neighbour is a copy, and each row's reliability."""
@@ -388,17 +392,17 @@ def _first_pass(indices, sims, labels, groups, all_labels, all_groups, calibrati
     p = np.where(valid, p_same, 0.0).astype(np.float64, copy=False)
     same_dup = (groups[:, None] >= 0) & (all_groups[nb_safe] == groups[:, None])
     p = np.where(same_dup, 0.0, p)
-    given1, _, _ = _label_votes(all_labels[nb_safe], p, labels, n_labels)
+    given1 = _own_mass(all_labels[nb_safe], p, labels)
     return p_same, p, same_dup, given1 / (p.sum(axis=1) + 1.0)
 
 
-def _second_pass(indices, p, labels, all_labels, reliability, n_labels):
+def _second_pass(indices, p, labels, all_labels, reliability):
     """Pass 2 of :func:`knn_label_agreement` on one block of rows: votes weighted by
     P(same person) times the neighbour's reliability; the own-label mass, the best other label
     and its mass, and the chance that no neighbour is the same person."""
     nb_safe = np.where(indices >= 0, indices, 0)
     w = p * reliability[nb_safe]
-    given, best, best_mass = _label_votes(all_labels[nb_safe], w, labels, n_labels)
+    given, best, best_mass = _label_votes(all_labels[nb_safe], w, labels)
     np.clip(w, 0.0, 1.0, out=w)
     np.subtract(1.0, w, out=w)
     return given, best, best_mass, np.prod(w, axis=1)
@@ -429,11 +433,11 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     # pass 1 block by block (P(same person) of every edge, copies' votes removed, the
     # reliabilities), then pass 2 with every row's reliability at hand
     first_pass = map_row_blocks(_first_pass, n, (graph.indices, graph.sims, labels, groups),
-                                (labels, groups, calibration, n_labels), client=client)
+                                (labels, groups, calibration), client=client)
     p_same, p, same_dup, reliability = (np.concatenate(part) for part in zip(*first_pass))
     del first_pass
     given, best, best_mass, none_prob = (np.concatenate(part) for part in zip(*map_row_blocks(
-        _second_pass, n, (graph.indices, p, labels), (labels, reliability, n_labels), client=client)))
+        _second_pass, n, (graph.indices, p, labels), (labels, reliability), client=client)))
     nb_labels = labels[nb_safe]
     # neighbours come most similar first: the first one with another label is the nearest
     other = valid & (nb_labels != labels[:, None])

@@ -641,7 +641,7 @@ def test_label_votes_name_the_other_label_with_most_mass(seed):
     nb = rng.integers(0, n_labels, (n, k))
     labels = rng.integers(0, n_labels, n)
     weights = np.where(rng.random((n, k)) < 0.3, 0.0, rng.integers(0, 4, (n, k)) / 4)  # ties and zeros
-    given, best, best_mass = _label_votes(nb, weights, labels, n_labels)
+    given, best, best_mass = _label_votes(nb, weights, labels)
     for i in range(n):
         sums: dict = {}
         for lab, w in zip(nb[i], weights[i]):
