@@ -393,7 +393,7 @@ def clean(
     t = time.perf_counter()
     with progress.task("findings", total=None):
         findings = find_issues(signals, faceset.labels, faceset.label_names, config=config.findings,
-                               embeddings=faceset.embeddings)
+                               embeddings=faceset.embeddings, graph=graph)
     timings["findings"] = time.perf_counter() - t
     _mark_peak(peaks, "findings")
 

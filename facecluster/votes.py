@@ -382,18 +382,39 @@ def _best_other(nb_labels, weights, labels):  # pragma: no cover - compiled
     return best, best_mass
 
 
-def _first_pass(indices, sims, labels, groups, all_labels, all_groups, calibration):
-    """Pass 1 of :func:`knn_label_agreement` on one block of rows: P(same person) of every
-    edge, the vote weights (0 for copies of the row and missing neighbours), whether each
-    neighbour is a copy, and each row's reliability."""
+def _edge_weights(indices, sims, groups, all_groups, calibration):
+    """One block of rows: P(same person) of every edge, the vote weights (that P, 0 for
+    copies of the row and missing neighbours) and whether each neighbour is a copy."""
     valid = indices >= 0
     nb_safe = np.where(valid, indices, 0)
     p_same = calibration(sims)
     p = np.where(valid, p_same, 0.0).astype(np.float64, copy=False)
     same_dup = (groups[:, None] >= 0) & (all_groups[nb_safe] == groups[:, None])
-    p = np.where(same_dup, 0.0, p)
-    given1 = _own_mass(all_labels[nb_safe], p, labels)
+    return p_same, np.where(same_dup, 0.0, p), same_dup
+
+
+def _first_pass(indices, sims, labels, groups, all_labels, all_groups, calibration):
+    """Pass 1 of :func:`knn_label_agreement` on one block of rows: P(same person) of every
+    edge, the vote weights (0 for copies of the row and missing neighbours), whether each
+    neighbour is a copy, and each row's reliability."""
+    p_same, p, same_dup = _edge_weights(indices, sims, groups, all_groups, calibration)
+    given1 = _own_mass(all_labels[np.where(indices >= 0, indices, 0)], p, labels)
     return p_same, p, same_dup, given1 / (p.sum(axis=1) + 1.0)
+
+
+def label_pairs_of(graph: KnnGraph, labels: np.ndarray, calibration: Calibration, dup_group: np.ndarray,
+                   n_labels: int) -> LabelPairs:
+    """:func:`label_pairs` for another labelling of the same graph, with the vote stage's
+    edge weights (calibrated P(same person), copies of a row not counted), recomputed block
+    by block: how the findings test merges on the rows that stay under each label."""
+    weights = np.empty(graph.indices.shape)
+
+    def fill(start, stop, block):
+        weights[start:stop] = block[1]
+
+    map_row_blocks(_edge_weights, graph.n_samples, (graph.indices, graph.sims, dup_group), (dup_group, calibration),
+                   consume=fill)
+    return label_pairs(graph, np.asarray(labels, dtype=np.int64), weights, n_labels)
 
 
 def _second_pass(indices, p, labels, all_labels, reliability):

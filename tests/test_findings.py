@@ -653,3 +653,25 @@ def test_label_votes_name_the_other_label_with_most_mass(seed):
         else:
             top = min(sums, key=lambda lab: (-sums[lab], lab))
             assert (best[i], best_mass[i]) == (top, sums[top])
+
+
+def test_a_label_holding_a_flip_merges_with_the_other_half_of_its_person():
+    """A two-image label holding its person and a flip of someone else is judged as it stands
+    once the flip has left: one person with the one-image label of the same person."""
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((4, 32))
+    x = np.vstack([centres[i] + 0.3 * rng.standard_normal((20, 32)) for i in range(3)])
+    labels = np.repeat([0, 1, 2], 20)
+    # person 3, seen twice, under two names; the second name also holds an image of b's person
+    x = np.vstack([x, centres[3] + 0.3 * rng.standard_normal((2, 32)), centres[1] + 0.3 * rng.standard_normal((1, 32))])
+    labels = np.append(labels, [3, 4, 4])
+    unit, _, _ = prepare_embeddings(x, centre=False)
+    names = np.array(["a", "b", "c", "solo", "two"], dtype=object)
+    graph = build_knn_graph(unit, k=10, device="cpu")
+    signals = compute_signals(graph, labels, 5)
+    findings = find_issues(signals, labels, names, graph=graph)
+    assert findings.issue[-1] == "mislabeled" and names[findings.suggested[-1]] == "b"
+    assert sorted(map(tuple, findings.merges[["label", "merged_into"]].values.tolist())) == [("two", "solo")]
+    assert findings.issue[-2] == "duplicate_identity" and findings.issue[-3] == ""
+    # without the graph the one-person test reads "two" as given, two people: no merge
+    assert find_issues(signals, labels, names).merges.empty
