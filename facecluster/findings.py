@@ -967,7 +967,14 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     out = find_outliers(signals, labels, report_floor=floor, evidence=evidence)
     near = find_near_duplicates(signals, labels)
     n_labels = len(label_names)
-    leaving = leaving_rows(labels, mis.mask | out.mask | near.mask, n_labels)
+    # a label claimed whole by another (most of its images each a mislabel candidate for the
+    # same label) is a split: the rows the claimer claims stay and merge with their label, they
+    # do not leave one by one (other findings in it still leave)
+    claimer = np.full(n_labels, -1, dtype=np.int64)
+    for lab, by, *_ in _claimed_labels(signals.agreement, labels, label_names):
+        claimer[lab] = by
+    claimed = mis.mask & (signals.agreement.best_other == claimer[labels])
+    leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
     pairs = None
     if graph is not None and leaving.any():
         pairs = label_pairs_of(graph, staying_labels(labels, leaving, n_labels), signals.calibration,
