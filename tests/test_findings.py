@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from facecluster import build_knn_graph, compute_signals, find_issues
 from facecluster.faceset import prepare_embeddings
@@ -675,3 +677,41 @@ def test_a_label_holding_a_flip_merges_with_the_other_half_of_its_person():
     assert findings.issue[-2] == "duplicate_identity" and findings.issue[-3] == ""
     # without the graph the one-person test reads "two" as given, two people: no merge
     assert find_issues(signals, labels, names).merges.empty
+
+
+def _label_sums_by_matrix(indices, p_same, labels, n_labels):
+    """The definition, by sparse matrices: the symmetric maximum of the directed weights,
+    summed over label × label."""
+    import scipy.sparse as sp
+
+    n = len(labels)
+    valid = indices >= 0
+    rows = np.repeat(np.arange(n), indices.shape[1])[valid.ravel()]
+    w = sp.csr_matrix((p_same[valid], (rows, indices[valid])), shape=(n, n))
+    w = w.maximum(w.T)
+    member = sp.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, n_labels))
+    return (member.T @ w @ member).toarray()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(4, 40), st.integers(1, 6), st.integers(1, 8), st.integers(0, 2**31 - 1))
+def test_label_pairs_sums_every_edge_once_at_its_larger_weight(n, k, n_labels, seed):
+    """The compiled label sums against the matrix definition: one-way and two-way edges,
+    missing neighbours (-1), zero weights (copies), labels with no edge at all."""
+    from facecluster.knn import KnnGraph
+    from facecluster.votes import label_pairs
+
+    rng = np.random.default_rng(seed)
+    k = min(k, n - 1)
+    indices = np.array([rng.choice(np.delete(np.arange(n), i), k, replace=False) for i in range(n)], dtype=np.int32)
+    indices[rng.random(indices.shape) < 0.15] = -1
+    p_same = np.where(indices >= 0, rng.choice([0.0, 0.25, 0.5, 1.0], indices.shape), 0.0)
+    labels = rng.integers(0, n_labels, n)
+    graph = KnnGraph(indices, np.zeros(indices.shape, dtype=np.float32))
+    pairs = label_pairs(graph, labels, p_same, n_labels)
+    between = _label_sums_by_matrix(indices, p_same, labels, n_labels)
+    lo, hi = np.nonzero(np.triu(between, 1))
+    assert list(zip(pairs.a, pairs.b)) == list(zip(lo, hi))  # the joined pairs, in (a, b) order
+    mass = between.sum(axis=1)
+    np.testing.assert_allclose(pairs.cross_share_a, between[lo, hi] / np.maximum(mass[lo], 1e-12), rtol=1e-6)
+    np.testing.assert_allclose(pairs.cross_share_b, between[lo, hi] / np.maximum(mass[hi], 1e-12), rtol=1e-6)
