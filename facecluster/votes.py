@@ -308,9 +308,11 @@ def label_pairs(graph: KnnGraph, labels: np.ndarray, p_same: np.ndarray, n_label
     # (at 1M rows the sparse symmetric maximum and products took 6 s and 1.5 GB)
     indices = np.ascontiguousarray(graph.indices)
     weights = np.ascontiguousarray(p_same, dtype=np.float64)
-    n_cross = _count_cross(indices, weights, labels)
-    mass, inside, lo, hi, val = _label_sums(indices, weights, labels, n_labels, n_cross)
-    key = lo * np.int64(n_labels) + hi
+    # room for every listed entry between two labels (an edge listed both ways is kept once)
+    bound = int((labels[:, None] != labels[np.maximum(indices, 0)])[indices >= 0].sum())
+    mass, inside, lo, hi, val = _label_sums(indices, weights, labels, n_labels, bound)
+    key = lo.astype(np.int64) * n_labels + hi
+    del lo, hi
     order = np.argsort(key, kind="stable")
     key = key[order]
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, dtype=np.int64)
@@ -347,25 +349,15 @@ def _pair_weight(indices, weights, i, c):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _count_cross(indices, weights, labels):  # pragma: no cover - compiled
-    """How many undirected edges of positive weight join two labels."""
-    count = 0
-    for i in range(indices.shape[0]):
-        for c in range(indices.shape[1]):
-            if indices[i, c] >= 0 and labels[i] != labels[indices[i, c]] and _pair_weight(indices, weights, i, c) > 0:
-                count += 1
-    return count
-
-
-@njit(cache=True, nogil=True)
-def _label_sums(indices, weights, labels, n_labels, n_cross):  # pragma: no cover - compiled
+def _label_sums(indices, weights, labels, n_labels, bound):  # pragma: no cover - compiled
     """Per label the weight of its edges (mass, an edge inside counting at both ends) and
-    inside it (twice, both directions), and one (lo, hi, weight) per edge between labels."""
+    inside it (twice, both directions), and one (lo, hi, weight) per edge of positive weight
+    between labels (at most ``bound`` of them)."""
     mass = np.zeros(n_labels)
     inside = np.zeros(n_labels)
-    lo = np.empty(n_cross, dtype=np.int64)
-    hi = np.empty(n_cross, dtype=np.int64)
-    val = np.empty(n_cross)
+    lo = np.empty(bound, dtype=np.int32)
+    hi = np.empty(bound, dtype=np.int32)
+    val = np.empty(bound)
     m = 0
     for i in range(indices.shape[0]):
         for c in range(indices.shape[1]):
@@ -383,7 +375,7 @@ def _label_sums(indices, weights, labels, n_labels, n_cross):  # pragma: no cove
             else:
                 lo[m], hi[m], val[m] = min(la, lb), max(la, lb), v
                 m += 1
-    return mass, inside, lo, hi, val
+    return mass, inside, lo[:m], hi[:m], val[:m]
 
 
 def _own_mass(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
