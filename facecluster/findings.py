@@ -558,7 +558,10 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     n_labels = len(label_names)
     merged_into = np.full(n_labels, -1, dtype=np.int64)
     label_score = np.zeros(n_labels, dtype=np.float32)
-    if leaving is not None and np.any(leaving):
+    if leaving is not None:
+        # a label is never emptied (its rows say nothing against each other then)
+        leaving = leaving_rows(labels, leaving, n_labels)
+    if leaving is not None and leaving.any():
         # every row that leaves gets a label of its own; only pairs of real labels can merge
         labels = staying_labels(labels, leaving, n_labels)
         label_names = np.concatenate([np.asarray(label_names, dtype=object),
