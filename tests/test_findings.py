@@ -677,6 +677,12 @@ def test_a_label_holding_a_flip_merges_with_the_other_half_of_its_person():
     assert findings.issue[-2] == "duplicate_identity" and findings.issue[-3] == ""
     # without the graph the one-person test reads "two" as given, two people: no merge
     assert find_issues(signals, labels, names).merges.empty
+    # a mask that would empty every label leaves none: the labels as given
+    from facecluster.findings import find_duplicate_identities
+
+    everyone = find_duplicate_identities(signals, labels, names, embeddings=unit, leaving=np.ones(len(labels), bool))
+    as_given = find_duplicate_identities(signals, labels, names, embeddings=unit)
+    assert everyone.merges.equals(as_given.merges)
 
 
 def _label_sums_by_matrix(indices, p_same, labels, n_labels):
