@@ -569,12 +569,16 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         evidence = None
     partitions = evidence if evidence is not None else partition_evidence(signals, labels)
     pairs = pairs if pairs is not None else signals.agreement.pairs
-    vote_pairs, vote_text = _vote_pairs(signals.agreement, labels, label_names)
+    # pairs with a leaving row's own label (codes >= n_labels) never merge: neither they nor
+    # their evidence texts are kept
+    vote_pairs, vote_text = _vote_pairs(signals.agreement, labels, label_names, n_real=n_labels)
     # the vote tests' own scores stand in for the one-person test only where the vote stage
     # gave none (evidence assembled by hand)
     vote_score = {(min(a, b), max(a, b)): sc for a, b, sc in vote_pairs}
     candidates = set(vote_score)
     for a, b, sc, text in _claimed_labels(signals.agreement, labels, label_names):
+        if max(a, b) >= n_labels:
+            continue
         candidates.add((min(a, b), max(a, b)))
         vote_score[(min(a, b), max(a, b))] = max(sc, vote_score.get((min(a, b), max(a, b)), 0.0))
         for lab in (a, b):
@@ -707,9 +711,10 @@ def _claimed_labels(agreement: LabelAgreement, labels: np.ndarray, label_names: 
             for a, b, sc, c in zip(src[chosen], dst[chosen], share[chosen], count[chosen])]
 
 
-def _vote_pairs(agreement: LabelAgreement, labels: np.ndarray, label_names: np.ndarray):
+def _vote_pairs(agreement: LabelAgreement, labels: np.ndarray, label_names: np.ndarray, n_real: int | None = None):
     """Label pairs (a < b) whose reciprocal votes look like one person, with their vote score
-    (:func:`find_duplicate_identities`), and the evidence text per label."""
+    (:func:`find_duplicate_identities`), and the evidence text per label; only pairs of
+    labels under ``n_real`` (the rest are leaving rows' own labels)."""
     n_labels = len(label_names)
     sizes = np.bincount(labels, minlength=n_labels)
     given = agreement.given_support.astype(np.float64)
@@ -735,6 +740,8 @@ def _vote_pairs(agreement: LabelAgreement, labels: np.ndarray, label_names: np.n
     pairs, evidence = [], {}
     for j in np.flatnonzero(chosen):
         a, b = int(src[j]), int(dst[j])
+        if n_real is not None and max(a, b) >= n_real:
+            continue
         text = (f"{cnt[j]} of {sizes[a]} images of {label_names[a]} vote {label_names[b]} and {back_cnt[j]} of "
                 f"{sizes[b]} vote back (agreement with one person: {ratio[j]:.2f} / {back[j]:.2f})")
         for lab in (a, b):
@@ -955,8 +962,10 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     config : FindingsConfig
     embeddings : (n_samples, n_features) processed unit vectors, for the duplicate-identity
         centroid test (skipped when None)
-    graph : the kNN graph, to test merges on the labels as they stand once the rows found
-        to be noise or copies have left them (without it, on the labels as given)
+    graph : the kNN graph, to recompute the one-person test on the labels as they stand once
+        the rows found to be noise or copies have left them; without it that test reads the
+        labels as given (the vote stage's), while the other merge tests still read the
+        staying labels
 
     Returns
     -------

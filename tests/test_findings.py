@@ -721,3 +721,26 @@ def test_label_pairs_sums_every_edge_once_at_its_larger_weight(n, k, n_labels, s
     mass = between.sum(axis=1)
     np.testing.assert_allclose(pairs.cross_share_a, between[lo, hi] / np.maximum(mass[lo], 1e-12), rtol=1e-6)
     np.testing.assert_allclose(pairs.cross_share_b, between[lo, hi] / np.maximum(mass[hi], 1e-12), rtol=1e-6)
+
+
+def test_a_leaving_row_lends_no_evidence_text_to_a_real_labels_merge():
+    """A flip found and leaving its label becomes a one-image label of its own for the merge
+    tests; its claim on its true label is no evidence for that label's merge, and its
+    placeholder name never reaches a merge's evidence or a row's reason."""
+    from facecluster.synth import inject_noise
+
+    seed = 69
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(150, 700))
+    ids = int(rng.integers(10, n // 4))
+    x, y = make_faces(n, ids, 32, offset=float(rng.choice([0.0, 2.2])), seed=seed)
+    noisy = inject_noise(x, y, flip=0.08, open_set=0.03, split=0.1, duplicates=0.05, min_split_size=4,
+                         split_any_size=True, seed=seed)
+    unit, _, _ = prepare_embeddings(noisy.embeddings)
+    graph = build_knn_graph(unit, k=int(rng.integers(5, 25)), device="cpu")
+    labels = noisy.labels
+    names = np.array([f"id{i}" for i in range(labels.max() + 1)], dtype=object)
+    findings = find_issues(compute_signals(graph, labels, len(names)), labels, names, embeddings=unit, graph=graph)
+    assert not findings.merges.empty
+    assert not any("images of row " in text for text in findings.merges.evidence)
+    assert not any("images of row " in str(text) for text in findings.reason)
