@@ -519,7 +519,7 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     one-person test on those labels (:func:`facecluster.votes.label_pairs_of` with
     :func:`staying_labels`); without it the vote stage's, on the labels as given. Measured
     on the real protocol sets (docs/benchmarks.md, issue 13): merge recall 0.657 → 0.886 on
-    OMZ's long-tailed version, 0.886 → 0.943 on OMZ plain, precision 0.803 → 0.950 on dlib's
+    OMZ's long-tailed version, 0.886 → 0.943 on OMZ plain, precision 0.803 → 0.900 on dlib's
     long-tailed version.
 
     Candidate pairs come from three places: labels joined by enough same-person kNN mass
