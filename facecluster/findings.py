@@ -239,17 +239,47 @@ def knn_mislabel_score(agreement: LabelAgreement) -> np.ndarray:
     return (b / (b + g + 1.0)).astype(np.float32)
 
 
-def _knn_candidates(signals: Signals, labels: np.ndarray, floor: float) -> np.ndarray:
+def _knn_candidates(signals: Signals, labels: np.ndarray, floor: float, evidence: list | None = None) -> np.ndarray:
     """Rows the kNN vote says carry another label: score at the floor, a label to suggest,
     a label with at least 2 images (a label's only image cannot be outvoted: strong votes
     for another label mean a wrong label or one person under two names, and one image cannot
     tell which), and the row outside its label's core (a row whose own label's images are its
     mutual, likely-same-person neighbours is that person, however its other neighbours vote:
     on real dlib faces most false mislabel findings were such hard photos, and split halves
-    are merged, not torn apart row by row)."""
+    are merged, not torn apart row by row).
+
+    A vote that only leans (half the floor) is enough when every other stage names the same
+    label (:func:`_unanimous`): a flip whose person has two or three images in the set has
+    that few witnesses, and a witness's reliability counts the flip beside it against it, so
+    the vote alone stays under the floor however close the faces."""
     agr = signals.agreement
     in_core = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
-    return (knn_mislabel_score(agr) >= floor) & (agr.best_other >= 0) & (_label_sizes(labels) >= 2) & ~in_core
+    mis = knn_mislabel_score(agr)
+    evidence = evidence if evidence is not None else partition_evidence(signals, labels)
+    votes = (mis >= floor) | ((mis >= 0.5 * floor) & _unanimous(signals, labels, evidence))
+    return votes & (agr.best_other >= 0) & (_label_sizes(labels) >= 2) & ~in_core
+
+
+def _unanimous(signals: Signals, labels: np.ndarray, evidence: list) -> np.ndarray:
+    """Rows for which every stage besides the kNN vote, at least two of them, names the kNN
+    vote's best other label: each partition puts the row in a cluster mostly (over half) of
+    that label and holding under half of the row's own label's other images (a cluster that
+    lumped two look-alike identities says nothing), and cam-softmax ranks it first (where it
+    scored the row)."""
+    suggestion = signals.agreement.best_other
+    sizes = _label_sizes(labels)
+    agree = suggestion >= 0
+    stages = np.zeros(len(labels), dtype=np.int64)
+    for _, ev in evidence:
+        agree &= ((ev.majority == suggestion) & (ev.majority_share > 0.5)
+                  & (ev.own_count < 0.5 * np.maximum(sizes - 1, 1)))
+        stages += 1
+    conf = signals.camsoftmax
+    if conf is not None:
+        scored = np.isfinite(conf.p_given)
+        agree &= ~scored | (conf.top == suggestion)
+        stages += scored
+    return agree & (stages >= 2)
 
 
 @dataclass(frozen=True)
@@ -280,8 +310,8 @@ def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float
                     evidence: list | None = None) -> Mislabeled:
     """Rows whose label the evidence says is wrong, with the label it says is right.
 
-    Which rows: the kNN vote decides (:func:`knn_mislabel_score` at ``report_floor``, labels
-    of at least 2 images). How sure: every stage that ran gives its probability that the
+    Which rows: the kNN vote decides (:func:`knn_mislabel_score` at ``report_floor``, or at
+    half of it when every other stage names the same label; labels of at least 2 images). How sure: every stage that ran gives its probability that the
     suggested label L* is right, and the score is their mean (a linear opinion pool, so it
     stays a probability and a policy threshold of 0.75 means three to one): kNN, the score
     above; each partition, the share of the row's cluster carrying L* when L* is its majority
@@ -292,10 +322,11 @@ def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float
     agr = signals.agreement
     suggestion = agr.best_other
     knn = knn_mislabel_score(agr)
-    mask = _knn_candidates(signals, labels, report_floor)
+    evidence = evidence if evidence is not None else partition_evidence(signals, labels)
+    mask = _knn_candidates(signals, labels, report_floor, evidence)
     terms = [knn.astype(np.float64)]
     corroborated_by = {}
-    for name, ev in evidence if evidence is not None else partition_evidence(signals, labels):
+    for name, ev in evidence:
         agrees = (ev.majority == suggestion) & (suggestion >= 0)
         terms.append(np.where(agrees, ev.majority_share, 0.0))
         corroborated_by[name] = mask & agrees
@@ -380,8 +411,8 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     # a row in its label's core (a coherent identity) is never an outlier: a whole small
     # identity whose images are each other's neighbours used to be dropped this way
     backed = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
-    candidate = _knn_candidates(signals, labels, report_floor)
     evidence = evidence if evidence is not None else partition_evidence(signals, labels)
+    candidate = _knn_candidates(signals, labels, report_floor, evidence)
     stranger = strangers(evidence, len(labels)) & ~candidate & ~backed
     if stranger.any():
         unclaimed = np.mean([1.0 - ev.majority_share for _, ev in evidence], axis=0)
@@ -909,7 +940,8 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     config = config or FindingsConfig()
     floor = config.report_floor
     sizes = _label_sizes(labels, len(label_names))
-    candidate = _knn_candidates(signals, labels, floor)
+    evidence = evidence if evidence is not None else partition_evidence(signals, labels)
+    candidate = _knn_candidates(signals, labels, floor, evidence)
     agr = signals.agreement
     mis = knn_mislabel_score(agr)
     # two images that are each other's likely-same-person neighbours (the label's core) are a

@@ -526,6 +526,40 @@ def test_a_two_image_label_is_not_judged_on_the_knn_vote_alone():
     assert find_issues(_evidence(labels, **kw), labels, names).issue[8] == "review"
 
 
+def test_a_vote_that_only_leans_is_a_finding_when_every_other_stage_names_the_same_label():
+    """A flip whose person has two images in the set has two witnesses, each of whose
+    reliability counts the flip against it: the kNN vote leans (half the floor) but stays
+    under the floor. When both partitions and cam-softmax name the same label it is a
+    mislabel finding; one stage that does not (or a partition that also holds the row's own
+    label's images) leaves it to review."""
+    from facecluster.findings import find_issues
+
+    # a ×4, b ×2, c ×2: row 6 (a c) is the person of b; row 7 is c's own image
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    names = np.array(list("abc"), dtype=object)
+    kw = dict(given=[3] * 6 + [0, 0], other=[0] * 6 + [0.6, 0], best_other=[-1] * 6 + [1, -1],
+              none_prob=[0.05] * 6 + [0.9, 0.9])
+    joined = [0] * 4 + [1, 1, 1, 2]  # row 6 sits with b's two images, away from row 7
+    conf = _confidence([0.9] * 6 + [0.05, 0.5], [0] * 4 + [1, 1, 1, 2], [0.9] * 6 + [0.8, 0.5])
+    unanimous = _evidence(labels, **kw, partitions={"hierarchical": joined, "correlation": joined}, camsoftmax=conf)
+    found = find_issues(unanimous, labels, names)
+    assert found.issue[6] == "mislabeled" and found.suggested[6] == 1
+    assert found.issue[7] != "mislabeled"
+    # cam-softmax ranks c first: not unanimous, the lean alone is a person's call
+    dissent = _confidence([0.9] * 6 + [0.5, 0.5], [0] * 4 + [1, 1, 2, 2], [0.9] * 6 + [0.5, 0.5])
+    split = find_issues(_evidence(labels, **kw, partitions={"hierarchical": joined, "correlation": joined},
+                                  camsoftmax=dissent), labels, names)
+    assert split.issue[6] == "review"
+    # a partition that lumps b with both of c's images says nothing against c
+    lumped = [0] * 4 + [1] * 4
+    assert find_issues(_evidence(labels, **kw, partitions={"hierarchical": lumped, "correlation": joined},
+                                 camsoftmax=conf), labels, names).issue[6] == "review"
+    # a vote under half the floor is not rescued by unanimity
+    weak = dict(kw, other=[0] * 6 + [0.2, 0])
+    assert find_issues(_evidence(labels, **weak, partitions={"hierarchical": joined, "correlation": joined},
+                                 camsoftmax=conf), labels, names).issue[6] != "mislabeled"
+
+
 def test_resolve_applies_the_documented_precedence():
     from facecluster.findings import PRECEDENCE, resolve
 
