@@ -393,8 +393,9 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     27 of 46 such drops were clean rows of small identities the model spreads wide).
 
     A stranger is an outlier whatever its label's size (:func:`strangers`): every partition
-    that ran puts it among at least three other rows, none of its own label, no label holding
-    half of them. That is the mark of an open-set person whose photos were filed under random
+    that ran puts it among at least three other rows, none of its own label (or, when the
+    vote finds no reliable same-person neighbour for it, its label not leading), no label
+    holding half of them. That is the mark of an open-set person whose photos were filed under random
     names, and the one kind of noise a label of one or two images can be judged on (it has
     no majority to disagree with). Its score is the larger of the pooled one and the
     partitions' mean share of rows that are not the cluster's majority label.
@@ -413,7 +414,10 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     backed = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
     evidence = evidence if evidence is not None else partition_evidence(signals, labels)
     candidate = _knn_candidates(signals, labels, report_floor, evidence)
-    stranger = strangers(evidence, len(labels)) & ~candidate & ~backed
+    # a row in its label's core is a stranger only when the vote finds no reliable same-person
+    # neighbour for it: two photos of one stranger under one name are each other's core
+    unsupported = agr.none_prob >= report_floor
+    stranger = strangers(evidence, labels, unsupported) & (~backed | unsupported) & ~candidate
     if stranger.any():
         unclaimed = np.mean([1.0 - ev.majority_share for _, ev in evidence], axis=0)
         pooled = np.where(stranger, np.maximum(pooled, unclaimed), pooled)
@@ -425,6 +429,13 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     contested = np.zeros(len(labels), dtype=bool)
     if agr.label_chance is not None:
         contested = mask & (agr.label_chance < CHANCE)
+        if agr.core is not None and stranger.any():
+            # ... unless the label's core is strangers too: its nearest image is another
+            # photo of the same stranger, which ties the row to the stranger, not to the label
+            n_lab = int(labels.max()) + 1
+            core_n = np.bincount(labels, weights=agr.core.astype(np.float64), minlength=n_lab)
+            core_strangers = np.bincount(labels, weights=(agr.core & stranger).astype(np.float64), minlength=n_lab)
+            contested &= ~(stranger & (core_n >= 2)[labels] & (core_strangers == core_n)[labels])
     # a label with no core (no two of its images are mutual, likely-same-person neighbours)
     # has no identity for a row to fall outside of: every row of it is unsupported, and which
     # ones are the person is unknown (a person the model spreads wide, or several people);
@@ -437,18 +448,32 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
                     stranger & mask)
 
 
-def strangers(evidence: list[tuple[str, ClusterEvidence]], n_samples: int) -> np.ndarray:
-    """Rows that every partition puts among at least three other rows, none of them of the
-    row's label, no label holding half of them: a person with several photos in the set, each
-    under another name, and none under this row's. (n_samples,) bool; all False when no
-    partition ran. No similarity enters: the partitions drew the clusters."""
+def strangers(evidence: list[tuple[str, ClusterEvidence]], labels: np.ndarray,
+              unsupported: np.ndarray | None = None) -> np.ndarray:
+    """Rows that every partition puts among at least three other rows, no label holding half
+    of them, and the row's own label not leading: a person with several photos in the set,
+    each under another name. (n_samples,) bool; all False when no partition ran. No
+    similarity enters: the partitions drew the clusters.
+
+    ``unsupported``: (n_samples,) bool, rows with no reliable same-person neighbour (the kNN
+    vote's :attr:`~facecluster.votes.LabelAgreement.none_prob` at the floor). Without it, a
+    row's cluster must hold none of its own label; with it, an unsupported row's own label may
+    sit in the cluster as long as another label leads: two photos of one stranger filed under
+    one name (on the long-tailed real sets, a person of 31 photos had 2 under one label, each
+    other's nearest and so the label's core, among 29 under 29 other names)."""
+    labels = np.asarray(labels)
     if not evidence:
-        return np.zeros(n_samples, dtype=bool)
-    masks = []
+        return np.zeros(len(labels), dtype=bool)
+    alone, among = [], []
     for _, ev in evidence:
         # with two others of two labels one holds half: three others is the least that can pass
-        masks.append((ev.cluster_size - 1 >= 3) & (ev.own_share == 0) & (ev.majority_share < 0.5))
-    return np.logical_and.reduce(masks)
+        scattered = (ev.cluster_size - 1 >= 3) & (ev.majority_share < 0.5)
+        alone.append(scattered & (ev.own_share == 0))
+        among.append(scattered & (ev.majority != labels))
+    out = np.logical_and.reduce(alone)
+    if unsupported is not None:
+        out |= np.logical_and.reduce(among) & unsupported
+    return out
 
 
 @dataclass(frozen=True)
@@ -1077,9 +1102,11 @@ def _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review,
         text = f"kNN: no label supported (P(no same-person neighbour)={out.knn_score[i]:.2f})"
         if out.stranger is not None and out.stranger[i]:
             stage, ev = evidences[0]
+            own = "none" if ev.own_count[i] == 0 else f"{ev.own_count[i]} other"
             text = (f"a stranger: every partition puts it among other names (the {stage} cluster: "
-                    f"{ev.cluster_size[i]} rows, none of {names[labels[i]]}, the largest label "
-                    f"{ev.majority_share[i]:.0%}); {text}")
+                    f"{ev.cluster_size[i]} rows, {own} of {names[labels[i]]}, the largest label "
+                    f"{ev.majority_share[i]:.0%}); kNN: no label supported (P(no same-person neighbour)="
+                    f"{signals.agreement.none_prob[i]:.2f})")
         if conf is not None and np.isfinite(conf.p_given[i]):
             text += f"; cam-softmax: p({names[labels[i]]})={conf.p_given[i]:.2f}"
         reason[i] = text

@@ -507,6 +507,40 @@ def test_a_stranger_filed_under_small_labels_is_an_outlier_and_a_lone_person_is_
     assert not find_outliers(apart, labels).mask[8:].any()
 
 
+def test_two_photos_of_a_stranger_under_one_name_are_outliers_though_each_others_core():
+    """A stranger of many photos: two landed under one name, each the other's nearest (the
+    label's core, and nearer than chance). Every partition puts them among the stranger's
+    other photos, where another label leads and none holds half, and the vote finds no
+    reliable same-person neighbour: both are outliers. The same pair with vote support (a
+    real two-photo identity the partitions lumped) is left alone."""
+    from dataclasses import replace
+
+    from facecluster.findings import find_issues
+
+    # a ×6 (rows 0-3 a's person; rows 4, 5 the stranger), b ×4 (6-9); c, d one stranger
+    # photo each (10, 11); e: rows 12, 13, both the stranger
+    names = np.array(list("abcde"), dtype=object)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 3, 4, 4])
+    part = [0, 0, 0, 0, 2, 2, 1, 1, 1, 1, 2, 2, 2, 2]
+    n = len(labels)
+    core = np.array([True] * 4 + [False] * 2 + [True] * 4 + [False] * 2 + [True] * 2)
+    chance = np.where(core, 0.01, 1.0).astype(np.float32)
+
+    def run(none_prob):
+        sig = _evidence(labels, given=[3] * 4 + [0, 0] + [3] * 4 + [0] * 4, other=[0] * n, best_other=[-1] * n,
+                        none_prob=none_prob, partitions={"hierarchical": part, "correlation": part})
+        sig = replace(sig, agreement=replace(sig.agreement, core=core, label_chance=chance))
+        return find_issues(sig, labels, names)
+
+    found = run([0.05] * 4 + [0.7] * 2 + [0.05] * 4 + [0.7] * 4)
+    assert found.issue[[12, 13]].tolist() == ["outlier", "outlier"]
+    assert "1 other of e" in found.reason[12] and "P(no same-person neighbour)=0.70" in found.reason[12]
+    assert found.issue[[10, 11]].tolist() == ["outlier", "outlier"]
+    assert not found.issue[:4].any() and not found.issue[6:10].any()
+    supported = run([0.05] * 4 + [0.7] * 2 + [0.05] * 4 + [0.7] * 2 + [0.05] * 2)
+    assert supported.issue[[12, 13]].tolist() == ["", ""]
+
+
 def test_a_two_image_label_is_not_judged_on_the_knn_vote_alone():
     """In a label of two images the other image is no majority: a kNN mislabel vote that no
     other stage backs goes to review (a loner beside a big identity looks the same); with a
