@@ -565,7 +565,8 @@ def leaving_rows(labels: np.ndarray, found: np.ndarray, n_labels: int) -> np.nda
 def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
                               embeddings: np.ndarray | None = None,
                               evidence: list | None = None, leaving: np.ndarray | None = None,
-                              pairs: LabelPairs | None = None) -> DuplicateIdentities:
+                              pairs: LabelPairs | None = None,
+                              no_person: np.ndarray | None = None) -> DuplicateIdentities:
     """Labels that are one person under two names, and which name each merges into.
 
     Every test reads the labels as they stand once the rows in ``leaving`` ((n_samples,)
@@ -576,7 +577,10 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     :func:`staying_labels`); without it the vote stage's, on the labels as given. Measured
     on the real protocol sets (docs/benchmarks.md, issue 13): merge recall 0.657 → 0.886 on
     OMZ's long-tailed version, 0.886 → 0.943 on OMZ plain, precision 0.803 → 0.900 on dlib's
-    long-tailed version.
+    long-tailed version. ``no_person``: (n_samples,) bool, rows that are no labelled
+    identity's (outliers, and the copies found among them); a label all of whose rows are
+    such holds no person to merge (two photos of one stranger under one name, two more under
+    another, were a false merge on OMZ's long-tailed set).
 
     Candidate pairs come from three places: labels joined by enough same-person kNN mass
     (the vote stage's one-person test, :func:`facecluster.votes.label_pairs`, score ≥ 1/4),
@@ -614,6 +618,9 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     n_labels = len(label_names)
     merged_into = np.full(n_labels, -1, dtype=np.int64)
     label_score = np.zeros(n_labels, dtype=np.float32)
+    holds_person = np.ones(n_labels, dtype=bool)
+    if no_person is not None:
+        holds_person = np.bincount(labels[~np.asarray(no_person, dtype=bool)], minlength=n_labels) > 0
     if leaving is not None:
         # a label is never emptied (its rows say nothing against each other then)
         leaving = leaving_rows(labels, leaving, n_labels)
@@ -652,7 +659,8 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         strong = (pairs.score >= MERGE_CANDIDATE) | (together & (len(partitions) > 0))
         candidates.update(zip(pairs.a[strong].tolist(), pairs.b[strong].tolist()))
     accepted = []
-    ordered = sorted((a, b) for a, b in candidates if b < n_labels)  # a < b: a row's own label never merges
+    # a < b: a row's own label never merges
+    ordered = sorted((a, b) for a, b in candidates if b < n_labels and holds_person[a] and holds_person[b])
     rows_of = _rows_of(labels, len(label_names)) if embeddings is not None and ordered else None
     first = np.array([a for a, _ in ordered], dtype=np.int64)
     second = np.array([b for _, b in ordered], dtype=np.int64)
@@ -1048,8 +1056,11 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     if graph is not None and leaving.any():
         pairs = label_pairs_of(graph, staying_labels(labels, leaving, n_labels), signals.calibration,
                                signals.duplicates.group, n_labels + int(leaving.sum()))
+    # copies count as no one's only in a label where an outlier was found
+    has_outlier = np.bincount(labels[out.mask], minlength=n_labels) > 0
     dupid = find_duplicate_identities(signals, labels, label_names, embeddings=embeddings, evidence=evidence,
-                                      leaving=leaving, pairs=pairs)
+                                      leaving=leaving, pairs=pairs,
+                                      no_person=out.mask | (near.mask & has_outlier[labels]))
     review = find_review(signals, labels, label_names, config=config, evidence=evidence)
     # a merge moves the rows that stay; the ones leaving keep their own finding
     member = (dupid.merged_into[labels] >= 0) & ~leaving

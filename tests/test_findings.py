@@ -278,6 +278,10 @@ def test_a_merge_needs_some_evidence_from_the_one_person_test():
     merged = find_duplicate_identities(with_score(0.3), labels, names).merges
     assert merged[["label", "merged_into"]].values.tolist() == [["a", "b"]] or \
         merged[["label", "merged_into"]].values.tolist() == [["b", "a"]]
+    # a label all of whose rows are no one's (strangers found as outliers) holds no person to merge
+    no_person = np.isin(np.arange(10), [0, 1, 2, 3])
+    assert len(find_duplicate_identities(with_score(0.3), labels, names, no_person=no_person).merges) == 0
+    assert len(find_duplicate_identities(with_score(0.3), labels, names, no_person=np.arange(10) == 0).merges) == 1
 
 
 def test_a_partition_that_lumps_two_look_alikes_is_no_evidence_against_either():
