@@ -121,7 +121,10 @@ class NoisySet:
         both halves of a split identity, its original label; else -1), ``duplicate_of`` (row of the
         original for near-duplicates, else -1), ``source_row`` (row in the clean input, -1 for
         appended rows)
-    merge_pairs : (n_splits, 2) int64, (new label, original label) per split identity
+    merge_pairs : (n_splits, 2) int64, (new label, original label) per split identity whose
+        two names both still hold a photo of the person after the flips (one whose flips took
+        every photo out of one name is a person under the other name alone: that name is then
+        the true label of every photo of theirs, and the pair is not recorded)
     """
 
     embeddings: np.ndarray
@@ -237,6 +240,22 @@ def inject_noise(
     flipped, new = flipped[ok], new[ok]
     y[flipped] = new
     issue[flipped] = "flip"
+
+    # A split whose one name no longer holds a photo of its person (the flips took them all)
+    # is no longer one person under two names: the name left is the person's only one
+    kept_pairs = []
+    for new_label, lab in merge_pairs:
+        who = person[split_of == lab]
+        holds = lambda name: bool(np.any((y == name) & (person == who[0])))  # noqa: E731
+        if holds(new_label) and holds(lab):
+            kept_pairs.append((new_label, lab))
+            continue
+        name = new_label if holds(new_label) else lab
+        rows = np.flatnonzero((true == lab) & (person == who[0]))
+        true[rows] = name
+        issue[rows[(issue[rows] == "split") & (y[rows] == name)]] = ""
+        split_of[split_of == lab] = -1
+    merge_pairs = kept_pairs
 
     # Near-duplicates appended at the end, same (possibly noisy) label as their source.
     n_dup = int(round(duplicates * n))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from facecluster.synth import identity_sizes, inject_noise, make_faces
 
@@ -147,3 +149,25 @@ def test_fit_generator_recovers_the_geometry_of_a_set_it_made():
         assert abs(fitted[key] - target[key]) < 0.06, key
     assert abs(fitted["different_sd"] - target["different_sd"]) < 0.03
     assert fit["settings"]["effective_dim"] is not None
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), flip=st.floats(0.05, 0.6))
+def test_every_recorded_split_holds_its_person_under_both_names(seed, flip):
+    """Flips may take every photo of a split's person out of one of its two names; that is
+    then no longer one person under two names but a person under one (the name left is their
+    true label), and it is not recorded as a merge to find."""
+    x, y = make_faces(300, 60, 16, seed=seed % 7)
+    noisy = inject_noise(x, y, flip=flip, open_set=0.0, split=0.3, min_split_size=2, split_any_size=True,
+                         duplicates=0.05, seed=seed)
+    t = noisy.truth
+    person, true = t.true_person.to_numpy(), t.true_label.to_numpy()
+    for new, old in noisy.merge_pairs:
+        who = person[t.split_of.to_numpy() == old][0]
+        for name in (new, old):
+            assert ((noisy.labels == name) & (person == who)).any()
+    # a split row is one filed under the new name while its person still has the old one
+    split = (t.issue == "split").to_numpy()
+    assert np.isin(true[split], noisy.merge_pairs[:, 1]).all()
+    # a split row sits under another name than its true label
+    assert (noisy.labels[split] != true[split]).all()
