@@ -480,6 +480,15 @@ def test_find_review_sends_what_cannot_be_judged_to_a_person():
     apart = _evidence(pair, given=[0] * 2 + [1] * 7, other=[0] * 9, best_other=[-1] * 9,
                       none_prob=[0.9, 0.9] + [0.1] * 7, partitions={"hierarchical": hier})
     assert find_review(apart, pair, NAMES).cannot_tell.tolist() == [True, True] + [False] * 7
+    # ... unless the other image was found to be noise and leaves: the one that stays is its
+    # label's only image, and no other label claims it
+    left = find_review(apart, pair, NAMES, leaving=np.arange(9) == 0)
+    assert not left.cannot_tell[1] and left.label_images[1] == 1
+    # a one-image label claimed at three to one, but judged by the merge tests with the claiming
+    # label as more likely two people: a loner beside a look-alike, not a doubt
+    assert not find_review(leaned, labels, NAMES, judged={(1, 2): 0.3}).cannot_tell[8]
+    assert find_review(leaned, labels, NAMES, judged={(1, 2): 0.6}).cannot_tell[8]
+    assert find_review(leaned, labels, NAMES, judged={(0, 2): 0.3}).cannot_tell[8], "another pair says nothing"
 
 
 def test_a_stranger_filed_under_small_labels_is_an_outlier_and_a_lone_person_is_not():
