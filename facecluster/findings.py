@@ -491,13 +491,16 @@ class NearDuplicateRows:
     partner: np.ndarray
 
 
-def find_near_duplicates(signals: Signals, labels: np.ndarray) -> NearDuplicateRows:
+def find_near_duplicates(signals: Signals, labels: np.ndarray, doubt: np.ndarray | None = None) -> NearDuplicateRows:
     """Rows that are copies of another row, and the one row of each group that stays.
 
     The groups come from the kNN-vote stage (:func:`facecluster.votes.near_duplicate_groups`,
     a data-derived cut). In a group whose members share a label the first row stays; where
-    their labels differ, the member whose label its neighbours back best (lowest kNN mislabel
-    score; ties: first row).
+    their labels differ, the member whose label fits it best: the lowest of the larger of its
+    kNN mislabel score and ``doubt`` ((n_samples,), e.g. the outlier score: how likely no
+    labelled identity fits the row; ties: first row). Without the outlier score, the one
+    photo of a one-image identity, copied under a big label, was dropped as the copy while the
+    copy, which fits nobody in the big label, went out as an outlier (OMZ's long-tailed set).
     """
     dup = signals.duplicates
     n = len(labels)
@@ -506,6 +509,8 @@ def find_near_duplicates(signals: Signals, labels: np.ndarray) -> NearDuplicateR
     in_group = np.flatnonzero(dup.group >= 0)
     if len(in_group):
         mis = knn_mislabel_score(signals.agreement)
+        if doubt is not None:
+            mis = np.maximum(mis, np.asarray(doubt, dtype=np.float32))
         grp_all = dup.group[in_group]
         lab_all = labels[in_group]
         n_grp = int(grp_all.max()) + 1
@@ -1064,7 +1069,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     evidence = partition_evidence(signals, labels)
     mis = find_mislabeled(signals, labels, report_floor=floor, evidence=evidence)
     out = find_outliers(signals, labels, report_floor=floor, evidence=evidence)
-    near = find_near_duplicates(signals, labels)
+    near = find_near_duplicates(signals, labels, doubt=out.score)
     n_labels = len(label_names)
     # a label claimed whole by another (most of its images each a mislabel candidate for the
     # same label) is a split: the rows the claimer claims stay and merge with their label, they

@@ -217,6 +217,16 @@ def test_find_near_duplicates_keeps_one_row_per_group_the_best_backed_when_label
     assert near.keep[1] == near.keep[2] == 0, "same label: the first row stays"
     assert near.keep[4] == 8, "mixed labels: the row whose label its neighbours back stays"
     assert (near.score[~near.mask] == 0).all()
+    # the one photo of a one-image identity, copied under a big label where it fits nobody: its
+    # copy's neighbours back neither label, so the outlier score decides which row stays
+    lone = _evidence(LABELS, given=[2] * 8 + [0.0], other=[0] * 4 + [0.1] + [0] * 3 + [0.3],
+                     best_other=[-1] * 4 + [2] + [-1] * 3 + [0], none_prob=[0] * 9, group=group,
+                     dup_score=[0.9] * 9, partner=[1, 0, 0, -1, 8, -1, -1, -1, 4])
+    doubt = np.zeros(9, np.float32)
+    doubt[4] = 0.8  # row 4 (a b) fits no b
+    assert find_near_duplicates(lone, LABELS).keep[8] == 4, "on the kNN vote alone, row 4 would stay"
+    kept = find_near_duplicates(lone, LABELS, doubt=doubt)
+    assert kept.keep[4] == 8 and kept.mask[4] and not kept.mask[8]
 
 
 def test_find_duplicate_identities_needs_votes_both_ways():
