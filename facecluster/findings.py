@@ -461,6 +461,8 @@ def strangers(evidence: list[tuple[str, ClusterEvidence]], labels: np.ndarray,
     sit in the cluster as long as another label leads: two photos of one stranger filed under
     one name (on the long-tailed real sets, a person of 31 photos had 2 under one label, each
     other's nearest and so the label's core, among 29 under 29 other names)."""
+    if np.ndim(labels) == 0:  # the former signature's n_samples: the own-label-absent rule alone
+        labels, unsupported = np.full(int(labels), -1), None
     labels = np.asarray(labels)
     if not evidence:
         return np.zeros(len(labels), dtype=bool)
@@ -1001,8 +1003,8 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     # two images that are each other's likely-same-person neighbours (the label's core) are a
     # coherent identity of two, as for outliers: not a doubt however another label leans
     in_core = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
-    stay = sizes if leaving is None else np.bincount(labels[~np.asarray(leaving, dtype=bool)],
-                                                     minlength=len(label_names))[labels]
+    leaving = None if leaving is None else leaving_rows(labels, np.asarray(leaving, dtype=bool), len(label_names))
+    stay = sizes if leaving is None else np.bincount(labels[~leaving], minlength=len(label_names))[labels]
     pair = (stay == 2) & ~in_core & ((agr.none_prob >= floor) | (mis >= 0.5 * floor))
     single = (stay == 1) & (mis >= SINGLE_IMAGE_ODDS)
     if judged:
@@ -1010,6 +1012,8 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
             a, b = sorted((int(labels[i]), int(agr.best_other[i])))
             single[i] = judged.get((a, b), 1.0) >= 0.5
     cannot_tell = ~candidate & (pair | single)
+    if leaving is not None:
+        cannot_tell &= ~leaving  # a row that leaves is judged already
     text = np.full(len(labels), "", dtype=object)
     score = np.where(cannot_tell, np.maximum(mis, agr.none_prob), 0.0).astype(np.float32)
     for name, ev in evidence if evidence is not None else partition_evidence(signals, labels):

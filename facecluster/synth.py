@@ -253,7 +253,8 @@ def inject_noise(
         name = new_label if holds(new_label) else lab
         rows = np.flatnonzero((true == lab) & (person == who[0]))
         true[rows] = name
-        issue[rows[(issue[rows] == "split") & (y[rows] == name)]] = ""
+        # split rows under the name left, and flips that landed on it, now carry their label
+        issue[rows[np.isin(issue[rows], ["split", "flip"]) & (y[rows] == name)]] = ""
         split_of[split_of == lab] = -1
     merge_pairs = kept_pairs
 

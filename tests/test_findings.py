@@ -562,6 +562,15 @@ def test_two_photos_of_a_stranger_under_one_name_are_outliers_though_each_others
     assert not found.issue[:4].any() and not found.issue[6:10].any()
     supported = run([0.05] * 4 + [0.7] * 2 + [0.05] * 4 + [0.7] * 2 + [0.05] * 2)
     assert supported.issue[[12, 13]].tolist() == ["", ""]
+    # ... and a row outside its label's core with support is no stranger either: its label
+    # being in the cluster is allowed only to a row the vote finds no same-person neighbour for
+    core_e = core.copy()
+    core_e[12:] = False
+    sig = _evidence(labels, given=[3] * 4 + [0, 0] + [3] * 4 + [0] * 4, other=[0] * n, best_other=[-1] * n,
+                    none_prob=[0.05] * 4 + [0.7] * 2 + [0.05] * 4 + [0.7] * 2 + [0.3] * 2,
+                    partitions={"hierarchical": part, "correlation": part})
+    sig = replace(sig, agreement=replace(sig.agreement, core=core_e, label_chance=np.ones(n, np.float32)))
+    assert not find_issues(sig, labels, names).issue[[12, 13]].any()
 
 
 def test_a_two_image_label_is_not_judged_on_the_knn_vote_alone():
@@ -611,6 +620,8 @@ def test_a_vote_that_only_leans_is_a_finding_when_every_other_stage_names_the_sa
     lumped = [0] * 4 + [1] * 4
     assert find_issues(_evidence(labels, **kw, partitions={"hierarchical": lumped, "correlation": joined},
                                  camsoftmax=conf), labels, names).issue[6] == "review"
+    # one stage beside the kNN vote is no unanimity: at least two must agree
+    assert find_issues(_evidence(labels, **kw, partitions={"hierarchical": joined}), labels, names).issue[6] == "review"
     # a vote under half the floor is not rescued by unanimity
     weak = dict(kw, other=[0] * 6 + [0.2, 0])
     assert find_issues(_evidence(labels, **weak, partitions={"hierarchical": joined, "correlation": joined},

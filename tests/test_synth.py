@@ -169,5 +169,7 @@ def test_every_recorded_split_holds_its_person_under_both_names(seed, flip):
     # a split row is one filed under the new name while its person still has the old one
     split = (t.issue == "split").to_numpy()
     assert np.isin(true[split], noisy.merge_pairs[:, 1]).all()
-    # a split row sits under another name than its true label
+    # a split row sits under another name than its true label, and so does a flip
     assert (noisy.labels[split] != true[split]).all()
+    flips = (t.issue == "flip").to_numpy()
+    assert (noisy.labels[flips] != true[flips]).all()
