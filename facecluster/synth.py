@@ -244,14 +244,13 @@ def inject_noise(
     # A split whose one name no longer holds a photo of its person (the flips took them all)
     # is no longer one person under two names: the name left is the person's only one
     kept_pairs = []
-    for new_label, lab in merge_pairs:
-        who = person[split_of == lab]
-        holds = lambda name: bool(np.any((y == name) & (person == who[0])))  # noqa: E731
+    for new_label, lab in merge_pairs:  # the split person's identity is its original label
+        holds = lambda name: bool(np.any((y == name) & (person == lab)))  # noqa: E731
         if holds(new_label) and holds(lab):
             kept_pairs.append((new_label, lab))
             continue
         name = new_label if holds(new_label) else lab
-        rows = np.flatnonzero((true == lab) & (person == who[0]))
+        rows = np.flatnonzero((true == lab) & (person == lab))
         true[rows] = name
         # split rows under the name left, and flips that landed on it, now carry their label
         issue[rows[np.isin(issue[rows], ["split", "flip"]) & (y[rows] == name)]] = ""
