@@ -427,23 +427,22 @@ def find_outliers(signals: Signals, labels: np.ndarray, *, report_floor: float =
     # a row whose own label's nearest image is nearer than a random label's would be at the
     # CHANCE level is tied to its label however low the similarity (a hard photo), or a
     # stranger that landed beside a look-alike by chance: a person's call, not a drop
+    n_lab = int(labels.max()) + 1
+    core_n = None if agr.core is None else np.bincount(labels, weights=agr.core.astype(np.float64), minlength=n_lab)
     contested = np.zeros(len(labels), dtype=bool)
     if agr.label_chance is not None:
         contested = mask & (agr.label_chance < CHANCE)
-        if agr.core is not None and stranger.any():
+        if core_n is not None and stranger.any():
             # ... unless the label's core is strangers too: its nearest image is another
             # photo of the same stranger, which ties the row to the stranger, not to the label
-            n_lab = int(labels.max()) + 1
-            core_n = np.bincount(labels, weights=agr.core.astype(np.float64), minlength=n_lab)
             core_strangers = np.bincount(labels, weights=(agr.core & stranger).astype(np.float64), minlength=n_lab)
             contested &= ~(stranger & (core_n >= 2)[labels] & (core_strangers == core_n)[labels])
     # a label with no core (no two of its images are mutual, likely-same-person neighbours)
     # has no identity for a row to fall outside of: every row of it is unsupported, and which
     # ones are the person is unknown (a person the model spreads wide, or several people);
     # a person's call, not a drop. Strangers are judged by the partitions, not by their label.
-    if agr.core is not None:
-        has_core = np.bincount(labels, weights=agr.core.astype(np.float64), minlength=int(labels.max()) + 1) >= 2
-        contested |= mask & ~stranger & ~has_core[labels]
+    if core_n is not None:
+        contested |= mask & ~stranger & ~(core_n >= 2)[labels]
     mask &= ~contested
     return Outliers(mask, np.where((sizes >= 3) | stranger, pooled, 0.0).astype(np.float32), knn, contested,
                     stranger & mask)
