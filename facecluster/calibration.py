@@ -199,3 +199,127 @@ def fit_pair_calibration(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
         return Calibration("constant", None, len(sims), 1e-6)
     model = GaussianMixture(2, random_state=int(rng.integers(2**31 - 1))).fit(sims[:, None])
     return Calibration("mixture", model, len(sims), 1e-6)
+
+
+# a Gumbel fitted by its quartiles: ln(−ln p) at p = 1/4 and 1/2
+_GUMBEL_Q25, _GUMBEL_Q50 = float(np.log(-np.log(0.25))), float(np.log(-np.log(0.5)))
+
+
+@dataclass(frozen=True)
+class NearestStranger:
+    """How close a photo's nearest other-label photo comes when that photo is a stranger,
+    against how close a photo of the same person comes: the evidence in one similarity when
+    a label has a single image and nothing else to go by.
+
+    The edge calibration (:class:`Calibration`) is fitted on the pairs of the labels with
+    several images, where a neighbour is usually the same person; the nearest other-label
+    photo of a one-image label is the closest of thousands of strangers, so its similarity is
+    high whoever it is, and the curve's P(same person) there says more about the big
+    identities than about it. Here each side gets its own distribution, from the set:
+
+    - the nearest stranger: a Gumbel (the law of a maximum), fitted by maximum likelihood to
+      the nearest other-label similarity of the rows of the smallest labels, as a mixture with
+      the same-person curve below (some of those rows are a split's halves or flips, whose
+      nearest other-label photo is their own person);
+    - the same person: each row's nearest same-label similarity (labels of two images or
+      more, each label weighing one), a Gaussian kernel density.
+
+    ``bayes_factor(s)`` is the ratio of the two densities at ``s``: how many times more likely
+    that similarity is for a photo of the same person than for the nearest of strangers.
+    Nothing is a fixed cosine; a geometry in which the two overlap gives factors near one.
+
+    mu, beta : the Gumbel's location and scale; share : its weight in the mixture
+    same_person : the fitted ``scipy.stats.gaussian_kde``
+    n_stranger, n_same : rows each side was fitted on
+    """
+
+    mu: float
+    beta: float
+    share: float
+    same_person: object
+    n_stranger: int
+    n_same: int
+
+    def bayes_factor(self, sims) -> np.ndarray:
+        """Density of ``sims`` for one person over that for the nearest stranger (float64)."""
+        from scipy import stats
+
+        sims = np.atleast_1d(np.asarray(sims, dtype=np.float64))
+        same = self.same_person(sims)
+        stranger = stats.gumbel_r.pdf(sims, self.mu, self.beta)
+        return same / np.maximum(stranger, np.finfo(np.float64).tiny)
+
+    def summary(self) -> dict:
+        return {"stranger_location": round(self.mu, 4), "stranger_scale": round(self.beta, 4),
+                "stranger_share": round(self.share, 4), "rows_stranger": self.n_stranger, "rows_same": self.n_same}
+
+
+def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | None = None, *,
+                         min_rows: int = 50, max_rows: int = 4000,
+                         rng: np.random.Generator | None = None) -> NearestStranger | None:
+    """Fit :class:`NearestStranger` on ``graph`` under ``labels`` (int codes), from the rows in
+    ``use`` ((n_samples,) bool; default all) and their neighbours in ``use``.
+
+    The stranger side reads the rows of the smallest labels, taking label sizes in increasing
+    order until at least ``min_rows`` rows are in (on a long-tailed set the one-image labels
+    alone); a row whose neighbour list holds no other label's photo has none to give. Each side
+    is a random ``max_rows`` at most (``rng``). None when either side has fewer than 20 rows
+    or the similarities do not spread (nothing to fit).
+    """
+    from scipy import optimize, stats
+
+    rng = rng if rng is not None else np.random.default_rng(0)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    use = np.ones(n, dtype=bool) if use is None else np.asarray(use, dtype=bool)
+    has_other, has_same = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    s_other, s_same = np.zeros(n), np.zeros(n)
+    for start in range(0, n, 1 << 16):  # blocks of rows: (block, k) temporaries only
+        stop = min(n, start + (1 << 16))
+        idx = graph.indices[start:stop]
+        safe = np.maximum(idx, 0)
+        valid = (idx >= 0) & use[safe]
+        own = labels[start:stop, None]
+        other = valid & (labels[safe] != own)
+        same = valid & (labels[safe] == own)
+        # lists are most similar first: the first entry of each kind is the nearest
+        has_other[start:stop], has_same[start:stop] = other.any(axis=1), same.any(axis=1)
+        rows = np.arange(stop - start)
+        s_other[start:stop] = graph.sims[start:stop][rows, other.argmax(axis=1)]
+        s_same[start:stop] = graph.sims[start:stop][rows, same.argmax(axis=1)]
+    has_other &= use
+    has_same &= use
+    sizes = np.bincount(labels[use], minlength=int(labels.max()) + 1 if n else 0)
+    size = sizes[labels]
+    candidates = np.flatnonzero(has_other)
+    if len(candidates) < 20:
+        return None
+    counts = np.bincount(size[candidates])
+    # the smallest size at which the rows of labels up to it reach min_rows (or all of them)
+    enough = np.flatnonzero(np.cumsum(counts) >= min_rows)
+    cap = int(enough[0]) if len(enough) else len(counts) - 1
+    stranger = s_other[candidates[size[candidates] <= cap]]
+    same_rows = np.flatnonzero(has_same & (size >= 2))
+    if len(stranger) < 20 or len(same_rows) < 20:
+        return None
+    if len(stranger) > max_rows:
+        stranger = rng.choice(stranger, size=max_rows, replace=False)
+    weight = 1.0 / size[same_rows]
+    if len(same_rows) > max_rows:
+        same_rows = rng.choice(same_rows, size=max_rows, replace=False, p=weight / weight.sum())
+        weight = None
+    q25, q50 = np.quantile(stranger, [0.25, 0.5])
+    if not q50 > q25 or np.ptp(s_same[same_rows]) <= 0:
+        return None
+    kde = stats.gaussian_kde(s_same[same_rows], weights=weight)
+    f_same = kde(stranger)
+    beta0 = (q50 - q25) / (_GUMBEL_Q25 - _GUMBEL_Q50)
+
+    def nll(t):
+        share = 1.0 / (1.0 + np.exp(-t[0]))
+        mix = share * stats.gumbel_r.pdf(stranger, t[1], np.exp(t[2])) + (1.0 - share) * f_same
+        return -np.sum(np.log(np.maximum(mix, np.finfo(np.float64).tiny)))
+
+    fit = optimize.minimize(nll, [2.0, q50 + beta0 * _GUMBEL_Q50, np.log(beta0)], method="Nelder-Mead")
+    share = float(1.0 / (1.0 + np.exp(-fit.x[0])))
+    return NearestStranger(float(fit.x[1]), float(np.exp(fit.x[2])), share, kde, len(stranger), len(same_rows))

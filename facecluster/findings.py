@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .calibration import Calibration
+from .calibration import Calibration, fit_nearest_stranger
 from .partition import Partition
 from .votes import LabelAgreement, LabelPairs, NearDuplicates, label_pairs_of
 
@@ -53,6 +53,10 @@ MERGE_CANDIDATE = 0.25
 # three-to-one odds (a kNN mislabel score b / (b + 1) of 3/4: three reliable same-person votes
 # for one other label)
 SINGLE_IMAGE_ODDS = 0.75
+# ... and the similarity of its photo to the other label's nearest at least three times as
+# likely for one person as for the nearest of strangers (a Bayes factor of 3, the start of
+# "positive" evidence on Kass & Raftery's scale; :class:`facecluster.calibration.NearestStranger`)
+SINGLE_IMAGE_BAYES = 3.0
 # A merge is refused when the centroid rank test rejects "one person" at this level: one
 # label's images sit farther from the other's centroid than the other's own images do, far
 # beyond chance (a probability, not a similarity; 0.1% with many candidate pairs tested).
@@ -577,7 +581,8 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
                               embeddings: np.ndarray | None = None,
                               evidence: list | None = None, leaving: np.ndarray | None = None,
                               pairs: LabelPairs | None = None,
-                              no_person: np.ndarray | None = None) -> DuplicateIdentities:
+                              no_person: np.ndarray | None = None,
+                              graph: KnnGraph | None = None) -> DuplicateIdentities:
     """Labels that are one person under two names, and which name each merges into.
 
     Every test reads the labels as they stand once the rows in ``leaving`` ((n_samples,)
@@ -643,6 +648,16 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         evidence = None
     partitions = evidence if evidence is not None else partition_evidence(signals, labels)
     pairs = pairs if pairs is not None else signals.agreement.pairs
+    # how near a one-image label's photo comes to strangers, on the labels as they stand
+    # (fitted at the first pair that needs it)
+    stranger_fit: list = []
+
+    def stranger():
+        if not stranger_fit:
+            stranger_fit.append(None if graph is None else fit_nearest_stranger(
+                graph, labels, None if leaving is None else ~leaving, rng=np.random.default_rng(0)))
+        return stranger_fit[0]
+
     # pairs with a leaving row's own label (codes >= n_labels) never merge: neither they nor
     # their evidence texts are kept
     vote_pairs, vote_text = _vote_pairs(signals.agreement, labels, label_names, n_real=n_labels)
@@ -693,10 +708,18 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
             ranks = _two_people(samples)
             if ranks is not None and ranks[0] < TWO_PEOPLE_P and ranks[1] < TWO_PEOPLE_AUC:
                 continue
+            # a label of one image: its photo's nearness to the other label must be evidence
+            # of one person against the nearest stranger, not only the nearest thing it has
+            single = _single_image_factor(stranger, graph, embeddings, labels, sizes, a, b)
+            if single is not None and single[1] < SINGLE_IMAGE_BAYES:
+                continue
             rank = [] if ranks is None else [f"centroid rank test p={ranks[0]:.2g}, AUC {ranks[1]:.2f} (two people "
                                              f"below p {TWO_PEOPLE_P:g} and AUC {TWO_PEOPLE_AUC:g})"]
             one_text = f"one person: {one:.2f} (same-person kNN mass shared as one identity's would be; 1 = fully)"
-            accepted.append((a, b, max(pooled, two_sample), [one_text, *parts, *rank]))
+            alone = [] if single is None else [
+                f"its one image at similarity {single[0]:.2f}: {single[1]:.3g} times as likely for one person as "
+                f"for the nearest stranger (one-image labels need {SINGLE_IMAGE_BAYES:g})"]
+            accepted.append((a, b, max(pooled, two_sample), [one_text, *parts, *rank, *alone]))
     if not accepted:
         return DuplicateIdentities(pd.DataFrame(columns=MERGE_COLUMNS), merged_into, label_score, {}, judged)
     graph = nx.Graph()
@@ -717,6 +740,31 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
             out.append((label_names[lab], label_names[canonical], pooled, text))
             why[lab] = text
     return DuplicateIdentities(pd.DataFrame(out, columns=MERGE_COLUMNS), merged_into, label_score, why, judged)
+
+
+def _single_image_factor(stranger, graph, embeddings, labels: np.ndarray, sizes: np.ndarray,
+                         a: int, b: int) -> tuple[float, float] | None:
+    """For a pair in which one label has a single image: that image's highest similarity to
+    the other label's images and its Bayes factor of one person against the nearest stranger
+    (``stranger()``: the fitted :class:`facecluster.calibration.NearestStranger`, or None); None
+    for other pairs or without a fit."""
+    if min(sizes[a], sizes[b]) != 1:
+        return None
+    stranger = stranger()
+    if stranger is None:
+        return None
+    lone, other = (a, b) if sizes[a] == 1 else (b, a)
+    row = int(np.flatnonzero(labels == lone)[0])
+    rows = np.flatnonzero(labels == other)
+    if embeddings is not None:
+        sim = float(np.max(embeddings[rows] @ embeddings[row]))
+    else:
+        listed = np.isin(graph.indices[row], rows)
+        back = graph.indices[rows] == row
+        sim = float(max(graph.sims[row][listed].max(initial=-np.inf), graph.sims[rows][back].max(initial=-np.inf)))
+    if not np.isfinite(sim):
+        return sim, 0.0
+    return sim, float(stranger.bayes_factor(sim)[0])
 
 
 def _one_person(pairs, a: int, b: int) -> float:
@@ -1091,7 +1139,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     has_outlier = np.bincount(labels[out.mask], minlength=n_labels) > 0
     dupid = find_duplicate_identities(signals, labels, label_names, embeddings=embeddings, evidence=evidence,
                                       leaving=leaving, pairs=pairs,
-                                      no_person=out.mask | (near.mask & has_outlier[labels]))
+                                      no_person=out.mask | (near.mask & has_outlier[labels]), graph=graph)
     review = find_review(signals, labels, label_names, config=config, evidence=evidence, leaving=leaving,
                          judged=dupid.judged)
     # a merge moves the rows that stay; the ones leaving keep their own finding

@@ -846,3 +846,80 @@ def test_a_leaving_row_lends_no_evidence_text_to_a_real_labels_merge():
     assert not findings.merges.empty
     assert not any("images of row " in text for text in findings.merges.evidence)
     assert not any("images of row " in str(text) for text in findings.reason)
+
+
+def _people_and_strangers(rng, dim=32, n_people=40, per=6, n_strangers=120, spread=0.45):
+    """Unit vectors: ``n_people`` people of ``per`` photos each (labels 0…), then
+    ``n_strangers`` one-photo people, each under a label of their own."""
+    centres = rng.standard_normal((n_people + n_strangers, dim))
+    x = [centres[i] + spread * rng.standard_normal((per, dim)) for i in range(n_people)]
+    x.append(centres[n_people:] + spread * rng.standard_normal((n_strangers, dim)))
+    labels = np.concatenate([np.repeat(np.arange(n_people), per), n_people + np.arange(n_strangers)])
+    unit, _, _ = prepare_embeddings(np.vstack(x), centre=False)
+    return unit, labels
+
+
+def test_nearest_stranger_model_weighs_a_similarity_for_one_person_against_the_nearest_stranger():
+    """Fitted on the set alone: a similarity typical of two photos of one person is strong
+    evidence of one person; one typical of a one-photo label's nearest stranger is evidence
+    against. Too few rows to fit: no model."""
+    from facecluster.calibration import fit_nearest_stranger
+
+    unit, labels = _people_and_strangers(np.random.default_rng(0))
+    graph = build_knn_graph(unit, k=10, device="cpu")
+    model = fit_nearest_stranger(graph, labels)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -2.0)
+    same = labels[:, None] == labels[None, :]
+    multi = np.bincount(labels)[labels] > 1
+    nearest_same = np.median(np.where(same, sims, -2.0).max(axis=1)[multi])
+    nearest_stranger = np.median(np.where(~same, sims, -2.0).max(axis=1)[~multi])
+    assert model.bayes_factor(nearest_same)[0] > 10
+    assert model.bayes_factor(nearest_stranger)[0] < 0.1
+    assert model.n_stranger == 120 and model.summary()["rows_same"] == 240
+    # rows left out (``use``) lend nothing: with the one-photo labels alone there is no
+    # same-person side; without them the smallest labels left stand in for them
+    assert fit_nearest_stranger(graph, labels, use=labels >= 40) is None
+    stand_in = fit_nearest_stranger(graph, labels, use=labels < 40)
+    assert 200 <= stand_in.n_stranger <= 240 and stand_in.bayes_factor(nearest_same)[0] > 10
+    assert fit_nearest_stranger(build_knn_graph(unit[:15], k=5, device="cpu"), labels[:15]) is None
+
+
+def test_a_one_image_label_merges_only_when_its_photo_is_nearer_than_strangers_come():
+    """Every other merge test passes (both partitions lump the one-image label with a
+    six-image one, the one-person score is 1): another photo of that person under a label
+    of its own is merged; a stranger whose photo is only as near the label as the nearest
+    strangers of the set's one-image labels come is not. Without the graph (no model of the
+    set's strangers) both merge, as before."""
+    from facecluster.findings import find_duplicate_identities
+
+    rng = np.random.default_rng(1)
+    unit, labels = _people_and_strangers(rng)
+    # label 1 becomes the one-image label under test; person 1's six photos go to label 0's
+    # place and person 0 keeps five: move the first photo of label 0 out to label 1
+    test_labels = labels.copy()
+    test_labels[test_labels == 1] = 0 + 1000  # person 1's photos: a six-image label of their own
+    test_labels[0] = 1                         # a photo of person 0 under a one-image label
+    codes = np.unique(test_labels, return_inverse=True)[1]
+    names = np.array([f"id{i}" for i in range(codes.max() + 1)], dtype=object)
+    assert (codes[1:6] == 0).all() and codes[0] == 1
+    sig = _lumped_pair(codes, one_person=1.0)
+    graph = build_knn_graph(unit, k=10, device="cpu")
+    merged = find_duplicate_identities(sig, codes, names, embeddings=unit, graph=graph).merges
+    assert merged[["label", "merged_into"]].values.tolist() == [["id1", "id0"]]
+    assert "times as likely for one person as for the nearest stranger" in merged["evidence"].iloc[0]
+
+    # the same label holding a stranger instead, at the median similarity of a one-image
+    # label's nearest other photo in this set
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -2.0)
+    alone = np.bincount(codes)[codes] == 1
+    typical = float(np.median(np.where(codes[:, None] != codes[None, :], sims, -2.0).max(axis=1)[alone]))
+    anchor = unit[1]
+    away = rng.standard_normal(unit.shape[1])
+    away -= (away @ anchor) * anchor
+    stranger = unit.copy()
+    stranger[0] = typical * anchor + np.sqrt(1 - typical**2) * away / np.linalg.norm(away)
+    graph = build_knn_graph(stranger, k=10, device="cpu")
+    assert len(find_duplicate_identities(sig, codes, names, embeddings=stranger, graph=graph).merges) == 0
+    assert len(find_duplicate_identities(sig, codes, names, embeddings=stranger).merges) == 1
