@@ -272,23 +272,8 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     use = np.ones(n, dtype=bool) if use is None else np.asarray(use, dtype=bool)
-    has_other, has_same = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    s_other, s_same = np.zeros(n), np.zeros(n)
-    for start in range(0, n, 1 << 16):  # blocks of rows: (block, k) temporaries only
-        stop = min(n, start + (1 << 16))
-        idx = graph.indices[start:stop]
-        safe = np.maximum(idx, 0)
-        valid = (idx >= 0) & use[safe]
-        own = labels[start:stop, None]
-        other = valid & (labels[safe] != own)
-        same = valid & (labels[safe] == own)
-        # lists are most similar first: the first entry of each kind is the nearest
-        has_other[start:stop], has_same[start:stop] = other.any(axis=1), same.any(axis=1)
-        rows = np.arange(stop - start)
-        s_other[start:stop] = graph.sims[start:stop][rows, other.argmax(axis=1)]
-        s_same[start:stop] = graph.sims[start:stop][rows, same.argmax(axis=1)]
-    has_other &= use
-    has_same &= use
+    other_row, s_other, s_same = nearest_by_label(graph, labels, use)
+    has_other, has_same = other_row >= 0, np.isfinite(s_same)
     sizes = np.bincount(labels[use], minlength=int(labels.max()) + 1 if n else 0)
     size = sizes[labels]
     candidates = np.flatnonzero(has_other)
@@ -323,3 +308,32 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
     fit = optimize.minimize(nll, [2.0, q50 + beta0 * _GUMBEL_Q50, np.log(beta0)], method="Nelder-Mead")
     share = float(1.0 / (1.0 + np.exp(-fit.x[0])))
     return NearestStranger(float(fit.x[1]), float(np.exp(fit.x[2])), share, kde, len(stranger), len(same_rows))
+
+
+def nearest_by_label(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row in ``use`` (default all), from its neighbour list (most similar first) and among
+    the neighbours in ``use``: the nearest row of another label (-1 if none) and its
+    similarity, and the similarity of the nearest row of the same label (-inf where none; for
+    rows outside ``use`` as well). Block by block: (block, k) temporaries only."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    use = np.ones(n, dtype=bool) if use is None else np.asarray(use, dtype=bool)
+    other_row = np.full(n, -1, dtype=np.int64)
+    s_other, s_same = np.full(n, -np.inf), np.full(n, -np.inf)
+    for start in range(0, n, 1 << 16):
+        stop = min(n, start + (1 << 16))
+        idx = graph.indices[start:stop]
+        safe = np.maximum(idx, 0)
+        valid = (idx >= 0) & use[safe] & use[start:stop, None]
+        own = labels[start:stop, None]
+        other = valid & (labels[safe] != own)
+        same = valid & (labels[safe] == own)
+        rows = np.arange(stop - start)
+        first_other, first_same = other.argmax(axis=1), same.argmax(axis=1)
+        has_other, has_same = other.any(axis=1), same.any(axis=1)
+        other_row[start:stop] = np.where(has_other, idx[rows, first_other], -1)
+        sims = graph.sims[start:stop]
+        s_other[start:stop] = np.where(has_other, sims[rows, first_other], -np.inf)
+        s_same[start:stop] = np.where(has_same, sims[rows, first_same], -np.inf)
+    return other_row, s_other, s_same

@@ -923,3 +923,58 @@ def test_a_one_image_label_merges_only_when_its_photo_is_nearer_than_strangers_c
     graph = build_knn_graph(stranger, k=10, device="cpu")
     assert len(find_duplicate_identities(sig, codes, names, embeddings=stranger, graph=graph).merges) == 0
     assert len(find_duplicate_identities(sig, codes, names, embeddings=stranger).merges) == 1
+
+
+def _two_image_label_with_a_stranger(rng):
+    """The people-and-strangers set, relabelled: label ``pair`` holds the photo of a
+    one-photo person and a photo of person 0, whose only other photo is under the one-image
+    label ``solo``; person 0's other four photos are removed. Returns unit vectors, label
+    codes, names, and the rows (alone, of person 0, solo)."""
+    unit, labels = _people_and_strangers(rng)
+    keep = ~np.isin(np.arange(len(labels)), [2, 3, 4, 5])
+    unit, labels = unit[keep], labels[keep]  # person 0: rows 0 and 1
+    alone = int(np.flatnonzero(labels == labels.max())[0])
+    codes = labels.copy()
+    codes[1] = labels.max() + 1          # person 0's second photo: a label of its own
+    codes[alone] = 0                     # the stranger joins person 0's first photo
+    codes = np.unique(codes, return_inverse=True)[1]
+    names = np.array([f"id{i}" for i in range(codes.max() + 1)], dtype=object)
+    names[codes[0]], names[codes[1]] = "pair", "solo"
+    return unit, codes, names, (alone, 0, 1)
+
+
+def test_of_two_images_that_do_not_match_the_one_with_its_person_elsewhere_is_the_wrong_one():
+    """A two-image label holding a stranger's photo and a photo of someone whose other photo
+    is filed under a one-image label: the kNN vote cannot judge either (the one-image label's
+    photo vouches for nothing), so both would wait for review. Only one of the two has its
+    nearest other-label photo at a similarity far likelier for one person than for the set's
+    nearest strangers: it is the mislabeled one, pointed at that label, and its label-mate
+    keeps its label. With no model of the set's strangers (no graph), both wait for review."""
+    from facecluster.findings import tell_two_apart
+
+    unit, codes, names, (alone, person, solo) = _two_image_label_with_a_stranger(np.random.default_rng(2))
+    graph = build_knn_graph(unit, k=10, device="cpu")
+    signals = compute_signals(graph, codes, len(names))
+    findings = find_issues(signals, codes, names, embeddings=unit, graph=graph)
+    assert findings.issue[person] == "mislabeled" and names[findings.suggested[person]] == "solo"
+    assert findings.issue[alone] == "" and findings.score[person] == 0.5
+    assert "times as likely for one person as for the nearest stranger" in findings.reason[person]
+    as_before = find_issues(signals, codes, names, embeddings=unit)
+    assert as_before.issue[person] == "review" and as_before.issue[alone] == "review"
+
+    # the question alone: both must be in doubt, and exactly one strong
+    from facecluster.calibration import fit_nearest_stranger
+
+    model = fit_nearest_stranger(graph, codes)
+    doubt = np.zeros(len(codes), dtype=bool)
+    doubt[[alone, person]] = True
+    apart = tell_two_apart(graph, codes, doubt, np.zeros(len(codes), dtype=bool), model)
+    assert np.flatnonzero(apart.wrong).tolist() == [person] and np.flatnonzero(apart.partner).tolist() == [alone]
+    assert apart.suggested[person] == codes[solo] and apart.factor[person] >= 3
+    one_doubted = doubt.copy()
+    one_doubted[alone] = False
+    assert not tell_two_apart(graph, codes, one_doubted, np.zeros(len(codes), dtype=bool), model).wrong.any()
+    # the photo of the same person leaving (found elsewhere as noise) leaves nothing to tell by
+    gone = np.zeros(len(codes), dtype=bool)
+    gone[solo] = True
+    assert not tell_two_apart(graph, codes, doubt, gone, model).wrong.any()
