@@ -205,6 +205,14 @@ def fit_pair_calibration(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
 _GUMBEL_Q25, _GUMBEL_Q50 = float(np.log(-np.log(0.25))), float(np.log(-np.log(0.5)))
 
 
+def _gumbel_pdf(x: np.ndarray, mu: float, beta: float) -> np.ndarray:
+    """The Gumbel (maximum) density, as ``scipy.stats.gumbel_r.pdf`` without its per-call
+    overhead (the fit evaluates it a few hundred times)."""
+    z = (x - mu) / beta
+    with np.errstate(over="ignore"):  # far below the mode: exp(−z) overflows, the density is 0
+        return np.exp(-(z + np.exp(-z))) / beta
+
+
 @dataclass(frozen=True)
 class NearestStranger:
     """How close a photo's nearest other-label photo comes when that photo is a stranger,
@@ -242,12 +250,9 @@ class NearestStranger:
 
     def bayes_factor(self, sims) -> np.ndarray:
         """Density of ``sims`` for one person over that for the nearest stranger (float64)."""
-        from scipy import stats
-
         sims = np.atleast_1d(np.asarray(sims, dtype=np.float64))
         same = self.same_person(sims)
-        stranger = stats.gumbel_r.pdf(sims, self.mu, self.beta)
-        return same / np.maximum(stranger, np.finfo(np.float64).tiny)
+        return same / np.maximum(_gumbel_pdf(sims, self.mu, self.beta), np.finfo(np.float64).tiny)
 
     def summary(self) -> dict:
         return {"stranger_location": round(self.mu, 4), "stranger_scale": round(self.beta, 4),
@@ -302,7 +307,7 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
 
     def nll(t):
         share = 1.0 / (1.0 + np.exp(-t[0]))
-        mix = share * stats.gumbel_r.pdf(stranger, t[1], np.exp(t[2])) + (1.0 - share) * f_same
+        mix = share * _gumbel_pdf(stranger, t[1], np.exp(t[2])) + (1.0 - share) * f_same
         return -np.sum(np.log(np.maximum(mix, np.finfo(np.float64).tiny)))
 
     fit = optimize.minimize(nll, [2.0, q50 + beta0 * _GUMBEL_Q50, np.log(beta0)], method="Nelder-Mead")
