@@ -205,19 +205,23 @@ def fit_pair_calibration(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
 _GUMBEL_Q25, _GUMBEL_Q50 = float(np.log(-np.log(0.25))), float(np.log(-np.log(0.5)))
 
 
-def _binned_kde(values: np.ndarray, weights: np.ndarray | None = None, points: int = 1024
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _binned_kde(values: np.ndarray, weights: np.ndarray | None = None, points: int = 1024,
+                span: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A weighted 1-d Gaussian kernel density with Scott's bandwidth (scipy.stats.gaussian_kde's
     default: the weighted standard deviation times n_eff^(−1/5)), computed on a grid of
     ``points`` by linear binning and one convolution: O(n + points), evaluated by
-    interpolation. Returns (grid, density)."""
+    interpolation. The grid covers the values and ``span`` (lo, hi) with four bandwidths to
+    spare. Returns (grid, density)."""
     values = np.asarray(values, dtype=np.float64)
     w = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     mean = float(np.sum(w * values))
     std = float(np.sqrt(np.sum(w * (values - mean) ** 2)))
     bandwidth = std * (1.0 / np.sum(w**2)) ** (-1.0 / 5.0)
-    lo, hi = values.min() - 4 * bandwidth, values.max() + 4 * bandwidth
+    lo, hi = values.min(), values.max()
+    if span is not None:
+        lo, hi = min(lo, span[0]), max(hi, span[1])
+    lo, hi = lo - 4 * bandwidth, hi + 4 * bandwidth
     grid = np.linspace(lo, hi, points)
     step = grid[1] - grid[0]
     pos = (values - lo) / step
@@ -260,11 +264,17 @@ class NearestStranger:
       a grid: :func:`_binned_kde`).
 
     ``bayes_factor(s)`` is the ratio of the two densities at ``s``: how many times more likely
-    that similarity is for a photo of the same person than for the nearest of strangers.
-    Nothing is a fixed cosine; a geometry in which the two overlap gives factors near one.
+    that similarity is for a photo of the same person than for the nearest of strangers. It is
+    held monotone (a higher similarity is never less evidence of one person): the log ratio on
+    the grid is fitted by isotonic regression weighted by the mixture's density, so the tails,
+    where one density thins faster than the other (the Gumbel's left tail vanishes, the
+    kernel density's right tail does), take the value of the nearest similarities that carry
+    data rather than a ratio of two vanishing numbers. Nothing is a fixed cosine; a geometry in
+    which the two overlap gives factors near one.
 
     mu, beta : the Gumbel's location and scale; share : its weight in the mixture
     grid, density : the same-person density on a grid of similarities (0 outside it)
+    log_factor : the monotone log Bayes factor on the grid (held beyond its ends)
     n_stranger, n_same : rows each side was fitted on
     """
 
@@ -273,18 +283,15 @@ class NearestStranger:
     share: float
     grid: np.ndarray
     density: np.ndarray
+    log_factor: np.ndarray
     n_stranger: int
     n_same: int
 
-    def same_person(self, sims) -> np.ndarray:
-        """The same-person density at ``sims`` (float64)."""
-        return np.interp(np.asarray(sims, dtype=np.float64), self.grid, self.density, left=0.0, right=0.0)
-
     def bayes_factor(self, sims) -> np.ndarray:
-        """Density of ``sims`` for one person over that for the nearest stranger (float64)."""
+        """How many times more likely ``sims`` are for one person than for the nearest stranger
+        (float64, non-decreasing in the similarity)."""
         sims = np.atleast_1d(np.asarray(sims, dtype=np.float64))
-        same = self.same_person(sims)
-        return same / np.maximum(_gumbel_pdf(sims, self.mu, self.beta), np.finfo(np.float64).tiny)
+        return np.exp(np.interp(sims, self.grid, self.log_factor))
 
     def summary(self) -> dict:
         return {"stranger_location": round(self.mu, 4), "stranger_scale": round(self.beta, 4),
@@ -304,6 +311,7 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
     or the similarities do not spread (nothing to fit).
     """
     from scipy import optimize
+    from sklearn.isotonic import IsotonicRegression
 
     rng = rng if rng is not None else np.random.default_rng(0)
     labels = np.asarray(labels, dtype=np.int64)
@@ -333,7 +341,7 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
     q25, q50 = np.quantile(stranger, [0.25, 0.5])
     if not q50 > q25 or np.ptp(s_same[same_rows]) <= 0:
         return None
-    grid, density = _binned_kde(s_same[same_rows], weight)
+    grid, density = _binned_kde(s_same[same_rows], weight, span=(float(stranger.min()), float(stranger.max())))
     f_same = np.interp(stranger, grid, density, left=0.0, right=0.0)
     beta0 = (q50 - q25) / (_GUMBEL_Q25 - _GUMBEL_Q50)
 
@@ -344,8 +352,15 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
 
     fit = optimize.minimize(nll, [2.0, q50 + beta0 * _GUMBEL_Q50, np.log(beta0)], method="Nelder-Mead")
     share = float(1.0 / (1.0 + np.exp(-fit.x[0])))
-    return NearestStranger(float(fit.x[1]), float(np.exp(fit.x[2])), share, grid, density, len(stranger),
-                           len(same_rows))
+    mu, beta = float(fit.x[1]), float(np.exp(fit.x[2]))
+    # the log ratio on the grid, made monotone where the data are (weights: the mixture)
+    tiny = np.finfo(np.float64).tiny
+    strangers = _gumbel_pdf(grid, mu, beta)
+    log_ratio = np.log(np.maximum(density, tiny)) - np.log(np.maximum(strangers, tiny))
+    mixture = share * strangers + (1.0 - share) * density
+    log_factor = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(
+        grid, log_ratio, sample_weight=mixture + tiny).predict(grid)
+    return NearestStranger(mu, beta, share, grid, density, log_factor, len(stranger), len(same_rows))
 
 
 def nearest_by_label(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | None = None

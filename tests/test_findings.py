@@ -978,3 +978,49 @@ def test_of_two_images_that_do_not_match_the_one_with_its_person_elsewhere_is_th
     gone = np.zeros(len(codes), dtype=bool)
     gone[solo] = True
     assert not tell_two_apart(graph, codes, doubt, gone, model).wrong.any()
+
+
+def test_a_row_left_alone_in_its_label_moves_only_when_its_photo_is_nearer_than_strangers_come():
+    """A mislabel candidate whose label-mates all leave is, as the labels stand, a one-image
+    label: it moves to the suggested label only on what a one-image merge needs. A stranger's
+    photo only as near the suggested label as the set's one-image labels' nearest strangers
+    come is withdrawn (it keeps its label); a photo of that label's person is not; nor is a
+    candidate whose label keeps another image."""
+    from facecluster.calibration import fit_nearest_stranger
+    from facecluster.findings import Mislabeled, lone_claims
+
+    unit, labels = _people_and_strangers(np.random.default_rng(4))
+    graph = build_knn_graph(unit, k=10, device="cpu")
+    model = fit_nearest_stranger(graph, labels)
+    n = len(labels)
+    strangers = np.flatnonzero(labels >= 40)
+    lone, mate, kept_mate = strangers[0], strangers[1], strangers[2]
+    codes = labels.copy()
+    codes[mate] = codes[lone]            # two strangers under one label; the mate leaves
+    codes[kept_mate] = codes[strangers[3]]  # two strangers under another; both candidates, one stays
+    mask = np.zeros(n, dtype=bool)
+    mask[[lone, kept_mate]] = True
+    suggested = np.full(n, -1)
+    suggested[[lone, kept_mate]] = 0     # both claimed by person 0's label
+    mis = Mislabeled(mask, np.zeros(n, np.float32), np.zeros(n, np.float32), suggested, {}, 1)
+    leaving = mask.copy()
+    leaving[mate] = True
+    assert np.flatnonzero(lone_claims(codes, mis, leaving, unit, model)).tolist() == [lone]
+    # the same row holding another photo of person 0: it is that label's person, it moves
+    person = unit.copy()
+    person[lone] = unit[1]
+    assert not lone_claims(codes, mis, leaving, person, model)[lone]
+
+
+def test_nearest_stranger_factor_never_falls_as_the_similarity_rises():
+    """Where one density thins faster than the other (the Gumbel's left tail, the kernel
+    density's right tail) the ratio of the two would swing to either extreme: held monotone,
+    a photo far from everyone is no evidence of one person and an exact copy is the most."""
+    from facecluster.calibration import fit_nearest_stranger
+
+    unit, labels = _people_and_strangers(np.random.default_rng(5))
+    model = fit_nearest_stranger(build_knn_graph(unit, k=10, device="cpu"), labels)
+    sims = np.linspace(-1.0, 1.0, 401)
+    factor = model.bayes_factor(sims)
+    assert np.all(np.diff(factor) >= 0)
+    assert factor[0] < 1e-3 and factor[-1] > 1e3
