@@ -1236,8 +1236,10 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     # how near the photos of the smallest labels come to strangers, on the labels as they stand
     stranger = None if graph is None else fit_nearest_stranger(
         graph, staying_labels(labels, leaving, n_labels), ~leaving, rng=np.random.default_rng(0))
+    withdrawn = 0
     if stranger is not None and embeddings is not None:
         weak = lone_claims(labels, mis, out.mask | near.mask | (mis.mask & ~claimed), embeddings, stranger)
+        withdrawn = int(weak.sum())
         if weak.any():
             mis = replace(mis, mask=mis.mask & ~weak)
             claimed &= ~weak
@@ -1289,6 +1291,10 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     stats = {"report_floor": floor, "precedence": list(PRECEDENCE), "near_duplicates": signals.duplicates.stats,
              "mislabeled_corroborated": int(corroborated.sum()),
              **{f"mislabeled_corroborated_by_{name}": int(v.sum()) for name, v in mis.corroborated_by.items()}}
+    # how near strangers come in this set (report.json: stages.findings), and what it decided
+    stats["nearest_stranger"] = None if stranger is None else dict(
+        stranger.summary(), two_image_labels_told_apart=0 if apart is None else int(apart.wrong.sum()),
+        loners_left_with_their_label=withdrawn)
     if len(mis.corroborated_by) >= 2:
         stats["mislabeled_corroborated_by_all_stages"] = int(
             np.logical_and.reduce(list(mis.corroborated_by.values())).sum())
