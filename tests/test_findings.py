@@ -1024,3 +1024,25 @@ def test_nearest_stranger_factor_never_falls_as_the_similarity_rises():
     factor = model.bayes_factor(sims)
     assert np.all(np.diff(factor) >= 0)
     assert factor[0] < 1e-3 and factor[-1] > 1e3
+
+
+def test_a_one_image_label_whose_photo_is_plainly_its_neighbours_person_is_a_merge_candidate():
+    """A weak model spreads a photo's same-person mass over strangers, so the one-person test
+    can score a one-image split half under the candidate bar (here 0.1). When the photo's
+    nearest photo under another label is far likelier one person than the nearest stranger,
+    the pair is a candidate anyway and that evidence (at even odds) stands in for the test:
+    with every partition lumping the two, it merges. Without the graph there is no such
+    evidence and no merge."""
+    from facecluster.findings import find_duplicate_identities
+
+    unit, labels = _people_and_strangers(np.random.default_rng(1))
+    codes = labels.copy()
+    codes[codes == 1] = 1000
+    codes[0] = 1                      # a photo of person 0 under a one-image label
+    codes = np.unique(codes, return_inverse=True)[1]
+    names = np.array([f"id{i}" for i in range(codes.max() + 1)], dtype=object)
+    sig = _lumped_pair(codes, one_person=0.1)
+    graph = build_knn_graph(unit, k=10, device="cpu")
+    merged = find_duplicate_identities(sig, codes, names, embeddings=unit, graph=graph).merges
+    assert merged[["label", "merged_into"]].values.tolist() == [["id1", "id0"]]
+    assert len(find_duplicate_identities(sig, codes, names, embeddings=unit).merges) == 0
