@@ -206,22 +206,27 @@ _GUMBEL_Q25, _GUMBEL_Q50 = float(np.log(-np.log(0.25))), float(np.log(-np.log(0.
 
 
 def _binned_kde(values: np.ndarray, weights: np.ndarray | None = None, points: int = 1024,
-                span: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                span: tuple[float, float] | None = None, max_points: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """A weighted 1-d Gaussian kernel density with Scott's bandwidth (scipy.stats.gaussian_kde's
-    default: the weighted standard deviation times n_eff^(−1/5)), computed on a grid of
-    ``points`` by linear binning and one convolution: O(n + points), evaluated by
-    interpolation. The grid covers the values and ``span`` (lo, hi) with four bandwidths to
-    spare. Returns (grid, density)."""
+    default: the weighted, unbiased standard deviation times n_eff^(−1/5)), computed on a grid
+    by linear binning and one convolution: O(n + grid), evaluated by interpolation. The grid
+    covers the values and ``span`` (lo, hi) with four bandwidths to spare, at ``points`` or
+    more: at least four points a bandwidth (at most ``max_points``; a narrower kernel is
+    widened to that). Returns (grid, density)."""
     values = np.asarray(values, dtype=np.float64)
     w = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     mean = float(np.sum(w * values))
-    std = float(np.sqrt(np.sum(w * (values - mean) ** 2)))
-    bandwidth = std * (1.0 / np.sum(w**2)) ** (-1.0 / 5.0)
+    # np.cov with aweights, as gaussian_kde: the weighted variance over 1 − Σw²
+    var = float(np.sum(w * (values - mean) ** 2)) / max(1.0 - float(np.sum(w**2)), np.finfo(np.float64).eps)
+    bandwidth = np.sqrt(var) * (1.0 / np.sum(w**2)) ** (-1.0 / 5.0)
     lo, hi = values.min(), values.max()
     if span is not None:
         lo, hi = min(lo, span[0]), max(hi, span[1])
+    width = hi - lo
+    bandwidth = max(bandwidth, (width + 8 * bandwidth) * 4 / max_points, np.finfo(np.float32).eps)
     lo, hi = lo - 4 * bandwidth, hi + 4 * bandwidth
+    points = int(min(max_points, max(points, np.ceil((hi - lo) / bandwidth * 4) + 1)))
     grid = np.linspace(lo, hi, points)
     step = grid[1] - grid[0]
     pos = (values - lo) / step
@@ -336,7 +341,9 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
         stranger = rng.choice(stranger, size=max_rows, replace=False)
     weight = 1.0 / size[same_rows]
     if len(same_rows) > max_rows:
-        same_rows = rng.choice(same_rows, size=max_rows, replace=False, p=weight / weight.sum())
+        # each label weighing one: drawn with those weights (with replacement, so the draw is
+        # proportional however few the labels)
+        same_rows = rng.choice(same_rows, size=max_rows, replace=True, p=weight / weight.sum())
         weight = None
     q25, q50 = np.quantile(stranger, [0.25, 0.5])
     if not q50 > q25 or np.ptp(s_same[same_rows]) <= 0:
@@ -353,10 +360,19 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
     fit = optimize.minimize(nll, [2.0, q50 + beta0 * _GUMBEL_Q50, np.log(beta0)], method="Nelder-Mead")
     share = float(1.0 / (1.0 + np.exp(-fit.x[0])))
     mu, beta = float(fit.x[1]), float(np.exp(fit.x[2]))
-    # the log ratio on the grid, made monotone where the data are (weights: the mixture)
+    # the log ratio on the grid, made monotone where the data are (weights: the mixture). Below
+    # the strangers' mode the Gumbel thins to nothing long before the same-person density
+    # does, and above the same-person mode the kernel density thins first: the ratio of two
+    # vanishing numbers is no evidence, so it is held at its value at those modes (a
+    # similarity below the strangers' mode is no more evidence of one person than the mode)
     tiny = np.finfo(np.float64).tiny
     strangers = _gumbel_pdf(grid, mu, beta)
     log_ratio = np.log(np.maximum(density, tiny)) - np.log(np.maximum(strangers, tiny))
+    at_mu = float(np.interp(mu, grid, log_ratio))
+    same_mode = float(grid[np.argmax(density)])
+    at_same = float(np.interp(same_mode, grid, log_ratio))
+    log_ratio = np.where(grid < mu, np.minimum(log_ratio, at_mu), log_ratio)
+    log_ratio = np.where(grid > same_mode, np.maximum(log_ratio, at_same), log_ratio)
     mixture = share * strangers + (1.0 - share) * density
     log_factor = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(
         grid, log_ratio, sample_weight=mixture + tiny).predict(grid)

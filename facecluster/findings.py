@@ -707,6 +707,7 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     # a < b: a row's own label never merges
     ordered = sorted((a, b) for a, b in candidates if b < n_labels and holds_person[a] and holds_person[b])
     rows_of = _rows_of(labels, len(label_names)) if embeddings is not None and ordered else None
+    label_rows = rows_of if rows_of is not None or not ordered else _rows_of(labels, len(label_names))
     first = np.array([a for a, _ in ordered], dtype=np.int64)
     second = np.array([b for _, b in ordered], dtype=np.int64)
     # each partition's shared-cluster shares, both directions, for every candidate at once
@@ -733,7 +734,7 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
                 continue
             # a label of one image: its photo's nearness to the other label must be evidence
             # of one person against the nearest stranger, not only the nearest thing it has
-            single = _single_image_factor(stranger, graph, embeddings, labels, sizes, a, b)
+            single = _single_image_factor(stranger, graph, embeddings, label_rows, sizes, a, b)
             if single is not None and single[1] < SINGLE_IMAGE_BAYES:
                 continue
             rank = [] if ranks is None else [f"centroid rank test p={ranks[0]:.2g}, AUC {ranks[1]:.2f} (two people "
@@ -788,20 +789,19 @@ def _nearest_for_one_image(graph, labels: np.ndarray, sizes: np.ndarray, n_label
     return out
 
 
-def _single_image_factor(stranger, graph, embeddings, labels: np.ndarray, sizes: np.ndarray,
+def _single_image_factor(stranger, graph, embeddings, rows_of: list, sizes: np.ndarray,
                          a: int, b: int) -> tuple[float, float] | None:
     """For a pair in which one label has a single image: that image's highest similarity to
     the other label's images and its Bayes factor of one person against the nearest stranger
     (``stranger()``: the fitted :class:`facecluster.calibration.NearestStranger`, or None); None
     for other pairs or without a fit."""
-    if min(sizes[a], sizes[b]) != 1:
+    if min(sizes[a], sizes[b]) != 1 or (graph is None and embeddings is None):
         return None
     stranger = stranger()
     if stranger is None:
         return None
     lone, other = (a, b) if sizes[a] == 1 else (b, a)
-    row = int(np.flatnonzero(labels == lone)[0])
-    rows = np.flatnonzero(labels == other)
+    row, rows = int(rows_of[lone][0]), rows_of[other]
     if embeddings is not None:
         sim = float(np.max(embeddings[rows] @ embeddings[row]))
     else:
@@ -1141,13 +1141,20 @@ def lone_claims(labels: np.ndarray, mis: Mislabeled, leaving: np.ndarray, embedd
     """
     labels = np.asarray(labels, dtype=np.int64)
     leaving = np.asarray(leaving, dtype=bool)
-    rest = np.bincount(labels[~leaving], minlength=int(labels.max()) + 1)
+    n_labels = int(labels.max()) + 1 if len(labels) else 0
+    rest = np.bincount(labels[~leaving], minlength=n_labels)
     weak = np.zeros(len(labels), dtype=bool)
-    for i in np.flatnonzero(mis.mask & leaving & (rest[labels] == 0) & (mis.suggested >= 0)):
-        rows = np.flatnonzero((labels == mis.suggested[i]) & ~leaving)
-        if len(rows):
-            sim = float(np.max(embeddings[rows] @ embeddings[i]))
-            weak[i] = stranger.bayes_factor(sim)[0] < SINGLE_IMAGE_BAYES
+    asked = np.flatnonzero(mis.mask & leaving & (rest[labels] == 0) & (mis.suggested >= 0))
+    if not len(asked):
+        return weak
+    staying = _rows_of(np.where(leaving, n_labels, labels), n_labels + 1)
+    for i in asked:
+        rows = staying[mis.suggested[i]]
+        if not len(rows):  # a label none of whose images stays holds no one to move it to
+            weak[i] = True
+            continue
+        sim = float(np.max(embeddings[rows] @ embeddings[i]))
+        weak[i] = stranger.bayes_factor(sim)[0] < SINGLE_IMAGE_BAYES
     return weak
 
 
@@ -1197,7 +1204,10 @@ def tell_two_apart(graph: KnnGraph, labels: np.ndarray, cannot_tell: np.ndarray,
     rows = np.flatnonzero(asked & np.isin(labels, both))
     # the labels as they stand: a leaving row is no one's (staying_labels gives it its own)
     other_row, s_other, _ = nearest_by_label(graph, staying_labels(labels, ~stay, n_labels), stay)
+    # the evidence must be a photo whose own label is not in doubt: two photos of one person
+    # in two such labels would otherwise each send the other to its label (a swap)
     found = other_row[rows] >= 0
+    found[found] = ~asked[other_row[rows][found]]
     bayes = np.zeros(len(rows))
     bayes[found] = stranger.bayes_factor(s_other[rows][found])
     strong = bayes >= SINGLE_IMAGE_BAYES
@@ -1287,8 +1297,8 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     has_outlier = np.bincount(labels[out.mask], minlength=n_labels) > 0
     dupid = find_duplicate_identities(signals, labels, label_names, embeddings=embeddings, evidence=evidence,
                                       leaving=leaving, pairs=pairs,
-                                      no_person=out.mask | (near.mask & has_outlier[labels]), graph=graph,
-                                      stranger=stranger)
+                                      no_person=out.mask | (near.mask & has_outlier[labels]),
+                                      graph=None if stranger is None else graph, stranger=stranger)
     review = find_review(signals, labels, label_names, config=config, evidence=evidence, leaving=leaving,
                          judged=dupid.judged)
     apart = None

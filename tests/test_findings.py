@@ -1028,7 +1028,7 @@ def test_nearest_stranger_factor_never_falls_as_the_similarity_rises():
 
 def test_a_one_image_label_whose_photo_is_plainly_its_neighbours_person_is_a_merge_candidate():
     """A weak model spreads a photo's same-person mass over strangers, so the one-person test
-    can score a one-image split half under the candidate bar (here 0.1). When the photo's
+    can score a one-image split half under the candidate bar (here 0, no evidence at all). When the photo's
     nearest photo under another label is far likelier one person than the nearest stranger,
     the pair is a candidate anyway and that evidence (at even odds) stands in for the test:
     with every partition lumping the two, it merges. Without the graph there is no such
@@ -1041,8 +1041,122 @@ def test_a_one_image_label_whose_photo_is_plainly_its_neighbours_person_is_a_mer
     codes[0] = 1                      # a photo of person 0 under a one-image label
     codes = np.unique(codes, return_inverse=True)[1]
     names = np.array([f"id{i}" for i in range(codes.max() + 1)], dtype=object)
-    sig = _lumped_pair(codes, one_person=0.1)
+    sig = _lumped_pair(codes, one_person=0.0)
     graph = build_knn_graph(unit, k=10, device="cpu")
     merged = find_duplicate_identities(sig, codes, names, embeddings=unit, graph=graph).merges
     assert merged[["label", "merged_into"]].values.tolist() == [["id1", "id0"]]
     assert len(find_duplicate_identities(sig, codes, names, embeddings=unit).merges) == 0
+    # a fitted model and no graph or vectors to read the similarity from: no test, no crash
+    from facecluster.calibration import fit_nearest_stranger
+
+    model = fit_nearest_stranger(graph, codes)
+    assert len(find_duplicate_identities(sig, codes, names, stranger=model).merges) == 0
+
+
+def test_nearest_stranger_factor_is_not_inflated_by_hard_photos_of_small_labels():
+    """Some labels hold a hard photo whose nearest same-label photo is far (cosine 0.2): the
+    same-person density then has mass where the Gumbel of the strangers has thinned to
+    nothing, and the raw ratio there is astronomically large. Held at the strangers' mode, a
+    stranger-like similarity stays evidence against one person however many such photos."""
+    from facecluster.calibration import fit_nearest_stranger
+    from facecluster.knn import KnnGraph
+
+    for hard in (0.0, 0.1):
+        rng = np.random.default_rng(1)
+        n1, nl, per = 500, 500, 4  # one-image labels, then labels of four
+        labels = np.concatenate([np.arange(n1), n1 + np.repeat(np.arange(nl), per)])
+        n = len(labels)
+        idx = np.full((n, 2), -1, np.int32)
+        sims = np.full((n, 2), -np.inf, np.float32)
+        idx[:n1, 0] = rng.integers(n1, n, n1)  # a one-image label's nearest: a stranger, a fifth split halves
+        sims[:n1, 0] = np.where(rng.random(n1) < 0.2, rng.normal(0.7, 0.08, n1), rng.gumbel(0.45, 0.03, n1))
+        for i in range(n1, n):
+            mates = np.flatnonzero(labels == labels[i])
+            mates = mates[mates != i]
+            same = rng.normal(0.2, 0.05) if rng.random() < hard else rng.normal(0.7, 0.08)
+            pair = sorted([(same, rng.choice(mates)), (rng.gumbel(0.5, 0.03), rng.integers(0, n1))], reverse=True)
+            for c, (sim, j) in enumerate(pair):
+                idx[i, c], sims[i, c] = j, sim
+        model = fit_nearest_stranger(KnnGraph(idx, sims), labels)
+        assert model.bayes_factor(0.45)[0] < 0.1 and model.bayes_factor(0.75)[0] > 10
+
+
+def test_the_same_person_density_weighs_each_label_once():
+    """One big label of near-identical photos beside many small labels of looser pairs: each
+    label weighing one, the same-person density peaks where the small labels' pairs are."""
+    from facecluster.calibration import fit_nearest_stranger
+    from facecluster.knn import KnnGraph
+
+    rng = np.random.default_rng(2)
+    n1, big, small = 300, 2000, 300  # one-image labels, one label of 2000 photos, 300 pairs
+    labels = np.concatenate([np.arange(n1), np.full(big, n1), n1 + 1 + np.repeat(np.arange(small), 2)])
+    n = len(labels)
+    idx = np.zeros((n, 2), np.int32)
+    sims = np.zeros((n, 2), np.float32)
+    for i in range(n):
+        mates = np.flatnonzero(labels == labels[i])
+        mates = mates[mates != i]
+        stranger = (int(rng.integers(0, n1)), rng.gumbel(0.4, 0.03))
+        if not len(mates):
+            idx[i], sims[i] = [stranger[0], (stranger[0] + 1) % n1], [stranger[1], stranger[1] - 0.01]
+            continue
+        same = rng.normal(0.95, 0.01) if labels[i] == n1 else rng.normal(0.65, 0.05)
+        pair = sorted([(same, int(rng.choice(mates))), (stranger[1], stranger[0])], reverse=True)
+        idx[i], sims[i] = [j for _, j in pair], [v for v, _ in pair]
+    model = fit_nearest_stranger(KnnGraph(idx, sims), labels)
+    assert abs(model.grid[np.argmax(model.density)] - 0.65) < 0.05
+
+
+def test_two_pairs_in_doubt_are_told_apart_each_by_its_own_evidence():
+    """Two two-image labels in doubt, their rows interleaved in row order: each is judged on
+    its own images. And two photos of one person in two such labels, each the other's
+    nearest: neither is evidence for the other (it is in doubt itself), so both stay a
+    person's call rather than swap labels."""
+    from facecluster.calibration import fit_nearest_stranger
+    from facecluster.findings import tell_two_apart
+
+    unit, labels = _people_and_strangers(np.random.default_rng(2))
+    # person 1: its two most alike photos of six (a pair a person would call one person)
+    six = np.flatnonzero(labels == 1)
+    sims = unit[six] @ unit[six].T
+    np.fill_diagonal(sims, -2.0)
+    pick = six[list(np.unravel_index(np.argmax(sims), sims.shape))]
+    keep = ~np.isin(np.arange(len(labels)), [2, 3, 4, 5, *np.setdiff1d(six, pick)])
+    unit, labels = unit[keep], labels[keep]  # person 0: rows 0, 1; person 1: rows 2, 3
+    s1, s2 = np.flatnonzero(labels >= 40)[-2:]
+    codes = labels.copy()
+    codes[1], codes[3] = 5000, 5001      # person 0's and person 1's second photos: labels of their own
+    codes[s1], codes[s2] = 0, 1          # each first photo beside a stranger
+    codes = np.unique(codes, return_inverse=True)[1]
+    graph = build_knn_graph(unit, k=10, device="cpu")
+    model = fit_nearest_stranger(graph, codes)
+    doubt = np.zeros(len(codes), dtype=bool)
+    doubt[[s1, 0, s2, 2]] = True         # rows 0 and 2 come before both strangers
+    none = np.zeros(len(codes), dtype=bool)
+    apart = tell_two_apart(graph, codes, doubt, none, model)
+    assert np.flatnonzero(apart.wrong).tolist() == [0, 2]
+    assert sorted(np.flatnonzero(apart.partner).tolist()) == sorted([s1, s2])
+    assert apart.suggested[0] == codes[1] and apart.suggested[2] == codes[3]
+    # person 0's second photo in a two-image label in doubt as well: no swap
+    swap = codes.copy()
+    swap[s2] = codes[1]
+    doubt_both = np.zeros(len(codes), dtype=bool)
+    doubt_both[[0, s1, 1, s2]] = True
+    assert not tell_two_apart(graph, swap, doubt_both, none, model).wrong.any()
+
+
+def test_find_issues_withdraws_the_claims_lone_claims_names(noisy_sets, monkeypatch):
+    """The wiring: every candidate ``lone_claims`` withdraws keeps its label in the findings
+    (here all of them: what is left mislabeled is the two-image labels told apart)."""
+    import facecluster.findings as findings
+
+    noisy = noisy_sets["centred"]
+    unit, _, _ = prepare_embeddings(noisy.embeddings)
+    graph = build_knn_graph(unit, k=30, device="cpu")
+    names = np.array([f"id{i}" for i in range(noisy.labels.max() + 1)], dtype=object)
+    signals = compute_signals(graph, noisy.labels, len(names))
+    before = find_issues(signals, noisy.labels, names, embeddings=unit, graph=graph)
+    assert (before.issue == "mislabeled").sum() > 20
+    monkeypatch.setattr(findings, "lone_claims", lambda labels, mis, leaving, embeddings, stranger: mis.mask.copy())
+    after = find_issues(signals, noisy.labels, names, embeddings=unit, graph=graph)
+    assert (after.issue == "mislabeled").sum() == after.stats["nearest_stranger"]["two_image_labels_told_apart"]
