@@ -1187,7 +1187,7 @@ def tell_two_apart(graph: KnnGraph, labels: np.ndarray, cannot_tell: np.ndarray,
     its person under another name and is the label's wrong one; the other is its label's only
     image, as a one-image label is. Where both or neither do, it stays a person's call. Over
     the protocol's five long-tailed draws of each real set (docs/benchmarks.md) this told 6
-    such pairs apart on dlib's, all right, and 8 on OMZ's, 7 right.
+    such pairs apart on dlib's, all right, and 6 on OMZ's, 5 right.
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
