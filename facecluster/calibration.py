@@ -19,7 +19,12 @@ cut), so report.json's ``calibration`` is the curve they all used.
 - Without labels (the documented prior): a two-component Gaussian mixture of the kNN
   similarities; P(same) is the posterior of the upper component.
 
-Nothing here is a fixed cosine: both curves come from the similarities in hand.
+Beside it, for labels of a single image, :class:`NearestStranger`: how near a photo's nearest
+other-label photo comes for a stranger against for the same person, and the Bayes factor of
+one similarity between the two (the edge curve's P(same) describes the big identities' pairs,
+not a one-image label's nearest of thousands of strangers).
+
+Nothing here is a fixed cosine: every curve comes from the similarities in hand.
 """
 
 from __future__ import annotations
