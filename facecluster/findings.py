@@ -667,7 +667,7 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     # (fitted at the first pair that needs it)
     stranger_fit: list = [] if stranger is None else [stranger]
 
-    def stranger():
+    def stranger_model():
         if not stranger_fit:
             stranger_fit.append(None if graph is None else fit_nearest_stranger(
                 graph, labels, None if leaving is None else ~leaving, rng=np.random.default_rng(0)))
@@ -701,13 +701,12 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
         candidates.update(zip(pairs.a[strong].tolist(), pairs.b[strong].tolist()))
     # a one-image label and the label of its photo's nearest other-label photo, where that
     # similarity is positive evidence of one person against the nearest stranger
-    nearest_one = _nearest_for_one_image(graph, labels, sizes, n_labels, leaving, stranger)
+    nearest_one = _nearest_for_one_image(graph, labels, sizes, n_labels, leaving, stranger_model)
     candidates.update(nearest_one)
     accepted, judged = [], {}
     # a < b: a row's own label never merges
     ordered = sorted((a, b) for a, b in candidates if b < n_labels and holds_person[a] and holds_person[b])
-    rows_of = _rows_of(labels, len(label_names)) if embeddings is not None and ordered else None
-    label_rows = rows_of if rows_of is not None or not ordered else _rows_of(labels, len(label_names))
+    rows_of = _rows_of(labels, len(label_names)) if ordered else None
     first = np.array([a for a, _ in ordered], dtype=np.int64)
     second = np.array([b for _, b in ordered], dtype=np.int64)
     # each partition's shared-cluster shares, both directions, for every candidate at once
@@ -734,7 +733,7 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
                 continue
             # a label of one image: its photo's nearness to the other label must be evidence
             # of one person against the nearest stranger, not only the nearest thing it has
-            single = _single_image_factor(stranger, graph, embeddings, label_rows, sizes, a, b)
+            single = _single_image_factor(stranger_model, graph, embeddings, rows_of, sizes, a, b)
             if single is not None and single[1] < SINGLE_IMAGE_BAYES:
                 continue
             rank = [] if ranks is None else [f"centroid rank test p={ranks[0]:.2g}, AUC {ranks[1]:.2f} (two people "
@@ -766,14 +765,15 @@ def find_duplicate_identities(signals: Signals, labels: np.ndarray, label_names:
     return DuplicateIdentities(pd.DataFrame(out, columns=MERGE_COLUMNS), merged_into, label_score, why, judged)
 
 
-def _nearest_for_one_image(graph, labels: np.ndarray, sizes: np.ndarray, n_labels: int, leaving, stranger) -> dict:
+def _nearest_for_one_image(graph, labels: np.ndarray, sizes: np.ndarray, n_labels: int, leaving,
+                           stranger_model) -> dict:
     """Per one-image label whose photo's nearest staying photo under another real label is at
     a Bayes factor of at least :data:`SINGLE_IMAGE_BAYES` against the nearest stranger
-    (``stranger()``): (smaller code, larger code) → the probability of one person at even
+    (``stranger_model()``): (smaller code, larger code) → the probability of one person at even
     odds, factor / (1 + factor). Empty without a graph or a fit."""
-    if graph is None or not (sizes[:n_labels] == 1).any() or stranger() is None:
+    if graph is None or not (sizes[:n_labels] == 1).any() or stranger_model() is None:
         return {}
-    model = stranger()
+    model = stranger_model()
     use = np.ones(len(labels), dtype=bool) if leaving is None else ~leaving
     other_row, s_other, _ = nearest_by_label(graph, labels, use)
     first = np.full(len(sizes), -1, dtype=np.int64)
@@ -789,15 +789,15 @@ def _nearest_for_one_image(graph, labels: np.ndarray, sizes: np.ndarray, n_label
     return out
 
 
-def _single_image_factor(stranger, graph, embeddings, rows_of: list, sizes: np.ndarray,
+def _single_image_factor(stranger_model, graph, embeddings, rows_of: list, sizes: np.ndarray,
                          a: int, b: int) -> tuple[float, float] | None:
     """For a pair in which one label has a single image: that image's highest similarity to
     the other label's images and its Bayes factor of one person against the nearest stranger
-    (``stranger()``: the fitted :class:`facecluster.calibration.NearestStranger`, or None); None
+    (``stranger_model()``: the fitted :class:`facecluster.calibration.NearestStranger`, or None); None
     for other pairs or without a fit."""
     if min(sizes[a], sizes[b]) != 1 or (graph is None and embeddings is None):
         return None
-    stranger = stranger()
+    stranger = stranger_model()
     if stranger is None:
         return None
     lone, other = (a, b) if sizes[a] == 1 else (b, a)
