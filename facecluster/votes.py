@@ -234,7 +234,8 @@ class LabelAgreement:
         (-1 if none); nearest_other_sim : (n,) float32, that neighbour's cosine (-inf if none)
     core : (n,) bool, the row is in its label's core: the largest group of the label's rows
         joined by mutual kNN edges (each in the other's list) that are likely the same person
-        (calibrated P ≥ 1/2), when that group has at least two rows. A small identity whose
+        (calibrated P ≥ 1/2), when that group has at least two photos (a row and its
+        near-duplicate copies count once). A small identity whose
         images are each other's nearest neighbours is its own core; strangers or flips filed
         under a label sit outside it.
     pairs : :class:`LabelPairs`, label pairs tested as one person under two names
@@ -510,7 +511,7 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     first = np.argmax(other, axis=1)
     has = other.any(axis=1)
     rows = np.arange(len(labels))
-    core = _label_cores(graph, labels, valid & ~other & (p_same >= 0.5))
+    core = _label_cores(graph, labels, valid & ~other & (p_same >= 0.5), groups)
     del p_same
     pairs = label_pairs(graph, labels, p, n_labels)  # p is 0 where no neighbour is
     # only images of the label's core count: two flips of one person into one label would
@@ -535,14 +536,26 @@ def knn_label_agreement(graph: KnnGraph, labels: np.ndarray, calibration: Calibr
     )
 
 
-def _label_cores(graph: KnnGraph, labels: np.ndarray, likely_same: np.ndarray) -> np.ndarray:
-    """Rows in their label's largest group of mutual, likely-same-person kNN edges (size ≥ 2)."""
+def _label_cores(graph: KnnGraph, labels: np.ndarray, likely_same: np.ndarray,
+                 dup_group: np.ndarray | None = None) -> np.ndarray:
+    """Rows in their label's largest group of mutual, likely-same-person kNN edges (size ≥ 2).
+
+    A group's size counts photos, not rows: a row and its near-duplicate copies (one
+    ``dup_group``, -1 for none) count once. A copy is not a second observation of a person, so
+    a stranger filed with its own copy is not a core of two that outvotes the label's real
+    images (on the long-tailed real sets such pairs had sent a label's clean images out as
+    outliers)."""
     n = graph.n_samples
     r, c = np.nonzero(likely_same)
     directed = sp.csr_matrix((np.ones(len(r)), (r, graph.indices[r, c])), shape=(n, n))
     mutual = directed.multiply(directed.T)
-    _, comp = connected_components(mutual, directed=False)
-    size = np.bincount(comp)[comp]
+    n_comp, comp = connected_components(mutual, directed=False)
+    if dup_group is None:
+        size = np.bincount(comp)[comp]
+    else:
+        photo = np.where(dup_group >= 0, dup_group, n + np.arange(n))
+        pairs = np.unique(np.stack([comp, photo], axis=1), axis=0)
+        size = np.bincount(pairs[:, 0], minlength=n_comp)[comp]
     # per label, the largest component (ties: the one met first)
     order = np.lexsort((np.arange(n), -size, labels))
     first = np.r_[True, labels[order][1:] != labels[order][:-1]]

@@ -1160,3 +1160,28 @@ def test_find_issues_withdraws_the_claims_lone_claims_names(noisy_sets, monkeypa
     monkeypatch.setattr(findings, "lone_claims", lambda labels, mis, leaving, embeddings, stranger: mis.mask.copy())
     after = find_issues(signals, noisy.labels, names, embeddings=unit, graph=graph)
     assert (after.issue == "mislabeled").sum() == after.stats["nearest_stranger"]["two_image_labels_told_apart"]
+
+
+def test_a_label_core_counts_a_photo_and_its_copies_once():
+    # label 0: two photos of its person, and a stranger's photo with two near-identical copies.
+    # Counted in rows the stranger's three would be the label's core and its two real photos
+    # the ones outside it; a copy is no second observation, so the core is the real pair
+    from facecluster.calibration import fit_calibration
+    from facecluster.knn import build_knn_graph
+    from facecluster.votes import vote_stage
+
+    rng = np.random.default_rng(3)
+    dim = 32
+    centres = rng.standard_normal((8, dim)) * 2.5
+    people = [c + rng.standard_normal((10, dim)) for c in centres[:6]]
+    a = centres[6] + rng.standard_normal((2, dim))
+    s = centres[7] + rng.standard_normal(dim)
+    copies = s + 0.01 * rng.standard_normal((2, dim))
+    x = np.vstack(people + [a, s[None], copies])
+    labels = np.array([i for i in range(1, 7) for _ in range(10)] + [0] * 5)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    graph = build_knn_graph(unit, k=8, device="cpu")
+    duplicates, agreement = vote_stage(graph, labels, fit_calibration(graph, labels))
+    real, stranger = np.arange(60, 62), np.arange(62, 65)
+    assert len(set(duplicates.group[stranger])) == 1 and duplicates.group[62] >= 0, "the copies are found"
+    assert agreement.core[real].all() and not agreement.core[stranger].any()
