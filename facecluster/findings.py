@@ -1164,65 +1164,95 @@ class TwoApart:
 
     wrong : bool, the image of a two-image label found to be another person's
     partner : bool, the other image of such a label (its label's only image now)
-    suggested : int64, the label of ``wrong``'s nearest photo under another label (-1 elsewhere)
-    sim, factor : float64, that photo's similarity and its Bayes factor (0 elsewhere)
+    kin : bool, the ``wrong`` images whose evidence is a photo found to be a stranger where it
+        was filed (the same stranger: an outlier, no label to suggest)
+    suggested : int64, the label of ``wrong``'s evidence photo (-1 for ``kin`` and elsewhere)
+    evidence : int64, that photo's row (-1 elsewhere)
+    sim, factor : float64, its similarity and its Bayes factor (0 elsewhere)
     """
 
     wrong: np.ndarray
     partner: np.ndarray
+    kin: np.ndarray
     suggested: np.ndarray
+    evidence: np.ndarray
     sim: np.ndarray
     factor: np.ndarray
 
 
 def tell_two_apart(graph: KnnGraph, labels: np.ndarray, cannot_tell: np.ndarray, leaving: np.ndarray,
-                   stranger: NearestStranger) -> TwoApart:
+                   stranger: NearestStranger, strangers: np.ndarray | None = None,
+                   claims: np.ndarray | None = None) -> TwoApart:
     """Two-image labels whose two images do not match and neither of which the evidence
     could judge (``cannot_tell`` both; :func:`find_review`): which one is the stranger.
 
-    Each image's nearest photo under another label (among the rows that stay, ``leaving``
-    excluded) is weighed by ``stranger`` (:class:`~facecluster.calibration.NearestStranger`):
-    how many times more likely its similarity is for one person than for the nearest of
-    strangers. When exactly one of the two reaches :data:`SINGLE_IMAGE_BAYES`, that image has
-    its person under another name and is the label's wrong one; the other is its label's only
-    image, as a one-image label is. Where both or neither do, it stays a person's call. Over
-    the protocol's five long-tailed draws of each real set (docs/benchmarks.md) this told 6
-    such pairs apart on dlib's, all right, and 6 on OMZ's, 5 right.
+    Each image's evidence is the nearer of two photos, weighed by ``stranger``
+    (:class:`~facecluster.calibration.NearestStranger`: how many times more likely a
+    similarity is for one person than for the nearest of strangers):
+
+    - its nearest photo under another label among the rows that stay (``leaving`` excluded),
+      when that photo's own label is not in doubt: two photos of one person in two such
+      labels would otherwise each send the other to its label (a swap);
+    - its nearest photo among ``strangers`` (rows leaving as another person's or as no
+      labelled person's), unless that row's claim (``claims``, the label its mislabel finding
+      suggests, -1 for none) is this image's label. An open-set person's photos are filed
+      under several labels; where the others were found, this one is the same stranger.
+
+    When exactly one of the two reaches :data:`SINGLE_IMAGE_BAYES`, that image is the label's
+    wrong one: another person's (a mislabel, its evidence's label suggested) or the found
+    stranger's (``kin``: an outlier); the other is its label's only image, as a one-image label
+    is. Where both or neither do, it stays a person's call. Over the protocol's five
+    long-tailed draws of each real set (docs/benchmarks.md): by photos that stay, 6 pairs told
+    apart on dlib's, all right, and 6 on OMZ's, 5 right; by found strangers, 2 on dlib's (1
+    right: the other a look-alike) and 6 on OMZ's (5 right: the other the swap this cannot
+    rule out, a label's own person whose second photo had been filed elsewhere and found
+    there as fitting no label).
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     n_labels = int(labels.max()) + 1 if n else 0
     stay = ~np.asarray(leaving, dtype=bool)
-    wrong, partner = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    suggested, sim, factor = np.full(n, -1, dtype=np.int64), np.zeros(n), np.zeros(n)
+    wrong, partner, kin = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    suggested, evidence = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    sim, factor = np.zeros(n), np.zeros(n)
     asked = np.asarray(cannot_tell, dtype=bool) & stay
     held = np.bincount(labels[stay], minlength=n_labels)
     doubted = np.bincount(labels[asked], minlength=n_labels)
     both = np.flatnonzero((held == 2) & (doubted == 2))
     if not len(both):
-        return TwoApart(wrong, partner, suggested, sim, factor)
+        return TwoApart(wrong, partner, kin, suggested, evidence, sim, factor)
     rows = np.flatnonzero(asked & np.isin(labels, both))
+    rows = rows[np.argsort(labels[rows], kind="stable")]  # a label's two images side by side
     # the labels as they stand: a leaving row is no one's (staying_labels gives it its own)
     other_row, s_other, _ = nearest_by_label(graph, staying_labels(labels, ~stay, n_labels), stay)
-    # the evidence must be a photo whose own label is not in doubt: two photos of one person
-    # in two such labels would otherwise each send the other to its label (a swap)
-    found = other_row[rows] >= 0
-    found[found] = ~asked[other_row[rows][found]]
+    ev_row = other_row[rows]
+    ev_row = np.where((ev_row >= 0) & ~asked[np.maximum(ev_row, 0)], ev_row, -1)
+    ev_sim = np.where(ev_row >= 0, s_other[rows], -np.inf)
+    by_kin = np.zeros(len(rows), dtype=bool)
+    if strangers is not None:
+        idx = graph.indices[rows]
+        safe = np.maximum(idx, 0)
+        claim = np.full(n, -1, dtype=np.int64) if claims is None else np.asarray(claims, dtype=np.int64)
+        ok = (idx >= 0) & np.asarray(strangers, dtype=bool)[safe] & (claim[safe] != labels[rows, None])
+        col = ok.argmax(axis=1)  # neighbours come most similar first
+        k_sim = np.where(ok.any(axis=1), graph.sims[rows, col], -np.inf)
+        by_kin = k_sim > ev_sim
+        ev_row = np.where(by_kin, idx[np.arange(len(rows)), col], ev_row)
+        ev_sim = np.where(by_kin, k_sim, ev_sim)
     bayes = np.zeros(len(rows))
-    bayes[found] = stranger.bayes_factor(s_other[rows][found])
-    strong = bayes >= SINGLE_IMAGE_BAYES
-    # rows grouped by label: exactly one strong image of the two
-    order = np.argsort(labels[rows], kind="stable")
-    rows, bayes, strong = rows[order], bayes[order], strong[order]
-    first, second = rows[0::2], rows[1::2]
-    one = strong[0::2] != strong[1::2]
-    odd = np.where(strong[0::2], first, second)[one]
-    even = np.where(strong[0::2], second, first)[one]
-    wrong[odd], partner[even] = True, True
-    suggested[odd] = labels[other_row[odd]]
-    sim[odd] = s_other[odd]
-    factor[odd] = np.where(strong[0::2], bayes[0::2], bayes[1::2])[one]
-    return TwoApart(wrong, partner, suggested, sim, factor)
+    has = ev_row >= 0
+    bayes[has] = stranger.bayes_factor(ev_sim[has])
+    strong = (bayes >= SINGLE_IMAGE_BAYES).reshape(-1, 2)
+    one = strong[:, 0] != strong[:, 1]
+    # position (in rows) of the strong image of each label told apart, and of its partner
+    at = (2 * np.arange(len(one)) + np.where(strong[:, 0], 0, 1))[one]
+    mate = at ^ 1
+    odd = rows[at]
+    wrong[odd], partner[rows[mate]], kin[odd] = True, True, by_kin[at]
+    evidence[odd] = ev_row[at]
+    suggested[odd] = np.where(by_kin[at], -1, labels[ev_row[at]])
+    sim[odd], factor[odd] = ev_sim[at], bayes[at]
+    return TwoApart(wrong, partner, kin, suggested, evidence, sim, factor)
 
 
 # --------------------------------------------------------------------------- resolve and explain
@@ -1303,11 +1333,17 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                          judged=dupid.judged)
     apart = None
     if stranger is not None:
-        apart = tell_two_apart(graph, labels, review.cannot_tell, leaving, stranger)
-        # the wrong image is a mislabel finding backed by one photo: one reliable vote,
-        # b / (b + 1) = 1/2 (the conservative policy quarantines it); its partner is judged
-        mis = replace(mis, mask=mis.mask | apart.wrong, score=np.where(apart.wrong, 0.5, mis.score).astype(np.float32),
-                      suggested=np.where(apart.wrong, apart.suggested, mis.suggested))
+        # the rows leaving as another person's or as no labelled person's, and whom they claim
+        gone = leaving & (out.mask | (mis.mask & ~claimed))
+        apart = tell_two_apart(graph, labels, review.cannot_tell, leaving, stranger, gone,
+                               np.where(mis.mask, mis.suggested, -1))
+        # the wrong image is backed by one photo: one reliable vote, b / (b + 1) = 1/2 (the
+        # conservative policy quarantines a mislabel and drops an outlier); its partner is judged
+        moved = apart.wrong & ~apart.kin
+        mis = replace(mis, mask=mis.mask | moved, score=np.where(moved, 0.5, mis.score).astype(np.float32),
+                      suggested=np.where(moved, apart.suggested, mis.suggested))
+        out = replace(out, mask=out.mask | apart.kin,
+                      score=np.where(apart.kin, np.maximum(out.score, 0.5), out.score).astype(np.float32))
         review = replace(review, cannot_tell=review.cannot_tell & ~apart.wrong & ~apart.partner)
     # a merge moves the rows that stay; the ones leaving keep their own finding
     member = (dupid.merged_into[labels] >= 0) & ~leaving
@@ -1325,10 +1361,14 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                                              np.where(contested_mis, mis.knn_score, 0.0)])[needs_review]
     reason = _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review, needs_review, evidence)
     if apart is not None:
-        for i in np.flatnonzero(apart.wrong & (issue == "mislabeled")):
+        odds = f"times as likely for one person as for the nearest stranger (needs {SINGLE_IMAGE_BAYES:g})"
+        for i in np.flatnonzero(apart.wrong & ~apart.kin & (issue == "mislabeled")):
             reason[i] = (f"of its label's two images, only this one has its nearest photo under another label, "
-                         f"{label_names[apart.suggested[i]]}, at similarity {apart.sim[i]:.2f}: {apart.factor[i]:.3g} "
-                         f"times as likely for one person as for the nearest stranger (needs {SINGLE_IMAGE_BAYES:g})")
+                         f"{label_names[apart.suggested[i]]}, at similarity {apart.sim[i]:.2f}: {apart.factor[i]:.3g} {odds}")
+        for i in np.flatnonzero(apart.kin & (issue == "outlier")):
+            reason[i] = (f"of its label's two images, only this one matches a photo found to be a stranger where it was "
+                         f"filed (row {apart.evidence[i]}, {label_names[labels[apart.evidence[i]]]}), at similarity "
+                         f"{apart.sim[i]:.2f}: {apart.factor[i]:.3g} {odds}; the same stranger")
 
     corroborated = np.zeros(len(labels), dtype=bool)
     for agree in mis.corroborated_by.values():
@@ -1339,6 +1379,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     # how near strangers come in this set (report.json: stages.findings), and what it decided
     stats["nearest_stranger"] = None if stranger is None else dict(
         stranger.summary(), two_image_labels_told_apart=0 if apart is None else int(apart.wrong.sum()),
+        of_them_by_a_found_stranger=0 if apart is None else int(apart.kin.sum()),
         loners_left_with_their_label=withdrawn)
     if len(mis.corroborated_by) >= 2:
         stats["mislabeled_corroborated_by_all_stages"] = int(

@@ -978,6 +978,17 @@ def test_of_two_images_that_do_not_match_the_one_with_its_person_elsewhere_is_th
     gone = np.zeros(len(codes), dtype=bool)
     gone[solo] = True
     assert not tell_two_apart(graph, codes, doubt, gone, model).wrong.any()
+    # unless it left as a stranger where it was filed: then this is the same stranger (an
+    # outlier, no label to suggest), and its label-mate is its label's only image
+    kin = tell_two_apart(graph, codes, doubt, gone, model, strangers=gone)
+    assert np.flatnonzero(kin.wrong).tolist() == [person] and np.flatnonzero(kin.kin).tolist() == [person]
+    assert kin.partner[alone] and kin.evidence[person] == solo and kin.suggested[person] == -1
+    assert kin.factor[person] >= 3 and kin.sim[person] == pytest.approx(float(unit[person] @ unit[solo]), abs=1e-5)
+    # not when the stranger found there was claimed for this very label: then it is this
+    # label's person, and nothing tells which of the two is the wrong one
+    claims = np.full(len(codes), -1)
+    claims[solo] = codes[person]
+    assert not tell_two_apart(graph, codes, doubt, gone, model, strangers=gone, claims=claims).wrong.any()
 
 
 def test_a_row_left_alone_in_its_label_moves_only_when_its_photo_is_nearer_than_strangers_come():
