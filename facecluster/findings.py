@@ -1367,7 +1367,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                          f"{label_names[apart.suggested[i]]}, at similarity {apart.sim[i]:.2f}: {apart.factor[i]:.3g} {odds}")
         for i in np.flatnonzero(apart.kin & (issue == "outlier")):
             reason[i] = (f"of its label's two images, only this one matches a photo found to be a stranger where it was "
-                         f"filed (row {apart.evidence[i]}, {label_names[labels[apart.evidence[i]]]}), at similarity "
+                         f"filed (row {apart.evidence[i] + 1}, {label_names[labels[apart.evidence[i]]]}), at similarity "
                          f"{apart.sim[i]:.2f}: {apart.factor[i]:.3g} {odds}; the same stranger")
 
     corroborated = np.zeros(len(labels), dtype=bool)
