@@ -785,7 +785,7 @@ def _nearest_for_one_image(graph, labels: np.ndarray, sizes: np.ndarray, n_label
     out = {}
     for row, f in zip(lone[factor >= SINGLE_IMAGE_BAYES], factor[factor >= SINGLE_IMAGE_BAYES]):
         a, b = int(labels[row]), int(labels[other_row[row]])
-        out[(min(a, b), max(a, b))] = float(f / (1.0 + f))
+        out[(min(a, b), max(a, b))] = float(1.0 / (1.0 + 1.0 / f))  # f ≥ 3; an overflowed f gives 1
     return out
 
 
