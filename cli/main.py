@@ -170,6 +170,7 @@ def cluster(
     level: Annotated[Optional[int], typer.Option(help="FINCH level (0 = finest). Default: from the labels, or the finest.")] = None,
     bias: Annotated[Optional[float], typer.Option(help="Correlation clustering: log-odds added to every pair (> 0 merges more). Default: from the labels, or 0.")] = None,
     smooth: Annotated[str, typer.Option(help="Correlation clustering: value the kNN edges with faces averaged with their likely-same neighbours: auto (without labels, for embeddings that had to be centred), yes, no.")] = "auto",
+    attach: Annotated[str, typer.Option(help="Correlation clustering: give single-row clusters to their nearest cluster where that cluster's faces list them as they list their own person's hard photos: auto (without labels), yes, no.")] = "auto",
     k: Annotated[int, typer.Option(min=1, help="Neighbours per sample in the kNN graph.")] = 30,
     device: Annotated[DeviceChoice, typer.Option(help="Where to search: auto uses a GPU when one is usable.")] = DeviceChoice.auto,
     knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto.")] = KnnChoice.auto,
@@ -182,13 +183,15 @@ def cluster(
     from facecluster import cluster as run_cluster
     from facecluster.progress import NullProgress, RichProgress
 
-    smooth_value = {"auto": None, "yes": True, "true": True, "no": False, "false": False}.get(smooth.lower(), "bad")
-    if smooth_value == "bad":
-        _fail(ValueError(f"--smooth must be auto, yes or no, got {smooth!r}"))
+    choice = {"auto": None, "yes": True, "true": True, "no": False, "false": False}
+    smooth_value, attach_value = choice.get(smooth.lower(), "bad"), choice.get(attach.lower(), "bad")
+    for name, given, value in (("smooth", smooth, smooth_value), ("attach", attach, attach_value)):
+        if value == "bad":
+            _fail(ValueError(f"--{name} must be auto, yes or no, got {given!r}"))
     try:
         config = ClusterConfig(method=method.value, threshold=threshold, level=level, bias=bias, k=k, device=device.value,
                                knn_method=knn.value, path_col=path_col, label_col=label_col, seed=seed,
-                               smooth=smooth_value)
+                               smooth=smooth_value, attach=attach_value)
     except ValueError as exc:  # a bad option value
         _fail(exc)
     try:
@@ -212,6 +215,9 @@ def cluster(
                                   f"objective {stage['objective_gaec']:.1f} -> {stage['objective_refined']:.1f}")
         if stage.get("smoothing", {}).get("applied"):
             table.add_row("edges smoothed", f"{stage['smoothing']['neighbours']} neighbours ({stage['smoothing']['why']})")
+        if stage.get("attach_singletons", {}).get("attached"):
+            att = stage["attach_singletons"]
+            table.add_row("single rows joined", f"{att['attached']} of {att['single_rows']} (null share {att['null_share']:.2f})")
         if "level" in stage:
             table.add_row("FINCH level", f"{stage['level']} of {len(stage['clusters_per_level'])}")
         if "agreement_with_labels" in stage:

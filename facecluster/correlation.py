@@ -822,6 +822,10 @@ class CorrelationConfig:
         no cleaning figure up and sent 9–19 more rows to review (OMZ long-tail noise F1
         0.873 → 0.861), so there it stays off unless asked for
     refine : run the local-move refinement and the Pivot comparison after GAEC
+    attach_singletons : after the solve, give a single-row cluster to its nearest cluster where
+        that cluster's own faces list it as often as they list their own person's harder
+        photos, more likely than not (:func:`attach_singletons`); None (default): only when
+        no labels guide the bias (inside ``clean`` a photo alone is evidence in itself)
     bias_step, max_bias_steps : the hill climb's step and its most steps in one direction
     smooth : value the edges with faces averaged with their likely-same neighbours
         (:func:`facecluster.knn.smoothed_graph`; needs the vectors, ``embeddings=`` of
@@ -837,6 +841,7 @@ class CorrelationConfig:
     non_edges: str = "bound"
     shared_neighbours: bool | None = None
     smooth: bool | None = None
+    attach_singletons: bool | None = None
     refine: bool = True
     bias_step: float = 1.0
     max_bias_steps: int = 4
@@ -882,6 +887,7 @@ def correlation_stage(graph: KnnGraph, labels: np.ndarray | None = None, config:
     config = config or CorrelationConfig()
     rng = rng if rng is not None else np.random.default_rng(0)
     labels = None if labels is None else np.asarray(labels)
+    lists = graph  # the kNN lists (smoothing revalues their edges, the lists stay)
     shared = labels is None if config.shared_neighbours is None else config.shared_neighbours
     smooth = (labels is None and centred) if config.smooth is None else config.smooth
     smoothing = {"applied": False}
@@ -915,12 +921,86 @@ def correlation_stage(graph: KnnGraph, labels: np.ndarray | None = None, config:
                   n_clusters=int(result.labels.max()) + 1, objective_gaec=round(result.objective_gaec, 3),
                   objective_refined=round(result.objective_refined, 3),
                   objective_pivot_refined=None if pivot is None else round(pivot, 3), solver=result.stats)
+    assigned = result.labels
+    attach = labels is None if config.attach_singletons is None else config.attach_singletons
+    if attach:
+        assigned, report["attach_singletons"] = attach_singletons(lists, assigned)
+        report["n_clusters"] = int(assigned.max()) + 1 if len(assigned) else 0
     if labels is not None:
-        report.update(agreement_report(result.labels, labels))
+        report.update(agreement_report(assigned, labels))
     detail = {"result": result}
     if keep_graph:
         detail["signed_graph"] = base.with_bias(bias)
-    return Partition(result.labels, report, detail)
+    return Partition(assigned, report, detail)
+
+
+def attach_singletons(graph: KnnGraph, partition: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Give each single-row cluster of ``partition`` to its nearest cluster where the evidence
+    says that is more likely than not its person's.
+
+    A clustering cuts a person's hardest photos off (a profile, a blur: its nearest face of
+    the same person is far), and on a set of dense identities most of its single-row clusters
+    are such photos; on a long-tailed set most are people photographed once. The similarity
+    to the nearest cluster does not tell the two apart (a hard photo sits as far from its
+    person as a stranger from a look-alike), but the cluster's own faces do: they list a hard
+    photo of their person among their nearest neighbours more often than a stranger's. Per
+    row, the nearest cluster of two rows or more (its own excluded) and the share of that
+    cluster's rows whose kNN list holds the row:
+
+    - the null (a photo of no one in that cluster): the same share for every row of a
+      cluster, towards its nearest other cluster;
+    - each single row's p-value against it (mid-p: the statistic is a count);
+    - the p-values as a beta-uniform mixture (Pounds & Morris, 2003) fitted by maximum
+      likelihood, f(p) = λ + (1 − λ)·a·p^(a − 1): the null's share is f(1) = λ + (1 − λ)·a,
+      and a row's local false discovery rate f(1) / f(p) is the probability that it is a
+      stranger there;
+    - a row moves where that is at most 1/2.
+
+    Where the single rows are strangers (a long tail) their p-values are uniform, f is flat
+    and nothing moves. Needs 20 rows on each side (returns the partition unchanged below).
+    Returns the new partition (numbered by first appearance) and its statistics.
+    """
+    from scipy import optimize
+
+    partition = np.asarray(partition, dtype=np.int64)
+    n = len(partition)
+    sizes = np.bincount(partition, minlength=1)
+    multi = sizes[partition] >= 2
+    stats = {"single_rows": int((~multi).sum()), "attached": 0}
+    idx = graph.indices
+    safe = np.maximum(idx, 0)
+    # the nearest row in another cluster of two rows or more (lists come most similar first)
+    other = (idx >= 0) & multi[safe] & (partition[safe] != partition[:, None])
+    has = other.any(axis=1)
+    target = np.where(has, partition[safe[np.arange(n), other.argmax(axis=1)]], -1)
+    null_rows, asked = np.flatnonzero(multi & has), np.flatnonzero(~multi & has)
+    if len(null_rows) < 20 or len(asked) < 20:
+        return relabel_by_first(partition), stats
+    # how many rows of the target cluster list each row: edges i -> j with i in j's target
+    src, col = np.nonzero(idx >= 0)
+    dst = safe[src, col]
+    hit = partition[src] == target[dst]
+    listed = np.bincount(dst[hit], minlength=n)
+    share = listed / np.maximum(sizes[np.maximum(target, 0)], 1)
+    null = np.sort(share[null_rows])
+    x = share[asked]
+    lo, hi = np.searchsorted(null, x, side="left"), np.searchsorted(null, x, side="right")
+    p = (len(null) - hi + 0.5 * (hi - lo) + 0.5) / (len(null) + 1)
+    log_p = np.log(p)
+
+    def density(t):
+        lam, a = 1.0 / (1.0 + np.exp(-t[0])), 1.0 / (1.0 + np.exp(-t[1]))
+        return lam, a, lam + (1.0 - lam) * a * np.exp((a - 1.0) * log_p)
+
+    fit = optimize.minimize(lambda t: -np.sum(np.log(density(t)[2])), [0.0, 0.0], method="Nelder-Mead")
+    lam, a, f = density(fit.x)
+    null_share = lam + (1.0 - lam) * a
+    move = null_share / f <= 0.5
+    out = partition.copy()
+    out[asked[move]] = target[asked[move]]
+    stats.update(attached=int(move.sum()), asked=int(len(asked)), null_share=round(float(null_share), 4),
+                 beta_uniform={"lambda": round(float(lam), 4), "a": round(float(a), 4)})
+    return relabel_by_first(out), stats
 
 
 class CorrelationClustering(ClusterMixin, BaseEstimator):
@@ -938,7 +1018,9 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
         be centred
     (Without ``y`` the edges also carry the shared-neighbour evidence,
     :func:`shared_neighbour_log_odds`, and, for vectors that had to be centred, are valued
-    by faces averaged with their likely-same neighbours; with ``y`` neither, as in ``clean``.)
+    by faces averaged with their likely-same neighbours, and single-row clusters join their
+    nearest cluster where that cluster's faces vouch for them (:func:`attach_singletons`);
+    with ``y`` none of these, as in ``clean``.)
     device, seed : as elsewhere
 
     Attributes

@@ -485,6 +485,9 @@ class ClusterConfig:
     smooth : correlation clustering: value the kNN edges with faces averaged with their
         likely-same neighbours (:class:`facecluster.correlation.CorrelationConfig`); None =
         without labels, for embeddings that had to be centred
+    attach : correlation clustering: give single-row clusters to their nearest cluster where
+        that cluster's faces vouch for them (:func:`facecluster.correlation.attach_singletons`);
+        None = without labels
     threshold : average-linkage cut (cosine, in the processed space); None = chosen from the
         labels when ``label_col`` is given, else from the data (two-component mixture)
     level : FINCH level (None = best agreement with the labels when given, else finest)
@@ -496,6 +499,7 @@ class ClusterConfig:
     level: int | None = None
     bias: float | None = None
     smooth: bool | None = None
+    attach: bool | None = None
     k: int = 30
     device: str = "auto"
     knn_method: str = "auto"
@@ -512,7 +516,8 @@ class ClusterConfig:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        owners = {"threshold": "average", "level": "finch", "bias": "correlation", "smooth": "correlation"}
+        owners = {"threshold": "average", "level": "finch", "bias": "correlation", "smooth": "correlation",
+                  "attach": "correlation"}
         for name, owner in owners.items():
             if getattr(self, name) is not None and self.method != owner:
                 raise ValueError(f"{name} applies to method {owner!r} only, and the method is {self.method!r} "
@@ -522,7 +527,7 @@ class ClusterConfig:
     def stage_config(self) -> HierarchicalConfig | CorrelationConfig:
         """The stage's own settings for this run."""
         if self.method == "correlation":
-            return CorrelationConfig(bias=self.bias, smooth=self.smooth)
+            return CorrelationConfig(bias=self.bias, smooth=self.smooth, attach_singletons=self.attach)
         return HierarchicalConfig(method=self.method, threshold=self.threshold, level=self.level)
 
 

@@ -79,6 +79,23 @@ def test_a_bad_cluster_option_value_is_one_line_and_exit_2(small_set):
     assert result.exit_code == 2 and result.output.strip() == "error: --smooth must be auto, yes or no, got 'maybe'"
     result = CliRunner().invoke(app, ["cluster", str(small_set), "--method", "average", "--smooth", "no", "-q"])
     assert result.exit_code == 2 and "smooth applies to method 'correlation' only" in result.output
+    result = CliRunner().invoke(app, ["cluster", str(small_set), "--attach", "often", "-q"])
+    assert result.exit_code == 2 and result.output.strip() == "error: --attach must be auto, yes or no, got 'often'"
+    result = CliRunner().invoke(app, ["cluster", str(small_set), "--method", "finch", "--attach", "yes", "-q"])
+    assert result.exit_code == 2 and "attach applies to method 'correlation' only" in result.output
+
+
+def test_cluster_attach_no_leaves_the_single_rows_alone(small_set, tmp_path):
+    stages = {}
+    for choice in ("auto", "no"):
+        out = tmp_path / choice
+        result = CliRunner().invoke(app, ["cluster", str(small_set), "--attach", choice, "--out", str(out), "-q"])
+        assert result.exit_code == 0, result.output
+        stages[choice] = json.loads((out / "report.json").read_text())["stages"]["clustering"]
+    assert "attach_singletons" in stages["auto"] and "attach_singletons" not in stages["no"]
+    att = stages["auto"]["attach_singletons"]
+    assert att["single_rows"] == stages["no"]["singletons"]
+    assert stages["auto"]["n_clusters"] == stages["no"]["n_clusters"] - att["attached"]
 
 
 def test_cluster_smooth_yes_values_the_edges_with_smoothed_faces(small_set, tmp_path):

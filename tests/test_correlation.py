@@ -15,6 +15,7 @@ from facecluster.correlation import (
     SignedGraph,
     _csr,
     _pivot,
+    attach_singletons,
     correlation_clustering,
     correlation_stage,
     objective,
@@ -23,7 +24,7 @@ from facecluster.correlation import (
 from facecluster.faceset import prepare_embeddings
 from facecluster.metrics import pairwise_scores
 from facecluster.partition import relabel_by_first
-from facecluster.synth import make_faces
+from facecluster.synth import long_tail, make_faces
 
 
 def _partitions(n):
@@ -415,3 +416,90 @@ def test_positive_components_are_scipys_numbered_alike(n, n_edges, seed):
     _, expected = connected_components(sp.coo_matrix((np.ones(int(pos.sum())), (a[pos], b[pos])), shape=(n, n)),
                                        directed=False)
     np.testing.assert_array_equal(relabel_by_first(corr._positive_components(n, a, b, w)), expected)
+
+
+def _hardest_photos_cut(seed, offset):
+    """make_faces' identities of three photos or more, each with its photo farthest from its
+    identity's centroid cut off into a cluster of its own (what a clustering cuts)."""
+    x, y = make_faces(3000, 150, 64, seed=seed, offset=offset)
+    unit, _, _ = prepare_embeddings(x)
+    centroid = np.stack([unit[y == i].mean(axis=0) for i in range(y.max() + 1)])
+    fit = np.einsum("ij,ij->i", unit, centroid[y])
+    hard = np.array([np.flatnonzero(y == i)[np.argmin(fit[y == i])] for i in range(y.max() + 1) if (y == i).sum() >= 3])
+    part = y.copy()
+    part[hard] = y.max() + 1 + np.arange(len(hard))
+    return unit, y, relabel_by_first(part), hard
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.6])
+def test_cut_photos_rejoin_their_person_and_a_long_tails_loners_stay_alone(offset):
+    """Dense identities whose hardest photo a clustering cut off: most of those photos rejoin
+    their person, nearly all rightly. A long tail's people photographed once (the partition
+    the truth itself): none moves, in either geometry."""
+    unit, y, part, hard = _hardest_photos_cut(1, offset)
+    graph = build_knn_graph(unit, k=30, device="cpu")
+    new, stats = attach_singletons(graph, part)
+    mate = np.array([np.flatnonzero((y == y[h]) & (np.arange(len(y)) != h))[0] for h in hard])
+    rejoined = new[hard] == new[mate]
+    assert rejoined.sum() >= 0.7 * len(hard) and stats["attached"] <= rejoined.sum() + 0.05 * len(hard)
+    # rows of clusters of two or more never move, and no cluster is split
+    multi = np.bincount(part)[part] >= 2
+    assert pairwise_scores(part[multi], new[multi])["f"] == 1.0
+    assert stats["null_share"] < 0.5
+
+    x, y = make_faces(6000, 400, 64, seed=1, offset=offset)
+    x, y, _ = long_tail(x, y, seed=1)
+    unit, _, _ = prepare_embeddings(x)
+    y = np.unique(y, return_inverse=True)[1]
+    graph = build_knn_graph(unit, k=30, device="cpu")
+    new, stats = attach_singletons(graph, y)
+    assert (np.bincount(y) == 1).sum() >= 100 and stats["attached"] == 0
+    assert (new == relabel_by_first(y)).all()
+
+
+def test_attaching_singletons_needs_rows_on_both_sides_and_is_on_only_without_labels():
+    unit, y, part, hard = _hardest_photos_cut(2, 0.0)
+    graph = build_knn_graph(unit, k=30, device="cpu")
+    already = int((np.bincount(y) == 1).sum())  # identities photographed once
+    assert already < 19
+    back = hard[19 - already:]  # all but 19 single rows put back with their person
+    few = part.copy()
+    few[back] = part[np.array([np.flatnonzero((y == y[h]) & (np.arange(len(y)) != h))[0] for h in back])]
+    assert (np.bincount(few) == 1).sum() == 19
+    new, stats = attach_singletons(graph, few)  # 19 single rows: too few to fit
+    assert (new == relabel_by_first(few)).all() and stats["attached"] == 0
+    # the stage: without labels it attaches (and says so), with labels it leaves them
+    unlabelled = correlation_stage(graph, None, CorrelationConfig(bias=0.0))
+    labelled = correlation_stage(graph, y, CorrelationConfig(bias=0.0))
+    assert "attach_singletons" not in labelled.stats
+    off = correlation_stage(graph, None, CorrelationConfig(bias=0.0, attach_singletons=False))
+    assert "attach_singletons" not in off.stats
+    attached = unlabelled.stats["attach_singletons"]
+    assert attached["single_rows"] == (np.bincount(off.labels) == 1).sum()
+    assert unlabelled.n_clusters == off.n_clusters - attached["attached"] == unlabelled.stats["n_clusters"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(30, 120), k=st.integers(2, 8), n_clusters=st.integers(1, 40), seed=st.integers(0, 10**6))
+def test_attached_rows_join_their_nearest_cluster_and_nothing_else_moves(n, k, n_clusters, seed):
+    """Any kNN lists and partition: rows of clusters of two or more keep their clusters
+    exactly; each moved row was a single row and joins the cluster of the first row in its
+    list that belongs to a cluster of two or more."""
+    from facecluster.knn import KnnGraph
+
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.choice(np.delete(np.arange(n), i), size=min(k, n - 1), replace=False) for i in range(n)])
+    sims = np.sort(rng.random(idx.shape), axis=1)[:, ::-1].astype(np.float32)
+    part = relabel_by_first(rng.integers(0, n_clusters, n))
+    new, stats = attach_singletons(KnnGraph(idx.astype(np.int32), sims), part)
+    assert (new == relabel_by_first(new)).all()
+    sizes = np.bincount(part)
+    multi = sizes[part] >= 2
+    if multi.any():
+        assert pairwise_scores(part[multi], new[multi])["f"] == 1.0
+    # the single rows that moved: now in a cluster with other rows
+    moved = np.flatnonzero(~multi & (np.bincount(new)[new] > 1))
+    for i in moved:
+        j = next(j for j in idx[i] if multi[j])
+        assert new[i] == new[j]
+    assert stats["attached"] == len(moved)
