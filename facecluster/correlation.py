@@ -1016,6 +1016,8 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
     smooth : bool or None, value the edges with faces averaged with their likely-same
         neighbours (:class:`CorrelationConfig`); None: without ``y``, for vectors that had to
         be centred
+    attach : bool or None, give single-row clusters to their nearest cluster where its faces
+        vouch for them (:func:`attach_singletons`); None: without ``y``
     (Without ``y`` the edges also carry the shared-neighbour evidence,
     :func:`shared_neighbour_log_odds`, and, for vectors that had to be centred, are valued
     by faces averaged with their likely-same neighbours, and single-row clusters join their
@@ -1040,13 +1042,14 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
     """
 
     def __init__(self, bias: float | None = None, k: int = 30, refine: bool = True, device: str = "auto",
-                 seed: int = 0, smooth: bool | None = None):
+                 seed: int = 0, smooth: bool | None = None, attach: bool | None = None):
         self.bias = bias
         self.k = k
         self.refine = refine
         self.device = device
         self.seed = seed
         self.smooth = smooth
+        self.attach = attach
 
     def fit(self, X, y=None):
         """Build (or take) the kNN graph, weigh its edges, choose the bias and solve.
@@ -1067,10 +1070,11 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
             raise ValueError(f"k must be a positive integer, got {self.k!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.smooth not in (None, True, False):
-            raise ValueError(f"smooth must be None, True or False, got {self.smooth!r}")
+        for name in ("smooth", "attach"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"{name} must be None, True or False, got {getattr(self, name)!r}")
         config = CorrelationConfig(bias=None if self.bias is None else float(self.bias), refine=bool(self.refine),
-                                   smooth=self.smooth)
+                                   smooth=self.smooth, attach_singletons=self.attach)
         if isinstance(X, KnnGraph):  # a graph alone: no vectors to smooth with
             graph, unit, centred = X, None, False
         else:

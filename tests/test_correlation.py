@@ -198,9 +198,14 @@ def _sims(graph, g):
 
 def test_the_estimator_checks_its_parameters_in_fit():
     x, y = make_faces(60, 5, 8, seed=1)
-    for bad in (CorrelationClustering(bias=float("inf")), CorrelationClustering(k=0)):
+    for bad in (CorrelationClustering(bias=float("inf")), CorrelationClustering(k=0),
+                CorrelationClustering(attach="yes"), CorrelationClustering(smooth=1.5)):
         with pytest.raises(ValueError):
             bad.fit(x, y)
+    # attach is passed to the stage: asked for with labels, it runs and reports
+    fitted = CorrelationClustering(k=10, attach=True).fit(x, y)
+    assert "attach_singletons" in fitted.stats_
+    assert "attach_singletons" not in CorrelationClustering(k=10).fit(x, y).stats_
 
 
 @given(st.integers(0, 10_000), st.integers(1, 6))
