@@ -1194,14 +1194,15 @@ def tell_two_apart(graph: KnnGraph, labels: np.ndarray, cannot_tell: np.ndarray,
       when that photo's own label is not in doubt: two photos of one person in two such
       labels would otherwise each send the other to its label (a swap);
     - its nearest photo among ``strangers`` (rows leaving as another person's or as no
-      labelled person's), unless that row's claim (``claims``, the label its mislabel finding
-      suggests, -1 for none) is this image's label. An open-set person's photos are filed
-      under several labels; where the others were found, this one is the same stranger.
+      labelled person's) filed under another label, unless that row's claim (``claims``, the
+      label its mislabel finding suggests, -1 for none) is this image's label. An open-set
+      person's photos are filed under several labels; where the others were found, this one
+      is the same stranger.
 
     When exactly one of the two reaches :data:`SINGLE_IMAGE_BAYES`, that image is the label's
     wrong one: another person's (a mislabel, its evidence's label suggested) or the found
-    stranger's (``kin``: an outlier); the other is its label's only image, as a one-image label
-    is. Where both or neither do, it stays a person's call. Over the protocol's five
+    stranger's (``kin``: an outlier, scored at least 1/2, its pooled outlier score where that
+    is higher); the other is its label's only image, as a one-image label is. Where both or neither do, it stays a person's call. Over the protocol's five
     long-tailed draws of each real set (docs/benchmarks.md): by photos that stay, 6 pairs told
     apart on dlib's, all right, and 6 on OMZ's, 5 right; by found strangers, 2 on dlib's (1
     right: the other a look-alike) and 6 on OMZ's (5 right: the other the swap this cannot
@@ -1233,7 +1234,10 @@ def tell_two_apart(graph: KnnGraph, labels: np.ndarray, cannot_tell: np.ndarray,
         idx = graph.indices[rows]
         safe = np.maximum(idx, 0)
         claim = np.full(n, -1, dtype=np.int64) if claims is None else np.asarray(claims, dtype=np.int64)
-        ok = (idx >= 0) & np.asarray(strangers, dtype=bool)[safe] & (claim[safe] != labels[rows, None])
+        # found where it was filed, under another label (one that left this image's own label
+        # and matches it is evidence for the label, not against it), and not claimed for it
+        ok = ((idx >= 0) & np.asarray(strangers, dtype=bool)[safe] & (labels[safe] != labels[rows, None])
+              & (claim[safe] != labels[rows, None]))
         col = ok.argmax(axis=1)  # neighbours come most similar first
         k_sim = np.where(ok.any(axis=1), graph.sims[rows, col], -np.inf)
         by_kin = k_sim > ev_sim

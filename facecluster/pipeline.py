@@ -516,6 +516,9 @@ class ClusterConfig:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("smooth", "attach"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"{name} must be None, True or False, got {getattr(self, name)!r}")
         owners = {"threshold": "average", "level": "finch", "bias": "correlation", "smooth": "correlation",
                   "attach": "correlation"}
         for name, owner in owners.items():

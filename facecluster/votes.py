@@ -553,7 +553,9 @@ def _label_cores(graph: KnnGraph, labels: np.ndarray, likely_same: np.ndarray,
     if dup_group is None:
         size = np.bincount(comp)[comp]
     else:
-        photo = np.where(dup_group >= 0, dup_group, n + np.arange(n))
+        groups = np.asarray(dup_group, dtype=np.int64)
+        # a row's photo: its group (ids shifted past every row), or the row itself
+        photo = np.where(groups >= 0, n + groups, np.arange(n))
         pairs = np.unique(np.stack([comp, photo], axis=1), axis=0)
         size = np.bincount(pairs[:, 0], minlength=n_comp)[comp]
     # per label, the largest component (ties: the one met first)

@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from facecluster.synth import make_faces
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, write_set
 
 runner = CliRunner()
 
@@ -85,17 +86,23 @@ def test_a_bad_cluster_option_value_is_one_line_and_exit_2(small_set):
     assert result.exit_code == 2 and "attach applies to method 'correlation' only" in result.output
 
 
-def test_cluster_attach_no_leaves_the_single_rows_alone(small_set, tmp_path):
-    stages = {}
+def test_cluster_attach_no_leaves_the_single_rows_alone(tmp_path):
+    """Unlabelled faces whose clustering leaves single rows: by default some join a cluster
+    (the summary says how many), with --attach no none does."""
+
+    x, _ = make_faces(3000, 150, 64, seed=0)
+    faces = write_set(tmp_path / "in", x, ["x"] * len(x))
+    stages, printed = {}, {}
     for choice in ("auto", "no"):
         out = tmp_path / choice
-        result = CliRunner().invoke(app, ["cluster", str(small_set), "--attach", choice, "--out", str(out), "-q"])
+        result = CliRunner().invoke(app, ["cluster", str(faces), "--attach", choice, "--out", str(out)])
         assert result.exit_code == 0, result.output
         stages[choice] = json.loads((out / "report.json").read_text())["stages"]["clustering"]
-    assert "attach_singletons" in stages["auto"] and "attach_singletons" not in stages["no"]
+        printed[choice] = result.output
     att = stages["auto"]["attach_singletons"]
-    assert att["single_rows"] == stages["no"]["singletons"]
-    assert stages["auto"]["n_clusters"] == stages["no"]["n_clusters"] - att["attached"]
+    assert "attach_singletons" not in stages["no"] and att["single_rows"] == stages["no"]["singletons"]
+    assert att["attached"] > 0 and stages["auto"]["n_clusters"] == stages["no"]["n_clusters"] - att["attached"]
+    assert f"{att['attached']} of {att['single_rows']}" in printed["auto"] and "single rows joined" not in printed["no"]
 
 
 def test_cluster_smooth_yes_values_the_edges_with_smoothed_faces(small_set, tmp_path):

@@ -485,26 +485,80 @@ def test_attaching_singletons_needs_rows_on_both_sides_and_is_on_only_without_la
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(30, 120), k=st.integers(2, 8), n_clusters=st.integers(1, 40), seed=st.integers(0, 10**6))
+@given(n=st.integers(60, 200), k=st.integers(4, 12), n_clusters=st.integers(2, 12), seed=st.integers(0, 10**6))
 def test_attached_rows_join_their_nearest_cluster_and_nothing_else_moves(n, k, n_clusters, seed):
-    """Any kNN lists and partition: rows of clusters of two or more keep their clusters
-    exactly; each moved row was a single row and joins the cluster of the first row in its
-    list that belongs to a cluster of two or more."""
+    """Random kNN lists and a partition with many single rows, half of them listed by most
+    rows of the cluster that comes first in their own list: rows of clusters of two or more
+    keep their clusters exactly; each moved row was a single row and joins the cluster of
+    the first row in its list that belongs to a cluster of two or more."""
     from facecluster.knn import KnnGraph
 
     rng = np.random.default_rng(seed)
-    idx = np.stack([rng.choice(np.delete(np.arange(n), i), size=min(k, n - 1), replace=False) for i in range(n)])
+    alone = rng.random(n) < 0.4
+    part = relabel_by_first(np.where(alone, n_clusters + np.arange(n), rng.integers(0, n_clusters, n)))
+    multi = np.bincount(part)[part] >= 2
+    idx = np.stack([rng.choice(np.delete(np.arange(n), i), size=k, replace=False) for i in range(n)])
+    for s in np.flatnonzero(~multi)[::2]:
+        members = np.flatnonzero(multi)
+        if not len(members):
+            break
+        c = part[rng.choice(members)]
+        idx[s, 0] = rng.choice(np.flatnonzero(part == c))
+        for r in np.flatnonzero(part == c):
+            if r != s and rng.random() < 0.8 and s not in idx[r]:
+                idx[r, rng.integers(k)] = s
     sims = np.sort(rng.random(idx.shape), axis=1)[:, ::-1].astype(np.float32)
-    part = relabel_by_first(rng.integers(0, n_clusters, n))
     new, stats = attach_singletons(KnnGraph(idx.astype(np.int32), sims), part)
     assert (new == relabel_by_first(new)).all()
-    sizes = np.bincount(part)
-    multi = sizes[part] >= 2
-    if multi.any():
-        assert pairwise_scores(part[multi], new[multi])["f"] == 1.0
-    # the single rows that moved: now in a cluster with other rows
+    assert pairwise_scores(part[multi], new[multi])["f"] == 1.0
     moved = np.flatnonzero(~multi & (np.bincount(new)[new] > 1))
     for i in moved:
         j = next(j for j in idx[i] if multi[j])
         assert new[i] == new[j]
     assert stats["attached"] == len(moved)
+
+
+def test_singleton_p_values_and_the_even_odds_cut(monkeypatch):
+    """The p-values against a hand count (mid-p: ties count half, plus one pseudo-row), and
+    the move at a local false discovery rate of 1/2 exactly."""
+    import facecluster.correlation as corr_module
+    from facecluster.correlation import singleton_pvalues
+
+    unit, y, part, hard = _hardest_photos_cut(1, 0.0)
+    graph = build_knn_graph(unit, k=30, device="cpu")
+    asked, target, p = singleton_pvalues(graph, part)
+    sizes = np.bincount(part)
+    multi = sizes[part] >= 2
+    listers = [set() for _ in range(len(part))]
+    for i, row in enumerate(graph.indices):
+        for j in row[row >= 0]:
+            listers[j].add(i)
+
+    def nearest_cluster(i):
+        return next((part[j] for j in graph.indices[i] if j >= 0 and multi[j] and part[j] != part[i]), None)
+
+    def share(i):
+        c = nearest_cluster(i)
+        return sum(part[r] == c for r in listers[i]) / sizes[c]
+
+    null = np.array([share(i) for i in np.flatnonzero(multi) if nearest_cluster(i) is not None])
+    for a, t, pv in zip(asked[:25], target[:25], p[:25]):
+        x = share(a)
+        assert t == nearest_cluster(a)
+        assert pv == pytest.approx(((null > x).sum() + 0.5 * (null == x).sum() + 0.5) / (len(null) + 1))
+    # the cut: local FDR at most 1/2 moves, above it does not
+    lfdr = np.where(np.arange(len(asked)) % 2 == 0, 0.5, 0.5 + 1e-9)
+    monkeypatch.setattr(corr_module, "beta_uniform_lfdr", lambda p: (lfdr, 0.5, 0.5, 0.5))
+    new, stats = attach_singletons(graph, part)
+    joined = np.bincount(new)[new[asked]] > 1
+    assert (joined == (lfdr <= 0.5)).all() and stats["attached"] == int((lfdr <= 0.5).sum())
+    assert singleton_pvalues(graph, np.arange(len(part)))[2] is None  # no cluster of two: no null
+
+
+def test_with_labels_asked_to_attach_the_agreement_is_the_final_partitions():
+    unit, y, part, hard = _hardest_photos_cut(0, 0.0)
+    graph = build_knn_graph(unit, k=30, device="cpu")
+    staged = correlation_stage(graph, y, CorrelationConfig(bias=-1.0, attach_singletons=True))
+    assert "attach_singletons" in staged.stats
+    assert staged.stats["agreement_with_labels"]["pairwise_f"] == pytest.approx(
+        pairwise_scores(y, staged.labels)["f"], abs=1e-4)

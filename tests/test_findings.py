@@ -1196,3 +1196,83 @@ def test_a_label_core_counts_a_photo_and_its_copies_once():
     real, stranger = np.arange(60, 62), np.arange(62, 65)
     assert len(set(duplicates.group[stranger])) == 1 and duplicates.group[62] >= 0, "the copies are found"
     assert agreement.core[real].all() and not agreement.core[stranger].any()
+
+
+def test_a_two_image_labels_photo_of_a_stranger_found_elsewhere_leaves_as_that_stranger(tmp_path, monkeypatch):
+    """End to end on a long-tailed set with the web noise mix: two-image labels in doubt
+    whose one image matches a photo found to be a stranger where it was filed (an outlier,
+    or a mislabel claimed by another label) send that image out as an outlier, no label
+    suggested, the evidence named (row counted from 1, its label) in the reason; the
+    stranger rows and their claims reach the question as found."""
+    import facecluster
+    import facecluster.findings as findings_module
+    from facecluster.synth import WEB_MIX, inject_noise, label_names, long_tail
+    from tests.conftest import write_set
+
+    asked = {}
+    real = findings_module.tell_two_apart
+
+    def spy(*args, **kwargs):
+        asked.update(strangers=np.asarray(args[5]), claims=np.asarray(args[6]))
+        asked["answer"] = real(*args, **kwargs)
+        return asked["answer"]
+
+    monkeypatch.setattr(findings_module, "tell_two_apart", spy)
+    x, y = make_faces(4000, 600, 64, seed=1, offset=0.6)
+    x, y, _ = long_tail(x, y, seed=1)
+    noisy = inject_noise(x, np.unique(y, return_inverse=True)[1], seed=1, **WEB_MIX)
+    names = label_names(noisy.labels)
+    result = facecluster.clean(write_set(tmp_path, noisy.embeddings, names), device="cpu",
+                               stages=("hierarchical", "correlation"))
+    found, apart = result.findings, asked["answer"]
+    kin = np.flatnonzero(apart.kin)
+    assert len(kin) >= 3
+    codes = result.faceset.labels
+    for i in kin:
+        ev = apart.evidence[i]
+        assert found.issue[i] == "outlier" and found.suggested[i] == -1 and found.score[i] >= 0.5
+        assert codes[ev] != codes[i] and found.issue[ev] in ("outlier", "mislabeled")
+        assert f"(row {ev + 1}, {names[ev]})" in found.reason[i] and "the same stranger" in found.reason[i]
+        assert result.audit["fc_action"].iloc[i] == "drop"
+    # a stranger found as a mislabel (claimed by a label other than the image's) counts too
+    assert any(found.issue[apart.evidence[i]] == "mislabeled" for i in kin)
+    mislabeled = np.flatnonzero((found.issue == "mislabeled") & ~apart.wrong)  # claims before the question
+    assert len(mislabeled) and (asked["claims"][mislabeled] == found.suggested[mislabeled]).all()
+    assert asked["strangers"][apart.evidence[kin]].all()
+    stats = result.report["stages"]["findings"]["nearest_stranger"]
+    assert stats["of_them_by_a_found_stranger"] == len(kin) <= stats["two_image_labels_told_apart"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(2, 24), k=st.integers(1, 6), n_labels=st.integers(1, 4), n_groups=st.integers(0, 4),
+       seed=st.integers(0, 10**6))
+def test_label_cores_are_the_largest_mutual_groups_counted_in_photos(n, k, n_labels, n_groups, seed):
+    """Against networkx: per label, the component of mutual likely-same edges holding the most
+    photos (a row and its near-duplicate copies counting once; ties: the one met first in row
+    order), marked when it holds two photos or more. Group ids are small integers that also
+    name rows, as near_duplicate_groups' do."""
+    import networkx as nx
+
+    from facecluster.knn import KnnGraph
+    from facecluster.votes import _label_cores
+
+    rng = np.random.default_rng(seed)
+    k = min(k, n - 1)
+    idx = np.stack([rng.choice(np.delete(np.arange(n), i), size=k, replace=False) for i in range(n)]).astype(np.int32)
+    idx[rng.random(idx.shape) < 0.2] = -1
+    labels = rng.integers(0, n_labels, n)
+    likely = (idx >= 0) & (labels[np.maximum(idx, 0)] == labels[:, None]) & (rng.random(idx.shape) < 0.8)
+    groups = np.where(rng.random(n) < 0.5, rng.integers(0, max(n_groups, 1), n), -1) if n_groups else np.full(n, -1)
+    got = _label_cores(KnnGraph(idx, np.where(idx >= 0, 0.5, -np.inf).astype(np.float32)), labels, likely, groups)
+    edges = {(i, int(idx[i, c])) for i, c in zip(*np.nonzero(likely))}
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from((i, j) for i, j in edges if (j, i) in edges)
+    comp = {v: frozenset(c) for c in nx.connected_components(g) for v in c}
+    photos = {c: len({("group", groups[v]) if groups[v] >= 0 else ("row", v) for v in c}) for c in comp.values()}
+    want = np.zeros(n, dtype=bool)
+    for lab in np.unique(labels):
+        best = max((comp[r] for r in np.flatnonzero(labels == lab)), key=lambda c: photos[c])  # first max wins
+        if photos[best] >= 2:
+            want[list(best)] = True
+    assert (got == want).all()
