@@ -1202,8 +1202,9 @@ def tell_two_apart(graph: KnnGraph, labels: np.ndarray, cannot_tell: np.ndarray,
     When exactly one of the two reaches :data:`SINGLE_IMAGE_BAYES`, that image is the label's
     wrong one: another person's (a mislabel, its evidence's label suggested) or the found
     stranger's (``kin``: an outlier, scored at least 1/2, its pooled outlier score where that
-    is higher); the other is its label's only image, as a one-image label is. Where both or neither do, it stays a person's call. Over the protocol's five
-    long-tailed draws of each real set (docs/benchmarks.md): by photos that stay, 6 pairs told
+    is higher); the other is its label's only image, as a one-image label is. Where both or
+    neither do, it stays a person's call. Over the protocol's five long-tailed draws of each
+    real set (docs/benchmarks.md): by photos that stay, 6 pairs told
     apart on dlib's, all right, and 6 on OMZ's, 5 right; by found strangers, 2 on dlib's (1
     right: the other a look-alike) and 6 on OMZ's (5 right: the other the swap this cannot
     rule out, a label's own person whose second photo had been filed elsewhere and found
