@@ -989,19 +989,26 @@ def singleton_pvalues(graph: KnnGraph, partition: np.ndarray, min_rows: int = 20
     sizes = np.bincount(partition, minlength=1)
     multi = sizes[partition] >= 2
     idx = graph.indices
-    safe = np.maximum(idx, 0)
-    # the nearest row in another cluster of two rows or more (lists come most similar first)
-    other = (idx >= 0) & multi[safe] & (partition[safe] != partition[:, None])
-    has = other.any(axis=1)
-    target = np.where(has, partition[safe[np.arange(n), other.argmax(axis=1)]], -1)
+    # the nearest row in another cluster of two rows or more (lists come most similar first),
+    # block by block: (block, k) temporaries only
+    target = np.full(n, -1, dtype=np.int64)
+    for start in range(0, n, 1 << 16):
+        block = idx[start:start + (1 << 16)]
+        safe = np.maximum(block, 0)
+        other = (block >= 0) & multi[safe] & (partition[safe] != partition[start:start + len(block), None])
+        first = safe[np.arange(len(block)), other.argmax(axis=1)]
+        target[start:start + len(block)] = np.where(other.any(axis=1), partition[first], -1)
+    has = target >= 0
     null_rows, asked = np.flatnonzero(multi & has), np.flatnonzero(~multi & has)
     if len(null_rows) < min_rows or len(asked) < min_rows:
         return asked, target[asked], None
-    # how many rows of the target cluster list each row: edges i -> j with i in j's target
-    src, col = np.nonzero(idx >= 0)
-    dst = safe[src, col]
-    hit = partition[src] == target[dst]
-    listed = np.bincount(dst[hit], minlength=n)
+    # how many rows of the target cluster list each row: edges i -> j with i in j's target,
+    # one column of the lists at a time (n-sized temporaries, not n·k)
+    listed = np.zeros(n, dtype=np.int64)
+    for col in range(idx.shape[1]):
+        dst = idx[:, col]
+        hit = (dst >= 0) & (partition == target[np.maximum(dst, 0)])
+        listed += np.bincount(dst[hit], minlength=n)
     share = listed / np.maximum(sizes[np.maximum(target, 0)], 1)
     null = np.sort(share[null_rows])
     x = share[asked]
