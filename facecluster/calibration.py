@@ -384,22 +384,23 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
     return NearestStranger(mu, beta, share, grid, density, log_factor, len(stranger), len(same_rows))
 
 
-def nearest_by_label(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nearest_by_label(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | None = None, *,
+                     among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row in ``use`` (default all), from its neighbour list (most similar first) and among
-    the neighbours in ``use``: the nearest row of another label (-1 if none) and its
-    similarity, and the similarity of the nearest row of the same label (-inf where none; for
-    rows outside ``use`` as well). Block by block: (block, k) temporaries only."""
+    the neighbours in ``among`` (default ``use``): the nearest row of another label (-1 if none)
+    and its similarity, and the similarity of the nearest row of the same label (-inf where
+    none; for rows outside ``use`` as well). Block by block: (block, k) temporaries only."""
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     use = np.ones(n, dtype=bool) if use is None else np.asarray(use, dtype=bool)
+    among = use if among is None else np.asarray(among, dtype=bool)
     other_row = np.full(n, -1, dtype=np.int64)
     s_other, s_same = np.full(n, -np.inf), np.full(n, -np.inf)
     for start in range(0, n, 1 << 16):
         stop = min(n, start + (1 << 16))
         idx = graph.indices[start:stop]
         safe = np.maximum(idx, 0)
-        valid = (idx >= 0) & use[safe] & use[start:stop, None]
+        valid = (idx >= 0) & among[safe] & use[start:stop, None]
         own = labels[start:stop, None]
         other = valid & (labels[safe] != own)
         same = valid & (labels[safe] == own)

@@ -33,7 +33,12 @@ from numba import njit
 from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from .calibration import Calibration, fit_calibration, fit_pair_calibration
+from .calibration import (
+    Calibration,
+    fit_calibration,
+    fit_pair_calibration,
+    nearest_by_label,
+)
 from .knn import KnnGraph, build_knn_graph, smoothed_graph
 from .partition import (
     Partition,
@@ -989,15 +994,9 @@ def singleton_pvalues(graph: KnnGraph, partition: np.ndarray, min_rows: int = 20
     sizes = np.bincount(partition, minlength=1)
     multi = sizes[partition] >= 2
     idx = graph.indices
-    # the nearest row in another cluster of two rows or more (lists come most similar first),
-    # block by block: (block, k) temporaries only
-    target = np.full(n, -1, dtype=np.int64)
-    for start in range(0, n, 1 << 16):
-        block = idx[start:start + (1 << 16)]
-        safe = np.maximum(block, 0)
-        other = (block >= 0) & multi[safe] & (partition[safe] != partition[start:start + len(block), None])
-        first = safe[np.arange(len(block)), other.argmax(axis=1)]
-        target[start:start + len(block)] = np.where(other.any(axis=1), partition[first], -1)
+    # the nearest row in another cluster of two rows or more
+    nearest, _, _ = nearest_by_label(graph, partition, among=multi)
+    target = np.where(nearest >= 0, partition[np.maximum(nearest, 0)], -1)
     has = target >= 0
     null_rows, asked = np.flatnonzero(multi & has), np.flatnonzero(~multi & has)
     if len(null_rows) < min_rows or len(asked) < min_rows:
