@@ -47,7 +47,8 @@ MIXED_IDENTITIES = ("7312", "7314", "7316", "7317", "7319")
 CROSS_MODEL_SAME_PHOTO = 0.5
 COLUMNS = ("noise_found_f1", "noise_found_p", "noise_found_r", "mislabeled_p", "mislabeled_r", "outlier_p", "outlier_r", "near_duplicate_p",
            "near_duplicate_r", "near_duplicate_f1", "merge_p", "merge_r", "relabel_acc", "kept_label_precision",
-           "clean_rows_lost_share", "review_rows", "review_noisy_rows")
+           "clean_rows_lost_share", "review_rows", "review_noisy_rows", "kept_label_precision_reviewed",
+           "clean_rows_lost_share_reviewed")
 
 
 def base_set(folder: Path, out: Path) -> tuple[Path, Path, dict]:

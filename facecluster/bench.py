@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 
 from .knn import build_knn_graph
-from .metrics import cleaning_scores, clustering_scores
+from .metrics import canonical_labels, cleaning_scores, clustering_scores
 from .pipeline import CleanConfig, clean
 from .progress import NullProgress, Progress
+from .relabel import Decisions, apply_decisions
 from .synth import WEB_MIX, NoisySet, inject_noise, label_names, make_faces
 from .synth import long_tail as subsample_long_tail
 
@@ -162,9 +163,39 @@ def _timed(fn):
 
 
 def clean_scores(result, noisy: NoisySet) -> dict:
-    """A ``clean`` result's cleaning figures against the injected truth of ``noisy``, flat."""
-    return _flat_cleaning(cleaning_scores(result.audit, _true_label_names(noisy), noisy.truth, result.identities,
-                                          _merge_truth(noisy)))
+    """A ``clean`` result's cleaning figures against the injected truth of ``noisy``, flat.
+
+    Beside the run's own figures, the outcome once a person has decided its review list
+    (``*_reviewed``): every row left for review (``fc_issue`` = review) decided as the truth
+    says, through the same :func:`~facecluster.relabel.apply_decisions` a decisions.csv goes
+    through: keep where its label is right, relabel where its person has another label, drop a
+    stranger or an injected copy. Rows the run decided itself stay as it decided them."""
+    truth_labels = _true_label_names(noisy)
+    merges = _merge_truth(noisy)
+    out = _flat_cleaning(cleaning_scores(result.audit, truth_labels, noisy.truth, result.identities, merges))
+    decided = cleaning_scores(reviewed_audit(result.audit, noisy, merges), truth_labels, noisy.truth,
+                              result.identities, merges)
+    out.update(kept_label_precision_reviewed=decided["kept_label_precision"],
+               clean_rows_lost_share_reviewed=decided["clean_rows_lost_share"])
+    return out
+
+
+def reviewed_audit(audit: pd.DataFrame, noisy: NoisySet, true_merges: list, path_col: str = "path",
+                   label_col: str = "label") -> pd.DataFrame:
+    """``audit`` with its review rows decided by a person who knows the truth of ``noisy``
+    (:func:`clean_scores`), applied as a decisions.csv is."""
+    rows = np.flatnonzero(audit["fc_issue"].to_numpy().astype(str) == "review")
+    if not len(rows):
+        return audit
+    truth_labels = _true_label_names(noisy)[rows]
+    canon = canonical_labels([tuple(map(str, pair)) for pair in true_merges])
+    given = audit[label_col].astype(str).to_numpy()[rows]
+    stranger = (truth_labels == "") | (noisy.truth["issue"].to_numpy().astype(str)[rows] == "near_duplicate")
+    right = np.array([canon.get(t, t) == canon.get(g, g) for t, g in zip(truth_labels, given)], dtype=bool)
+    decision = np.where(stranger, "drop", np.where(right, "keep", "relabel"))
+    table = pd.DataFrame({"path": audit[path_col].astype(str).to_numpy()[rows], "decision": decision,
+                          "label": np.where(decision == "relabel", truth_labels, ""), "note": "", "timestamp": ""})
+    return apply_decisions(audit, Decisions(table, "simulated reviewer"), path_col, label_col)[0]
 
 
 def _run_clean(noisy: NoisySet, k: int, seed: int, policy: str) -> tuple[list[BenchRow], object]:

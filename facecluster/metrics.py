@@ -163,7 +163,7 @@ def merge_scores(suggested: pd.DataFrame | list, true_pairs: list) -> dict:
     pairs = [tuple(map(str, p)) for p in (zip(suggested["label"], suggested["merged_into"])
                                           if isinstance(suggested, pd.DataFrame) else suggested)]
     truth = [tuple(map(str, p)) for p in true_pairs]
-    canon = _canonical(truth)
+    canon = canonical_labels(truth)
     same = lambda a, b: canon.get(a, a) == canon.get(b, b)  # noqa: E731
     tp = sum(same(a, b) for a, b in pairs)
     found = sum(any(same(a, b) and {a, b} & {x, y} for a, b in pairs) for x, y in truth)
@@ -172,7 +172,7 @@ def merge_scores(suggested: pd.DataFrame | list, true_pairs: list) -> dict:
             "n_suggested": len(pairs), "n_true": len(truth)}
 
 
-def _canonical(pairs: list) -> dict:
+def canonical_labels(pairs: list) -> dict:
     """Map every label in ``pairs`` to one representative per connected group."""
     names = sorted({x for p in pairs for x in p})
     if not names:
@@ -209,7 +209,7 @@ def cleaning_scores(audit: pd.DataFrame, truth_labels: np.ndarray, truth: pd.Dat
     truth_labels = np.asarray(truth_labels).astype(str)
     action = audit["fc_action"].to_numpy()
     final = audit["fc_label"].to_numpy().astype(str)
-    canon = _canonical([tuple(map(str, p)) for p in true_merges])
+    canon = canonical_labels([tuple(map(str, p)) for p in true_merges])
     unify = np.vectorize(lambda x: canon.get(x, x), otypes=[object])
     right = (unify(final) == unify(truth_labels)) & (truth_labels != "") if len(final) else np.zeros(0, bool)
     kept = np.isin(action, ["keep", "relabel", "merge"])

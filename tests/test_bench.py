@@ -50,6 +50,40 @@ def test_peers_beyond_their_limits_are_skipped_with_a_note(monkeypatch):
     assert notes["cleanlab Datalab"].startswith("skipped: its N×K pred_probs")
 
 
+def test_the_reviewed_outcome_decides_only_review_rows_as_the_truth_says():
+    """clean_scores' *_reviewed figures: a person who knows the truth decides the review list
+    (through apply_decisions) and nothing else."""
+    import numpy as np
+    import pandas as pd
+
+    from facecluster.pipeline import CleanConfig, clean
+    from facecluster.synth import label_names
+
+    noisy = bench_set(800, dim=32, seed=2)
+    names = label_names(noisy.labels)
+    manifest = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(len(names))], "label": names})
+    result = clean(manifest, noisy.embeddings, CleanConfig(k=10, seed=2))
+    issue = noisy.truth["issue"].to_numpy().astype(str)
+    # one row of each kind put on the review list by hand
+    pick = {kind: int(np.flatnonzero(issue == kind)[0]) for kind in ("", "flip", "open_set", "near_duplicate")}
+    audit = result.audit.copy()
+    audit["fc_issue"] = audit["fc_issue"].replace("review", "")
+    audit.loc[list(pick.values()), "fc_issue"] = "review"
+    decided = bench.reviewed_audit(audit, noisy, bench._merge_truth(noisy))
+    true_names = bench._true_label_names(noisy)
+    assert decided.loc[pick[""], "fc_action"] == "keep" and decided.loc[pick[""], "fc_label"] == names[pick[""]]
+    assert decided.loc[pick["flip"], "fc_action"] == "relabel"
+    assert decided.loc[pick["flip"], "fc_label"] == true_names[pick["flip"]] != names[pick["flip"]]
+    assert decided.loc[pick["open_set"], "fc_action"] == "drop"
+    assert decided.loc[pick["near_duplicate"], "fc_action"] == "drop"
+    person = decided["fc_source"] == "person"
+    assert sorted(np.flatnonzero(person.to_numpy())) == sorted(pick.values())
+    others = ~person
+    assert decided.loc[others, ["fc_action", "fc_label"]].equals(audit.loc[others, ["fc_action", "fc_label"]])
+    scores = bench.clean_scores(result, noisy)
+    assert scores["kept_label_precision_reviewed"] >= scores["kept_label_precision"]
+
+
 def test_peak_memory_sees_an_allocation():
     import numpy as np
 
