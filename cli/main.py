@@ -170,7 +170,7 @@ def cluster(
     level: Annotated[Optional[int], typer.Option(help="FINCH level (0 = finest). Default: from the labels, or the finest.")] = None,
     bias: Annotated[Optional[float], typer.Option(help="Correlation clustering: log-odds added to every pair (> 0 merges more). Default: from the labels, or 0.")] = None,
     smooth: Annotated[str, typer.Option(help="Correlation clustering: value the kNN edges with faces averaged with their likely-same neighbours: auto (without labels, for embeddings that had to be centred), yes, no.")] = "auto",
-    attach: Annotated[str, typer.Option(help="Correlation clustering: give single-row clusters to their nearest cluster where that cluster's faces list them as they list their own person's hard photos: auto (without labels), yes, no.")] = "auto",
+    attach: Annotated[str, typer.Option(help="Correlation clustering: let rows as far from their clustermates as strangers leave, then give single-row clusters to their nearest cluster where that cluster's faces list them as they list their own person's hard photos: auto (without labels), yes, no.")] = "auto",
     k: Annotated[int, typer.Option(min=1, help="Neighbours per sample in the kNN graph.")] = 30,
     device: Annotated[DeviceChoice, typer.Option(help="Where to search: auto uses a GPU when one is usable.")] = DeviceChoice.auto,
     knn: Annotated[KnnChoice, typer.Option(help="kNN search: exact, ivf, hnsw, or auto.")] = KnnChoice.auto,
@@ -215,6 +215,9 @@ def cluster(
                                   f"objective {stage['objective_gaec']:.1f} -> {stage['objective_refined']:.1f}")
         if stage.get("smoothing", {}).get("applied"):
             table.add_row("edges smoothed", f"{stage['smoothing']['neighbours']} neighbours ({stage['smoothing']['why']})")
+        if stage.get("detach_strays", {}).get("detached"):
+            det = stage["detach_strays"]
+            table.add_row("rows let go", f"{det['detached']} of {det['rows_asked']} (null share {det['null_share']:.2f})")
         if stage.get("attach_singletons", {}).get("attached"):
             att = stage["attach_singletons"]
             table.add_row("single rows joined", f"{att['attached']} of {att['single_rows']} (null share {att['null_share']:.2f})")

@@ -485,9 +485,10 @@ class ClusterConfig:
     smooth : correlation clustering: value the kNN edges with faces averaged with their
         likely-same neighbours (:class:`facecluster.correlation.CorrelationConfig`); None =
         without labels, for embeddings that had to be centred
-    attach : correlation clustering: give single-row clusters to their nearest cluster where
-        that cluster's faces vouch for them (:func:`facecluster.correlation.attach_singletons`);
-        None = without labels
+    attach : correlation clustering: let rows as far from their clustermates as strangers
+        leave (:func:`facecluster.correlation.detach_strays`), then give single-row clusters to
+        their nearest cluster where that cluster's faces vouch for them
+        (:func:`facecluster.correlation.attach_singletons`); None = without labels
     threshold : average-linkage cut (cosine, in the processed space); None = chosen from the
         labels when ``label_col`` is given, else from the data (two-component mixture)
     level : FINCH level (None = best agreement with the labels when given, else finest)

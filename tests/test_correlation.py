@@ -18,6 +18,7 @@ from facecluster.correlation import (
     attach_singletons,
     correlation_clustering,
     correlation_stage,
+    detach_strays,
     objective,
     signed_graph,
 )
@@ -562,3 +563,88 @@ def test_with_labels_asked_to_attach_the_agreement_is_the_final_partitions():
     assert "attach_singletons" in staged.stats
     assert staged.stats["agreement_with_labels"]["pairwise_f"] == pytest.approx(
         pairwise_scores(y, staged.labels)["f"], abs=1e-4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.6])
+def test_strangers_glued_into_clusters_leave_and_a_persons_photos_stay(offset):
+    """A long tail's people photographed once, each glued into the cluster of its nearest face
+    (what a solver does to a look-alike's photo): about half leave, while under 1.5% of the
+    clusters' own rows do. On dense identities (the truth as the partition) under 1% leave."""
+    from facecluster.calibration import nearest_by_label
+
+    x, y = make_faces(3000, 150, 64, seed=0, offset=offset)
+    unit, _, _ = prepare_embeddings(x)
+    new, stats = detach_strays(build_knn_graph(unit, k=30, device="cpu"), y)
+    assert stats["detached"] <= 0.01 * len(y)
+    assert (np.bincount(new) == 1).sum() == stats["detached"] + (np.bincount(y) == 1).sum()
+
+    x, y = make_faces(6000, 400, 64, seed=0, offset=offset)
+    x, y, _ = long_tail(x, y, seed=0)
+    y = np.unique(y, return_inverse=True)[1]
+    unit, _, _ = prepare_embeddings(x)
+    graph = build_knn_graph(unit, k=30, device="cpu")
+    multi = np.bincount(y)[y] >= 2
+    near, _, _ = nearest_by_label(graph, y, among=multi)
+    strangers = np.flatnonzero(~multi & (near >= 0))
+    glued = y.copy()
+    glued[strangers] = y[near[strangers]]
+    new, stats = detach_strays(graph, glued)
+    assert len(strangers) >= 200
+    assert (new[strangers] != new[near[strangers]]).sum() >= 0.4 * len(strangers)
+    members = np.flatnonzero(multi)
+    assert (np.bincount(new)[new[members]] == 1).sum() <= 0.015 * len(members)
+    assert stats["null_share"] < 0.5
+
+
+def test_stray_p_values_and_the_even_odds_cut(monkeypatch):
+    """The statistic and its null by hand from the lists (nearest clustermate; nearest row of
+    another cluster of two or more), the mid-p value, and the cut at a local FDR of 1/2: above
+    it a row leaves alone, at it the row stays."""
+    import facecluster.correlation as corr_module
+
+    x, y = make_faces(1200, 60, 32, seed=3)
+    unit, _, _ = prepare_embeddings(x)
+    graph = build_knn_graph(unit, k=15, device="cpu")
+    part = y.copy()
+    part[::7] = part[(np.arange(len(y))[::7] + 1) % len(y)]  # some rows in another identity's cluster
+    part = relabel_by_first(part)
+    multi = np.bincount(part)[part] >= 2
+
+    def first(i, same):
+        return next((s for j, s in zip(graph.indices[i], graph.sims[i])
+                     if j >= 0 and multi[j] and (part[j] == part[i]) == same), None)
+
+    asked = [i for i in range(len(part)) if multi[i] and first(i, True) is not None]
+    null = np.array([first(i, False) for i in range(len(part)) if multi[i] and first(i, False) is not None])
+    seen = {}
+
+    def spy(p):
+        seen["p"] = np.asarray(p)
+        lfdr = np.where(np.arange(len(p)) % 3 == 0, 0.5 + 1e-9, 0.5)
+        return lfdr, 0.4, 0.3, 0.5
+
+    monkeypatch.setattr(corr_module, "beta_uniform_lfdr", spy)
+    new, stats = detach_strays(graph, part)
+    for a, pv in list(zip(asked, seen["p"]))[:40]:
+        xv = first(a, True)
+        assert pv == pytest.approx(((null > xv).sum() + 0.5 * (null == xv).sum() + 0.5) / (len(null) + 1))
+    leave = np.array(asked)[np.arange(len(asked)) % 3 == 0]
+    sizes = np.bincount(new)
+    assert (sizes[new[leave]] == 1).all() and stats["detached"] == len(leave)
+    stay = np.setdiff1d(np.arange(len(part)), leave)
+    assert pairwise_scores(part[stay], new[stay])["f"] == 1.0  # nothing else moves
+    assert detach_strays(graph, np.arange(len(part)))[1]["detached"] == 0  # no cluster: nothing asked
+
+
+def test_strays_leave_only_where_single_rows_are_attached():
+    unit, y, part, hard = _hardest_photos_cut(1, 0.0)
+    graph = build_knn_graph(unit, k=30, device="cpu")
+    unlabelled = correlation_stage(graph, None, CorrelationConfig(bias=0.0))
+    assert "detach_strays" in unlabelled.stats and "attach_singletons" in unlabelled.stats
+    assert "detach_strays" not in correlation_stage(graph, y, CorrelationConfig(bias=0.0)).stats
+    kept = correlation_stage(graph, None, CorrelationConfig(bias=0.0, detach_strays=False))
+    assert "detach_strays" not in kept.stats
+    off = correlation_stage(graph, None, CorrelationConfig(bias=0.0, attach_singletons=False))
+    assert "detach_strays" not in off.stats
+    with pytest.raises(ValueError, match="detach_strays"):
+        CorrelationConfig(detach_strays="no")
