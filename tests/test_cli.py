@@ -99,9 +99,10 @@ def test_cluster_attach_no_leaves_the_single_rows_alone(tmp_path):
         assert result.exit_code == 0, result.output
         stages[choice] = json.loads((out / "report.json").read_text())["stages"]["clustering"]
         printed[choice] = result.output
-    att = stages["auto"]["attach_singletons"]
-    assert "attach_singletons" not in stages["no"] and att["single_rows"] == stages["no"]["singletons"]
-    assert att["attached"] > 0 and stages["auto"]["n_clusters"] == stages["no"]["n_clusters"] - att["attached"]
+    att, det = stages["auto"]["attach_singletons"], stages["auto"]["detach_strays"]["detached"]
+    assert "attach_singletons" not in stages["no"] and "detach_strays" not in stages["no"]
+    assert att["single_rows"] == stages["no"]["singletons"] + det  # strays leave before the rejoin
+    assert att["attached"] > 0 and stages["auto"]["n_clusters"] == stages["no"]["n_clusters"] + det - att["attached"]
     assert f"{att['attached']} of {att['single_rows']}" in printed["auto"] and "single rows joined" not in printed["no"]
 
 
