@@ -340,8 +340,14 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
         degenerate = norms <= 1e-6
         if degenerate.any():
             r = int(np.flatnonzero(degenerate)[0])
-            raise InputError(file, "embedding equals the set's mean direction; cannot centre "
-                             "(pass centre=False / --centre no)", row=r + 1)
+            if centre != "auto":
+                raise InputError(file, "embedding equals the set's mean direction; cannot centre "
+                                 "(pass centre=False / --centre no)", row=r + 1)
+            # asked of no one: centring would empty a row (a set of one repeated face, say),
+            # so the set stays uncentred, and the report says why
+            stats["centre"] = do_centre = False
+            stats["not_centred_because"] = f"row {r + 1} equals the set's mean direction"
+            return _normalise_checked(Path(file), np.asarray(raw)), False, stats
         unit /= norms[:, None]
     return unit, bool(do_centre), stats
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -274,6 +276,24 @@ def test_identical_vectors_hint_names_the_real_centre_option():
     assert "--centre no" in str(info.value) and "--no-centre" not in str(info.value)
     unit, centred, _ = prepare_embeddings(x, centre=False)
     assert not centred and np.allclose(unit, unit[0])
+    # asked of no one ("auto"), centring that would empty a row is not done, and said why
+    auto, centred, stats = prepare_embeddings(x)
+    assert not centred and not stats["centre"] and np.array_equal(auto, unit)
+    assert stats["not_centred_because"] == "row 1 equals the set's mean direction"
+
+
+def test_a_set_of_one_repeated_face_runs_end_to_end(tmp_path):
+    """Every row the same vector: both commands run (nothing to tell apart), no error."""
+    x = np.tile(np.random.default_rng(1).standard_normal(16), (25, 1)).astype(np.float32)
+    path = tmp_path / "same.csv"
+    pd.DataFrame({"path": [f"{i}.jpg" for i in range(25)], "label": [f"p{i % 3}" for i in range(25)]}).to_csv(path, index=False)
+    np.save(tmp_path / "same.npy", x)
+    for command in ("clean", "cluster"):
+        result = CliRunner().invoke(app, [command, str(path), "--out", str(tmp_path / command), "-q"])
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / command / "report.json").read_text())
+        assert report["stages"]["embeddings"]["centred"] is False
+        assert "mean direction" in report["stages"]["embeddings"]["not_centred_because"]
 
 
 def test_non_numeric_array(tmp_path):
