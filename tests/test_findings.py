@@ -1276,3 +1276,38 @@ def test_label_cores_are_the_largest_mutual_groups_counted_in_photos(n, k, n_lab
         if photos[best] >= 2:
             want[list(best)] = True
     assert (got == want).all()
+
+
+def test_even_odds_claims_send_a_weak_claim_in_a_tiny_label_to_a_person():
+    """A mislabel claim on a label of one or two images, backed at under even odds, goes to a
+    person, unless it is a split's (claimed) or the label's other image matches a photo under
+    another label (its person has a label, so this image is the odd one)."""
+    from facecluster.findings import Mislabeled, even_odds_claims
+    from facecluster.knn import KnnGraph
+
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 5, 5, 6, 6])
+    n = len(labels)
+    # every row's list: one neighbour of another label, at its own similarity
+    other = np.array([9, 13, 9, 9, 9, 9, 9, 9, 9, 0, 9, 13, 9, 9])
+    sims = np.full(n, 0.2)
+    sims[1] = 0.9  # row 0's label-mate matches a photo under label 6
+    sims[11] = 0.9  # row 10's too, but row 10's claim is backed at even odds or better
+    graph = KnnGraph(other[:, None].astype(np.int32), sims[:, None].astype(np.float32))
+
+    class Stranger:  # factor 10 · sim: 0.9 → 9 (past 3), 0.2 → 2 (short of it)
+        @staticmethod
+        def bayes_factor(x):
+            return 10.0 * np.atleast_1d(np.asarray(x, dtype=np.float64))
+
+    mask = np.zeros(n, dtype=bool)
+    mask[[0, 2, 4, 6, 9, 10, 12]] = True
+    score = np.full(n, 0.3, dtype=np.float32)
+    score[10] = 0.5
+    mis = Mislabeled(mask, score, score, np.where(mask, 6, -1), {}, 1, np.zeros(n, dtype=bool))
+    claimed = np.zeros(n, dtype=bool)
+    claimed[4] = True
+    leaving = mask & ~claimed
+    even = even_odds_claims(graph, labels, mis, claimed, leaving, Stranger())
+    # 0: its mate matches elsewhere; 4: a split's; 6: a label of three; 10: even odds
+    # 2: its mate matches nothing; 9: a label of one image; 12: its mate matches at factor 2
+    assert np.flatnonzero(even).tolist() == [2, 9, 12]
