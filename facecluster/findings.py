@@ -1125,16 +1125,36 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     return Review(cannot_tell, text, score, stay.astype(np.int64))
 
 
+def lone_outliers(out: Outliers, labels: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Outliers to send to a person: those every other image of whose label is found too
+    (``found``: the rows found as strangers, other people's, copies), strangers apart.
+
+    An outlier is a row outside its label's identity. Where the rest of its label leaves, no
+    identity is left for it to fall outside of: as the labels stand it is a one-image label's
+    image, which no majority can judge (a person's call, as for a label with no core). On the
+    protocol's 30 sets: 4 clean rows, each the one photo of its label's person beside two
+    photos of an open-set person (or one and a copy), no longer dropped; no noisy row moved.
+    Returns (n_samples,) bool.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n_labels = int(labels.max()) + 1 if len(labels) else 0
+    unfound = np.bincount(labels[~np.asarray(found, dtype=bool)], minlength=n_labels)
+    stranger = np.zeros(len(labels), dtype=bool) if out.stranger is None else out.stranger
+    return out.mask & ~stranger & (unfound[labels] == 0)
+
+
 def even_odds_claims(graph: KnnGraph, labels: np.ndarray, mis: Mislabeled, claimed: np.ndarray,
                      leaving: np.ndarray, stranger: NearestStranger) -> np.ndarray:
-    """Mislabel candidates of labels of one or two images to send to a person: those whose
-    suggested label the stages back at under even odds (pooled score < 1/2).
+    """Mislabel candidates of labels of one or two images as they stand (its images that stay,
+    ``leaving`` apart, and the candidate) to send to a person: those whose suggested label the
+    stages back at under even odds (pooled score < 1/2).
 
     In a label of two images of two people each image is "not its label's" alike, so only
     the evidence for the suggested label tells which one is wrong, and under even odds that
-    is a look-alike's pull. On the protocol's 30 sets this sent 10 findings to review (pooled
-    0.18-0.44), 9 on dlib's long-tailed draws: 6 were the label's own image, dropped while its
-    stranger was kept, and 4 (3 flips, 1 open-set image) were right. Kept as found: a split's
+    is a look-alike's pull. On the protocol's 30 sets this sent 16 findings to review (pooled
+    0.13-0.44), 10 on dlib's long-tailed draws and 6 on the dlib-like synthetic ones: 11 were
+    the label's own image, dropped while its stranger was kept, and 5 (4 flips, 1 open-set
+    image) were right. Kept as found: a split's
     image (``claimed``: its label claimed whole by another; it merges), and a candidate whose
     label's other image stays and matches a photo under another label at
     :data:`SINGLE_IMAGE_BAYES` against the set's nearest strangers (``stranger``): that image's
@@ -1145,16 +1165,19 @@ def even_odds_claims(graph: KnnGraph, labels: np.ndarray, mis: Mislabeled, claim
     """
     labels = np.asarray(labels, dtype=np.int64)
     leaving = np.asarray(leaving, dtype=bool)
-    sizes = _label_sizes(labels)
+    n_labels = int(labels.max()) + 1 if len(labels) else 0
+    # the label's size as it stands: its images that stay, and the candidate
+    sizes = np.bincount(labels[~leaving], minlength=n_labels)[labels] + leaving
     asked = mis.mask & (sizes <= 2) & (mis.score < 0.5) & ~np.asarray(claimed, dtype=bool)
     pairs = np.flatnonzero(asked & (sizes == 2))
     if len(pairs):
-        # the other image of each two-image label: the label's two rows sit side by side in
-        # label order
-        order = np.argsort(labels, kind="stable")
+        # the label's other image as it stands: the staying rows sorted by label, the label's
+        # first (the mate, where the candidate leaves) or first two (the candidate and its mate)
+        stay = np.flatnonzero(~leaving)
+        order = stay[np.argsort(labels[stay], kind="stable")]
         start = np.searchsorted(labels[order], labels[pairs])
-        mate = order[start] + order[start + 1] - pairs
-        n_labels = int(labels.max()) + 1
+        first, second = order[start], order[np.minimum(start + 1, len(order) - 1)]
+        mate = np.where(leaving[pairs], first, first + second - pairs)
         _, s_other, _ = nearest_by_label(graph, staying_labels(labels, leaving, n_labels), ~leaving)
         found = ~leaving[mate] & np.isfinite(s_other[mate])
         strong = np.zeros(len(pairs), dtype=bool)
@@ -1363,6 +1386,11 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
             mis = replace(mis, mask=mis.mask & ~weak)
             claimed &= ~weak
             leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
+    alone = lone_outliers(out, labels, out.mask | near.mask | (mis.mask & ~claimed))
+    if alone.any():
+        before = np.zeros(len(labels), dtype=bool) if out.contested is None else out.contested
+        out = replace(out, mask=out.mask & ~alone, contested=before | alone)
+        leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
     if stranger is not None:
         even = even_odds_claims(graph, labels, mis, claimed, leaving, stranger)
         if even.any():

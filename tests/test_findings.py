@@ -1311,3 +1311,16 @@ def test_even_odds_claims_send_a_weak_claim_in_a_tiny_label_to_a_person():
     # 0: its mate matches elsewhere; 4: a split's; 6: a label of three; 10: even odds
     # 2: its mate matches nothing; 9: a label of one image; 12: its mate matches at factor 2
     assert np.flatnonzero(even).tolist() == [2, 9, 12]
+
+
+def test_an_outlier_whose_label_is_found_all_but_it_goes_to_a_person():
+    from facecluster.findings import Outliers, lone_outliers
+
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    mask = np.array([1, 0, 0, 1, 0, 0, 0, 1, 0, 0], dtype=bool)
+    stranger = np.zeros(10, dtype=bool)
+    stranger[7] = True
+    out = Outliers(mask, mask.astype(np.float32), mask.astype(np.float32), np.zeros(10, dtype=bool), stranger)
+    found = np.array([1, 1, 1, 1, 0, 0, 0, 1, 1, 1], dtype=bool)
+    # 0: the rest of label 0 is found; 3: label 1 keeps three images; 7: a stranger leaves whatever
+    assert np.flatnonzero(lone_outliers(out, labels, found)).tolist() == [0]
