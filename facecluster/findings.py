@@ -521,11 +521,22 @@ def find_near_duplicates(signals: Signals, labels: np.ndarray, doubt: np.ndarray
     in_group = np.flatnonzero(dup.group >= 0)
     if len(in_group):
         mis = knn_mislabel_score(signals.agreement)
-        if doubt is not None:
-            mis = np.maximum(mis, np.asarray(doubt, dtype=np.float32))
         grp_all = dup.group[in_group]
         lab_all = labels[in_group]
         n_grp = int(grp_all.max()) + 1
+        # a row whose label holds no other photo (its own copies apart) has no label-mate to
+        # be supported by: its vote says nothing of its label's fit, even odds. Else the
+        # one photo of a one-image label, copied under another name where the copy fits no
+        # one either, lost a coin toss to the copy, which then left as that label's mislabel:
+        # the photo gone twice (dlib's long-tailed set)
+        n_lab = int(labels.max()) + 1
+        same_label_copies = np.unique(grp_all * n_lab + lab_all, return_inverse=True, return_counts=True)
+        copies_here = same_label_copies[2][same_label_copies[1]]
+        alone = np.bincount(labels, minlength=n_lab)[lab_all] == copies_here
+        mis = mis.copy()
+        mis[in_group[alone]] = 0.5
+        if doubt is not None:
+            mis = np.maximum(mis, np.asarray(doubt, dtype=np.float32))
         lab_min = np.full(n_grp, np.iinfo(np.int64).max)
         lab_max = np.full(n_grp, -1)
         np.minimum.at(lab_min, grp_all, lab_all)
