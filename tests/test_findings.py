@@ -1311,6 +1311,13 @@ def test_even_odds_claims_send_a_weak_claim_in_a_tiny_label_to_a_person():
     # 0: its mate matches elsewhere; 4: a split's; 6: a label of three; 10: even odds
     # 2: its mate matches nothing; 9: a label of one image; 12: its mate matches at factor 2
     assert np.flatnonzero(even).tolist() == [2, 9, 12]
+    # a copy is the candidate's own photo, not a label-mate: with row 1 a copy of row 0 (and
+    # row 7 of row 6), labels 0 and 3 hold one and two photos as they stand
+    group = np.full(n, -1)
+    group[[0, 1]] = 0
+    group[[6, 7]] = 1
+    even = even_odds_claims(graph, labels, mis, claimed, leaving, Stranger(), group)
+    assert np.flatnonzero(even).tolist() == [0, 2, 6, 9, 12]
 
 
 def test_an_outlier_whose_label_is_found_all_but_it_goes_to_a_person():
