@@ -1448,7 +1448,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     if stranger is not None:
         # the rows leaving as another person's or as no labelled person's, and whom they claim
         gone = leaving & (out.mask | (mis.mask & ~claimed))
-        apart = tell_two_apart(graph, labels, review.cannot_tell | weak, leaving, stranger, gone,
+        apart = tell_two_apart(graph, labels, review.cannot_tell, leaving, stranger, gone,
                                np.where(mis.mask, mis.suggested, -1))
         # the wrong image is backed by one photo: one reliable vote, b / (b + 1) = 1/2 (the
         # conservative policy quarantines a mislabel and drops an outlier); its partner is judged
@@ -1458,8 +1458,6 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         out = replace(out, mask=out.mask | apart.kin,
                       score=np.where(apart.kin, np.maximum(out.score, 0.5), out.score).astype(np.float32))
         review = replace(review, cannot_tell=review.cannot_tell & ~apart.wrong & ~apart.partner)
-        if mis.contested is not None:
-            mis = replace(mis, contested=mis.contested & ~(weak & (apart.wrong | apart.partner)))
     # a merge moves the rows that stay; the ones leaving keep their own finding
     member = (dupid.merged_into[labels] >= 0) & ~leaving
     issue, score = resolve(
