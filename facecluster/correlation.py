@@ -1100,8 +1100,9 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
     smooth : bool or None, value the edges with faces averaged with their likely-same
         neighbours (:class:`CorrelationConfig`); None: without ``y``, for vectors that had to
         be centred
-    attach : bool or None, give single-row clusters to their nearest cluster where its faces
-        vouch for them (:func:`attach_singletons`); None: without ``y``
+    attach : bool or None, let rows as far from their clustermates as strangers leave
+        (:func:`detach_strays`), then give single-row clusters to their nearest cluster where
+        its faces vouch for them (:func:`attach_singletons`); None: without ``y``
     (Without ``y`` the edges also carry the shared-neighbour evidence,
     :func:`shared_neighbour_log_odds`, and, for vectors that had to be centred, are valued
     by faces averaged with their likely-same neighbours, and single-row clusters join their

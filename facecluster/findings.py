@@ -510,7 +510,8 @@ def find_near_duplicates(signals: Signals, labels: np.ndarray, doubt: np.ndarray
     a data-derived cut). In a group whose members share a label the first row stays; where
     their labels differ, the member whose label fits it best: the lowest of the larger of its
     kNN mislabel score and ``doubt`` ((n_samples,), e.g. the outlier score: how likely no
-    labelled identity fits the row; ties: first row). Without the outlier score, the one
+    labelled identity fits the row; ties: first row); a row whose label holds no other photo
+    (its own copies apart) has no label-mate to be backed by, and its kNN score counts as 1/2. Without the outlier score, the one
     photo of a one-image identity, copied under a big label, was dropped as the copy while the
     copy, which fits nobody in the big label, went out as an outlier (OMZ's long-tailed set).
     """
@@ -1410,12 +1411,14 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
             claimed &= ~weak
             leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
     alone = lone_outliers(out, labels, out.mask | near.mask | (mis.mask & ~claimed))
+    weak_claim = np.zeros(len(labels), dtype=bool)  # claims sent to a person at under even odds
     if alone.any():
         before = np.zeros(len(labels), dtype=bool) if out.contested is None else out.contested
         out = replace(out, mask=out.mask & ~alone, contested=before | alone)
         leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
     if stranger is not None:
         even = even_odds_claims(graph, labels, mis, claimed, leaving, stranger, signals.duplicates.group)
+        weak_claim |= even
         if even.any():
             before = np.zeros(len(labels), dtype=bool) if mis.contested is None else mis.contested
             mis = replace(mis, mask=mis.mask & ~even, contested=before | even,
@@ -1435,9 +1438,13 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         # a label claimed whole stays to merge; where the merge tests did not merge it, its
         # claims are weighed as any other (a one-photo label and its copy, both claimed by a
         # look-alike's label at under even odds, lost the photo)
-        unmerged = claimed & (dupid.merged_into[labels] < 0)
+        # merged: merged into another label, or another merged into it
+        merged = dupid.merged_into >= 0
+        merged[dupid.merged_into[merged]] = True
+        unmerged = claimed & ~merged[labels]
         late = unmerged & even_odds_claims(graph, labels, mis, claimed & ~unmerged, leaving, stranger,
                                            signals.duplicates.group)
+        weak_claim |= late
         if late.any():
             before = np.zeros(len(labels), dtype=bool) if mis.contested is None else mis.contested
             mis = replace(mis, mask=mis.mask & ~late, contested=before | late,
@@ -1473,6 +1480,17 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     score[needs_review] = np.maximum.reduce([review.score, np.where(contested_out, out.score, 0.0),
                                              np.where(contested_mis, mis.knn_score, 0.0)])[needs_review]
     reason = _reasons(signals, labels, label_names, issue, mis, out, near, dupid, review, needs_review, evidence)
+    # the two reviews of labels as they stand say so (unless the label-chance reason holds)
+    plain = issue == REVIEW
+    if signals.agreement.label_chance is not None:
+        plain &= ~(signals.agreement.label_chance < CHANCE)
+    for i in np.flatnonzero(plain & weak_claim):
+        reason[i] = (f"review: pooled p({label_names[mis.suggested[i]]})={mis.score[i]:.2f}, under even odds, and "
+                     f"its label holds at most two photos as it stands: which photo is the label's is a person's call")
+    for i in np.flatnonzero(plain & alone):
+        reason[i] = (f"review: no label supported (P(no same-person neighbour)={out.knn_score[i]:.2f}), but every other "
+                     f"image of its label was found to be someone else's or a copy: as the labels stand it is its "
+                     f"label's only photo")
     if apart is not None:
         odds = f"times as likely for one person as for the nearest stranger (needs {SINGLE_IMAGE_BAYES:g})"
         for i in np.flatnonzero(apart.wrong & ~apart.kin & (issue == "mislabeled")):

@@ -1331,3 +1331,41 @@ def test_an_outlier_whose_label_is_found_all_but_it_goes_to_a_person():
     found = np.array([1, 1, 1, 1, 0, 0, 0, 1, 1, 1], dtype=bool)
     # 0: the rest of label 0 is found; 3: label 1 keeps three images; 7: a stranger leaves whatever
     assert np.flatnonzero(lone_outliers(out, labels, found)).tolist() == [0]
+
+
+def test_a_claimed_label_merged_as_the_target_keeps_its_claims(monkeypatch):
+    """A label claimed whole whose claimer merges into it (the merge's target) is merged: its
+    claims are not weighed again at even odds (they were sent to review while the merge
+    stood)."""
+    import facecluster.findings as findings_module
+    from facecluster.knn import KnnGraph
+
+    class Stranger:
+        def bayes_factor(self, x):
+            return np.ones_like(np.atleast_1d(np.asarray(x, dtype=np.float64)))
+
+        def summary(self):
+            return {}
+
+    monkeypatch.setattr(findings_module, "fit_nearest_stranger", lambda *a, **k: Stranger())
+    names = np.array(["part", "whole", "other"], dtype=object)
+    labels = np.array([0, 0, 1, 1, 2, 2, 2])
+    n = len(labels)
+    sig = _evidence(labels, given=[0.5, 0.5, 3, 3, 3, 3, 3], other=[3.0, 3.0, 0, 0, 0, 0, 0],
+                    best_other=[1, 1, -1, -1, -1, -1, -1], none_prob=[0] * n,
+                    partitions={"hierarchical": [0, 1, 0, 0, 0, 2, 2], "correlation": [0, 1, 1, 1, 2, 1, 2]})
+    graph = KnnGraph(np.array([[2], [2], [3], [2], [5], [6], [4]], np.int32), np.full((n, 1), 0.9, np.float32))
+    found = find_issues(sig, labels, names, graph=graph)
+    assert found.merges[["label", "merged_into"]].values.tolist() == [["whole", "part"]]
+    assert "review" not in set(found.issue[:2])
+
+
+def test_an_outlier_alone_in_its_label_says_why_it_is_for_review():
+    labels = np.array([0, 0, 0, 0] + [1] * 6 + [2] * 6)
+    names = np.array(["a", "b", "c"], dtype=object)
+    n = len(labels)
+    sig = _evidence(labels, given=[0, 0.2, 0.2, 0.2] + [3] * 12, other=[0, 5, 5, 5] + [0] * 12,
+                    best_other=[-1, 1, 2, 2] + [-1] * 12, none_prob=[0.99] + [0] * (n - 1))
+    found = find_issues(sig, labels, names)
+    assert list(found.issue[:4]) == ["review", "mislabeled", "mislabeled", "mislabeled"]
+    assert "every other image of its label was found" in found.reason[0]
