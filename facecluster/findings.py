@@ -511,9 +511,10 @@ def find_near_duplicates(signals: Signals, labels: np.ndarray, doubt: np.ndarray
     their labels differ, the member whose label fits it best: the lowest of the larger of its
     kNN mislabel score and ``doubt`` ((n_samples,), e.g. the outlier score: how likely no
     labelled identity fits the row; ties: first row); a row whose label holds no other photo
-    (its own copies apart) has no label-mate to be backed by, and its kNN score counts as 1/2. Without the outlier score, the one
-    photo of a one-image identity, copied under a big label, was dropped as the copy while the
-    copy, which fits nobody in the big label, went out as an outlier (OMZ's long-tailed set).
+    (its own copies apart) has no label-mate to be backed by, and its kNN score counts as 1/2.
+    Without the outlier score, the one photo of a one-image identity, copied under a big label,
+    was dropped as the copy while the copy, which fits nobody in the big label, went out as an
+    outlier (OMZ's long-tailed set).
     """
     dup = signals.duplicates
     n = len(labels)
