@@ -1363,6 +1363,13 @@ def resolve(masks: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> tupl
     return issue, score
 
 
+def _contest_claims(mis: Mislabeled, rows: np.ndarray) -> Mislabeled:
+    """``mis`` with the candidates ``rows`` sent to a person instead (contested)."""
+    before = np.zeros(len(rows), dtype=bool) if mis.contested is None else mis.contested
+    return replace(mis, mask=mis.mask & ~rows, contested=before | rows,
+                   corroborated_by={name: m & ~rows for name, m in mis.corroborated_by.items()})
+
+
 def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *,
                 config: FindingsConfig | None = None, embeddings: np.ndarray | None = None,
                 graph: KnnGraph | None = None) -> Findings:
@@ -1399,7 +1406,11 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     for lab, by, *_ in _claimed_labels(signals.agreement, labels, label_names):
         claimer[lab] = by
     claimed = mis.mask & (signals.agreement.best_other == claimer[labels])
-    leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
+
+    def leaving_now() -> np.ndarray:
+        return leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
+
+    leaving = leaving_now()
     # how near the photos of the smallest labels come to strangers, on the labels as they stand
     stranger = None if graph is None else fit_nearest_stranger(
         graph, staying_labels(labels, leaving, n_labels), ~leaving, rng=np.random.default_rng(0))
@@ -1410,21 +1421,19 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
         if weak.any():
             mis = replace(mis, mask=mis.mask & ~weak)
             claimed &= ~weak
-            leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
+            leaving = leaving_now()
     alone = lone_outliers(out, labels, out.mask | near.mask | (mis.mask & ~claimed))
     weak_claim = np.zeros(len(labels), dtype=bool)  # claims sent to a person at under even odds
     if alone.any():
         before = np.zeros(len(labels), dtype=bool) if out.contested is None else out.contested
         out = replace(out, mask=out.mask & ~alone, contested=before | alone)
-        leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
+        leaving = leaving_now()
     if stranger is not None:
         even = even_odds_claims(graph, labels, mis, claimed, leaving, stranger, signals.duplicates.group)
         weak_claim |= even
         if even.any():
-            before = np.zeros(len(labels), dtype=bool) if mis.contested is None else mis.contested
-            mis = replace(mis, mask=mis.mask & ~even, contested=before | even,
-                          corroborated_by={name: m & ~even for name, m in mis.corroborated_by.items()})
-            leaving = leaving_rows(labels, out.mask | near.mask | (mis.mask & ~claimed), n_labels)
+            mis = _contest_claims(mis, even)
+            leaving = leaving_now()
     pairs = None
     if graph is not None and leaving.any():
         pairs = label_pairs_of(graph, staying_labels(labels, leaving, n_labels), signals.calibration,
@@ -1447,9 +1456,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                                            signals.duplicates.group)
         weak_claim |= late
         if late.any():
-            before = np.zeros(len(labels), dtype=bool) if mis.contested is None else mis.contested
-            mis = replace(mis, mask=mis.mask & ~late, contested=before | late,
-                          corroborated_by={name: m & ~late for name, m in mis.corroborated_by.items()})
+            mis = _contest_claims(mis, late)
     review = find_review(signals, labels, label_names, config=config, evidence=evidence, leaving=leaving,
                          judged=dupid.judged)
     apart = None
