@@ -260,12 +260,21 @@ def _knn_candidates(signals: Signals, labels: np.ndarray, floor: float, evidence
     A vote that only leans (half the floor) is enough when every other stage names the same
     label (:func:`_unanimous`): a flip whose person has two or three images in the set has
     that few witnesses, and a witness's reliability counts the flip beside it against it, so
-    the vote alone stays under the floor however close the faces."""
+    the vote alone stays under the floor however close the faces.
+
+    The same test holds with each label counted on its nearest photos only
+    (:attr:`~facecluster.votes.LabelAgreement.nearest_photos_score`): a big look-alike
+    identity's many photos, each a little similar, must not outvote a small label's close ones."""
     agr = signals.agreement
     in_core = np.zeros(len(labels), dtype=bool) if agr.core is None else agr.core
     mis = knn_mislabel_score(agr)
     evidence = evidence if evidence is not None else partition_evidence(signals, labels)
-    votes = (mis >= floor) | ((mis >= 0.5 * floor) & _unanimous(signals, labels, evidence))
+    unanimous = _unanimous(signals, labels, evidence)
+    votes = (mis >= floor) | ((mis >= 0.5 * floor) & unanimous)
+    if agr.nearest_photos_score is not None:
+        # the suggested label must win on its nearest photos too, not on its count of photos
+        near = agr.nearest_photos_score
+        votes &= (near >= floor) | ((near >= 0.5 * floor) & unanimous)
     return votes & (agr.best_other >= 0) & (_label_sizes(labels) >= 2) & ~in_core
 
 

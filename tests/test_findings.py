@@ -1369,3 +1369,77 @@ def test_an_outlier_alone_in_its_label_says_why_it_is_for_review():
     found = find_issues(sig, labels, names)
     assert list(found.issue[:4]) == ["review", "mislabeled", "mislabeled", "mislabeled"]
     assert "every other image of its label was found" in found.reason[0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nearest_photos_score_counts_each_label_on_its_first_photos(seed):
+    # b / (b + g + 1) with the suggested label's and the own label's mass each summed over
+    # their first NEAREST_PHOTOS voting neighbours in list order
+    from facecluster.votes import NEAREST_PHOTOS, _nearest_photos_score
+
+    rng = np.random.default_rng(seed)
+    n, k, n_labels = 200, 12, 4
+    nb = rng.integers(0, n_labels, (n, k))
+    labels = rng.integers(0, n_labels, n)
+    best = np.where(rng.random(n) < 0.1, -1, rng.integers(0, n_labels, n))
+    weights = np.where(rng.random((n, k)) < 0.3, 0.0, rng.random((n, k)))
+    got = _nearest_photos_score(nb, weights, labels, best)
+    for i in range(n):
+        def mass(lab):
+            ws = [w for nl, w in zip(nb[i], weights[i]) if nl == lab and w > 0 and lab >= 0]
+            return sum(ws[:NEAREST_PHOTOS])
+        b, g = mass(best[i]), mass(labels[i])
+        assert got[i] == pytest.approx(b / (b + g + 1.0))
+
+
+def test_a_big_look_alike_label_does_not_outvote_a_small_labels_close_photos():
+    # label 0: three photos of one person, each other's nearest at 0.9; label 1: twenty photos
+    # of a look-alike, 0.5 from them; row 23: a photo of label 1's person filed under label 0.
+    # Summed, the look-alike's twenty photos outvote the small label's two; counted on its
+    # nearest photos, the look-alike loses, and the flip is still found.
+    from facecluster.findings import knn_mislabel_score
+    from facecluster.knn import KnnGraph
+    from facecluster.votes import knn_label_agreement
+
+    class Linear:
+        def __call__(self, sims):
+            return np.clip((np.asarray(sims, np.float64) - 0.3) / 0.6, 0.0, 1.0).astype(np.float32)
+
+    a_rows, b_rows, flip = [0, 1, 2], list(range(3, 23)), 23
+    labels = np.array([0, 0, 0] + [1] * 20 + [0])
+    k = 22
+    idx = np.full((24, k), -1, np.int32)
+    sims = np.full((24, k), -np.inf, np.float32)
+
+    def fill(row, pairs):
+        for c, (j, s) in enumerate(pairs[:k]):
+            idx[row, c], sims[row, c] = j, s
+
+    for i in a_rows:
+        fill(i, [(j, 0.9) for j in a_rows if j != i] + [(j, 0.5) for j in b_rows] + [(flip, 0.3)])
+    for i in b_rows:
+        fill(i, [(j, 0.8) for j in b_rows if j != i] + [(flip, 0.8)] + [(j, 0.5) for j in a_rows])
+    fill(flip, [(j, 0.85) for j in b_rows] + [(j, 0.3) for j in a_rows])
+    agreement = knn_label_agreement(KnnGraph(idx, sims), labels, Linear())
+    summed = knn_mislabel_score(agreement)
+    near = agreement.nearest_photos_score
+    assert (agreement.best_other[a_rows] == 1).all()
+    assert (summed[a_rows] >= 0.5).all(), "summed, the look-alike's count wins"
+    assert (near[a_rows] < 0.5).all(), "on its nearest photos it does not"
+    assert summed[flip] >= 0.5 and near[flip] >= 0.5, "the flip is found either way"
+
+
+def test_a_mislabel_candidate_must_win_on_the_suggested_labels_nearest_photos_too():
+    import dataclasses
+
+    from facecluster.findings import find_mislabeled
+
+    # rows 0-3: label 0; row 0's summed vote says label 1 (8 against 1), row 1's too; on its
+    # nearest photos row 0's suggested label loses (score 0.3), row 1's wins (0.7)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    sig = _evidence(labels, given=[1.0, 1.0, 4, 4, 4, 4, 4, 4], other=[8.0, 8.0, 0, 0, 0, 0, 0, 0],
+                    best_other=[1, 1, -1, -1, -1, -1, -1, -1], none_prob=[0.0] * 8)
+    assert find_mislabeled(sig, labels).mask[:2].all(), "without the nearest-photos score both are found"
+    near = np.array([0.3, 0.7, 0, 0, 0, 0, 0, 0], np.float32)
+    sig = dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, nearest_photos_score=near))
+    assert find_mislabeled(sig, labels).mask[:2].tolist() == [False, True]
