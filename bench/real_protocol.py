@@ -92,6 +92,20 @@ def base_set(folder: Path, out: Path) -> tuple[Path, Path, dict]:
     return out / "manifest.csv", out / "manifest.npy", left_out
 
 
+def unseen_by_the_faces(folder: Path, manifest: pd.DataFrame) -> np.ndarray:
+    """Rows whose label no clustering of the faces can give them: failed detections (the
+    detector found no face; the vector is of a fallback crop) and the rows every face model of
+    the folder places with another identity (:func:`_rejected_by_every_model`). Scoring the
+    labels with these rows split off as single rows bounds what a clustering that follows the
+    faces can reach against the labels as given (bench/cluster_real.py)."""
+    out = _rejected_by_every_model(folder, manifest, np.ones(len(manifest), dtype=bool))
+    detection = folder / "detection.csv"
+    if detection.is_file():
+        det = pd.read_csv(detection, dtype=str, keep_default_na=False).set_index("path")["method"]
+        out |= manifest["path"].map(det).fillna("").str.startswith("fallback").to_numpy()
+    return out
+
+
 def _several_faces(detection: Path, paths: pd.Series) -> np.ndarray:
     """Rows whose photo held several faces (the dlib set's ``n_faces`` column, the other
     sets' ``_multi`` method suffix)."""
