@@ -396,14 +396,36 @@ NEAREST_PHOTOS = 4
 def _nearest_photos_score(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray,
                           best: np.ndarray) -> np.ndarray:
     """b / (b + g + 1) with the mass of ``best`` (b) and of the row's own label (g) each summed
-    over that label's first :data:`NEAREST_PHOTOS` voting neighbours (the list is nearest first)."""
-    voting = weights > 0
-    out = []
-    for lab in (best, labels):
-        of = (nb_labels == lab[:, None]) & voting & (lab[:, None] >= 0)
-        out.append(np.where(of & (np.cumsum(of, axis=1) <= NEAREST_PHOTOS), weights, 0.0).sum(axis=1))
-    b, g = out
+    over that label's first :data:`NEAREST_PHOTOS` voting neighbours (the list is nearest first;
+    a compiled walk over each row's list, :func:`_first_photos_mass`)."""
+    b, g = _first_photos_mass(np.ascontiguousarray(nb_labels, dtype=np.int64),
+                              np.ascontiguousarray(weights, dtype=np.float64),
+                              np.ascontiguousarray(labels, dtype=np.int64),
+                              np.ascontiguousarray(best, dtype=np.int64), NEAREST_PHOTOS)
     return b / (b + g + 1.0)
+
+
+@njit(cache=True, nogil=True)
+def _first_photos_mass(nb_labels, weights, labels, best, cap):  # pragma: no cover - compiled
+    """Per row: the summed weight of the first ``cap`` positive-weight neighbours carrying
+    ``best`` (0 where best is -1), and of those carrying the row's own label."""
+    n, k = nb_labels.shape
+    b = np.zeros(n)
+    g = np.zeros(n)
+    for i in range(n):
+        nb_, ng = 0, 0
+        for c in range(k):
+            w = weights[i, c]
+            if not w > 0:
+                continue
+            lab = nb_labels[i, c]
+            if lab == best[i] and best[i] >= 0 and nb_ < cap:
+                b[i] += w
+                nb_ += 1
+            elif lab == labels[i] and ng < cap:
+                g[i] += w
+                ng += 1
+    return b, g
 
 
 def _own_mass(nb_labels: np.ndarray, weights: np.ndarray, labels: np.ndarray) -> np.ndarray:

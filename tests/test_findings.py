@@ -1381,7 +1381,8 @@ def test_nearest_photos_score_counts_each_label_on_its_first_photos(seed):
     n, k, n_labels = 200, 12, 4
     nb = rng.integers(0, n_labels, (n, k))
     labels = rng.integers(0, n_labels, n)
-    best = np.where(rng.random(n) < 0.1, -1, rng.integers(0, n_labels, n))
+    # best_other is never the row's own label
+    best = np.where(rng.random(n) < 0.1, -1, (labels + rng.integers(1, n_labels, n)) % n_labels)
     weights = np.where(rng.random((n, k)) < 0.3, 0.0, rng.random((n, k)))
     got = _nearest_photos_score(nb, weights, labels, best)
     for i in range(n):
