@@ -330,7 +330,8 @@ def find_mislabeled(signals: Signals, labels: np.ndarray, *, report_floor: float
     """Rows whose label the evidence says is wrong, with the label it says is right.
 
     Which rows: the kNN vote decides (:func:`knn_mislabel_score` at ``report_floor``, or at
-    half of it when every other stage names the same label; labels of at least 2 images).
+    half of it when every other stage names the same label, and the same with each label
+    counted on its nearest photos; labels of at least 2 images; :func:`_knn_candidates`).
     How sure: every stage that ran gives its probability that the
     suggested label L* is right, and the score is their mean (a linear opinion pool, so it
     stays a probability and a policy threshold of 0.75 means three to one): kNN, the score

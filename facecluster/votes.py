@@ -388,8 +388,9 @@ def _label_sums(indices, weights, labels, n_labels, bound):  # pragma: no cover 
 # look-alike is at the same remove from all of them), so summed they outvote a small label's
 # two or three close photos: on dlib's long-tailed protocol draws such clean rows of small
 # labels beside a 20-photo look-alike were found as mislabeled, and the small label's rows
-# lost their reliability. Swept on the 30 protocol sets (docs/benchmarks.md): 3 to 10 all lift
-# noise found F1 and cut clean rows lost; smaller counts trade kept-label precision on the plain sets.
+# lost their reliability. Swept on the 30 protocol sets (docs/benchmarks.md): 3 to 6 lift noise
+# found F1 and cut clean rows lost on the dlib sets, 10 on the long-tailed and synthetic ones only;
+# smaller counts trade kept-label precision on the plain and synthetic dlib sets.
 NEAREST_PHOTOS = 4
 
 
