@@ -885,12 +885,18 @@ def _claimed_labels(agreement: LabelAgreement, labels: np.ndarray, label_names: 
     name: flips into a label are spread over random labels and never take most of it. This
     finds the splits whose own images look mislabeled one by one, which the reciprocal test
     misses (their votes back are discounted because they look mislabeled), including one- and
-    two-image parts; merging such a label into L gives its rows L either way. Score: the
-    claimed share.
+    two-image parts; merging such a label into L gives its rows L either way. A claim counts
+    where the vote passes ``floor`` both summed and with each label counted on its nearest
+    photos (:attr:`~facecluster.votes.LabelAgreement.nearest_photos_score`): on dlib's
+    long-tailed protocol draws a two-image label holding a flip of a big look-alike's person
+    and its own photo was claimed whole and merged. Score: the claimed share.
     """
     n_labels = len(label_names)
     sizes = np.bincount(labels, minlength=n_labels)
     cand = (knn_mislabel_score(agreement) >= floor) & (agreement.best_other >= 0)
+    if agreement.nearest_photos_score is not None:
+        # a claim, like a mislabel candidate, must win on the claimer's nearest photos too
+        cand &= agreement.nearest_photos_score >= floor
     rows = np.flatnonzero(cand)
     if not len(rows):
         return []

@@ -262,6 +262,14 @@ def test_a_label_claimed_whole_by_another_is_a_merge_even_without_votes_back():
     half = _evidence(labels, given=[0.5, 3.0] + [3.0] * 8, other=[3.0, 0] + [0] * 8,
                      best_other=[1, -1] + [-1] * 8, none_prob=[0] * 10)
     assert len(find_duplicate_identities(half, labels, names).merges) == 0
+    # a claim the claimer does not win on its nearest photos (a big look-alike's count) is none
+    import dataclasses
+
+    for near, merges in ((0.6, 1), (0.4, 0)):
+        agreement = dataclasses.replace(sig.agreement, nearest_photos_score=np.array([near, near] + [0.0] * 8,
+                                                                                      np.float32))
+        got = find_duplicate_identities(dataclasses.replace(sig, agreement=agreement), labels, names)
+        assert len(got.merges) == merges
 
 
 def test_a_merge_needs_some_evidence_from_the_one_person_test():
