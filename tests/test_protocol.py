@@ -40,8 +40,9 @@ FLOORS = {
     ("celeba_wild_dlib", False): dict(noise_found_f1=0.975, near_duplicate_f1=0.99, kept_label_precision=0.998,
                                       clean_rows_lost_share=0.007, merge_p=0.9, merge_r=0.8,
                                       kept_label_precision_reviewed=0.998),
-    ("celeba_wild_dlib", True): dict(noise_found_f1=0.92, near_duplicate_f1=0.98, kept_label_precision=0.97,
-                                     clean_rows_lost_share=0.012, kept_label_precision_reviewed=0.99),
+    # seventeenth session (nearest-photos test): 0.942, merge P 1.0, 0.2% lost, 0.996 reviewed
+    ("celeba_wild_dlib", True): dict(noise_found_f1=0.935, near_duplicate_f1=0.98, kept_label_precision=0.97,
+                                     clean_rows_lost_share=0.006, merge_p=0.9, kept_label_precision_reviewed=0.993),
     ("celeba_wild_omz_facereid0095", True): dict(noise_found_f1=0.94, near_duplicate_f1=0.98,
                                                  kept_label_precision=0.975, clean_rows_lost_share=0.009,
                                                  merge_p=0.9, kept_label_precision_reviewed=0.99),
