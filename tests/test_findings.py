@@ -742,16 +742,20 @@ def test_label_chance_counts_only_the_labels_core_so_two_flips_do_not_vouch_for_
     assert (agreement.label_chance[-2:] == 1.0).all(), "the flips' own-label neighbour is the other flip"
 
 
+def _random_lists(seed, n, k, n_labels):
+    """A generator, random neighbour labels (n, k) and row labels (n,) over ``n_labels``."""
+    rng = np.random.default_rng(seed)
+    return rng, rng.integers(0, n_labels, (n, k)), rng.integers(0, n_labels, n)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_label_votes_name_the_other_label_with_most_mass(seed):
     # per row: the own label's mass, and among the other labels with positive weight the one
     # whose weights sum highest (ties: the smaller code), summed in neighbour order
     from facecluster.votes import _label_votes
 
-    rng = np.random.default_rng(seed)
-    n, k, n_labels = 300, 9, 5
-    nb = rng.integers(0, n_labels, (n, k))
-    labels = rng.integers(0, n_labels, n)
+    rng, nb, labels = _random_lists(seed, 300, 9, 5)
+    n, k = nb.shape
     weights = np.where(rng.random((n, k)) < 0.3, 0.0, rng.integers(0, 4, (n, k)) / 4)  # ties and zeros
     given, best, best_mass = _label_votes(nb, weights, labels)
     for i in range(n):
@@ -1385,10 +1389,8 @@ def test_nearest_photos_score_counts_each_label_on_its_first_photos(seed):
     # their first NEAREST_PHOTOS voting neighbours in list order
     from facecluster.votes import NEAREST_PHOTOS, _nearest_photos_score
 
-    rng = np.random.default_rng(seed)
     n, k, n_labels = 200, 12, 4
-    nb = rng.integers(0, n_labels, (n, k))
-    labels = rng.integers(0, n_labels, n)
+    rng, nb, labels = _random_lists(seed, n, k, n_labels)
     # best_other is never the row's own label
     best = np.where(rng.random(n) < 0.1, -1, (labels + rng.integers(1, n_labels, n)) % n_labels)
     weights = np.where(rng.random((n, k)) < 0.3, 0.0, rng.random((n, k)))
