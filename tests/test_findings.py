@@ -1454,3 +1454,6 @@ def test_a_mislabel_candidate_must_win_on_the_suggested_labels_nearest_photos_to
     near = np.array([0.3, 0.7, 0, 0, 0, 0, 0, 0], np.float32)
     sig = dataclasses.replace(sig, agreement=dataclasses.replace(sig.agreement, nearest_photos_score=near))
     assert find_mislabeled(sig, labels).mask[:2].tolist() == [False, True]
+    # report.json counts the votes that won on their count of photos alone
+    found = find_issues(sig, labels, np.array(["a", "b"], dtype=object))
+    assert found.stats["mislabel_votes_won_on_count_alone"] == 1
