@@ -122,8 +122,9 @@ def run_set(name: str, x: np.ndarray, truth: np.ndarray, *, k: int, seed: int, p
 
 def real_sets(data: Path, draws: int = 5):
     """Each real set as given, and ``draws`` long-tailed subsamples of it (seeds 0..draws-1):
-    one draw of a few hundred identities moves pairwise F by ±0.02. With each, the rows no
-    clustering of the faces can put under their label (:func:`real_protocol.unseen_by_the_faces`)."""
+    one draw of a few hundred identities moves pairwise F by ±0.02. With each, the rows a
+    clustering that follows the faces does not put under their label
+    (:func:`real_protocol.unseen_by_the_faces`)."""
     from real_protocol import unseen_by_the_faces
 
     for folder in sorted(p for p in data.glob("*") if (p / "manifest.csv").exists() and (p / "embeddings.npy").exists()):
@@ -139,7 +140,7 @@ def real_sets(data: Path, draws: int = 5):
 
 def ceiling_row(name: str, truth: np.ndarray, unseen: np.ndarray) -> dict:
     """The labels with the ``unseen`` rows split off as single rows, scored against the labels:
-    what a clustering that follows the faces can reach at best on a set as given (no method
+    about the best a clustering that follows the faces can reach on a set as given (no method
     here is told which rows those are)."""
     pred = np.asarray(truth).copy()
     rows = np.flatnonzero(unseen)

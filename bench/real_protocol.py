@@ -93,11 +93,13 @@ def base_set(folder: Path, out: Path) -> tuple[Path, Path, dict]:
 
 
 def unseen_by_the_faces(folder: Path, manifest: pd.DataFrame) -> np.ndarray:
-    """Rows whose label no clustering of the faces can give them: failed detections (the
-    detector found no face; the vector is of a fallback crop) and the rows every face model of
-    the folder places with another identity (:func:`_rejected_by_every_model`). Scoring the
-    labels with these rows split off as single rows bounds what a clustering that follows the
-    faces can reach against the labels as given (bench/cluster_real.py)."""
+    """Rows whose label a clustering that follows the faces does not give them: failed
+    detections (the detector found no face; the vector is of a fallback crop) and the rows
+    every face model of the folder places with another identity
+    (:func:`_rejected_by_every_model`). Scoring the labels with these rows split off as single
+    rows estimates closely what such a clustering can reach against the labels as given
+    (bench/cluster_real.py; not a strict bound: a few failed detections still sit with their
+    label)."""
     out = _rejected_by_every_model(folder, manifest, np.ones(len(manifest), dtype=bool))
     detection = folder / "detection.csv"
     if detection.is_file():
