@@ -73,11 +73,7 @@ def run_set(name: str, x: np.ndarray, truth: np.ndarray, *, k: int, seed: int, p
     rows = []
 
     def emit(method: str, f, setting, seconds: float, oracle: bool):
-        row = {"set": name, "rows": len(truth), "identities": int(len(np.unique(truth))), "method": method,
-               "oracle": oracle, "setting": setting, "pairwise_f": round(f[0], 4), "bcubed_f": round(f[1], 4),
-               "seconds": round(seconds, 2)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        rows.append(result_row(name, truth, method, f, setting, seconds, oracle))
 
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -138,6 +134,15 @@ def real_sets(data: Path, draws: int = 5):
             yield f"{folder.name}, long-tail (draw {draw})", xl, label_codes(yl, len(yl)), unseen[kept]
 
 
+def result_row(name: str, truth: np.ndarray, method: str, f, setting, seconds: float, oracle: bool) -> dict:
+    """One bench row (printed as it comes): a method's pairwise and BCubed F on one set."""
+    row = {"set": name, "rows": len(truth), "identities": int(len(np.unique(truth))), "method": method,
+           "oracle": oracle, "setting": setting, "pairwise_f": round(f[0], 4), "bcubed_f": round(f[1], 4),
+           "seconds": round(seconds, 2)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def ceiling_row(name: str, truth: np.ndarray, unseen: np.ndarray) -> dict:
     """The labels with the ``unseen`` rows split off as single rows, scored against the labels:
     about the best a clustering that follows the faces can reach on a set as given (no method
@@ -145,13 +150,8 @@ def ceiling_row(name: str, truth: np.ndarray, unseen: np.ndarray) -> dict:
     pred = np.asarray(truth).copy()
     rows = np.flatnonzero(unseen)
     pred[rows] = pred.max() + 1 + np.arange(len(rows))
-    f = scores(truth, pred)
-    row = {"set": name, "rows": len(truth), "identities": int(len(np.unique(truth))),
-           "method": "ceiling: the labels, failed detections and rows every face model rejects as single rows",
-           "oracle": True, "setting": f"{len(rows)} rows split off", "pairwise_f": round(f[0], 4),
-           "bcubed_f": round(f[1], 4), "seconds": 0.0}
-    print(json.dumps(row), flush=True)
-    return row
+    return result_row(name, truth, "ceiling: the labels, failed detections and rows every face model rejects as "
+                      "single rows", scores(truth, pred), f"{len(rows)} rows split off", 0.0, True)
 
 
 def base_sets(data: Path, draws: int = 5):

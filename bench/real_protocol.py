@@ -60,9 +60,7 @@ def base_set(folder: Path, out: Path) -> tuple[Path, Path, dict]:
     left_out = {}
     detection = folder / "detection.csv"
     if detection.is_file():
-        det = pd.read_csv(detection, dtype=str, keep_default_na=False).set_index("path")["method"]
-        method = manifest["path"].map(det).fillna("")
-        failed = method.str.startswith("fallback").to_numpy()
+        failed = _failed_detections(detection, manifest["path"])
         drop |= failed
         left_out["failed_detections"] = int(failed.sum())
         several = _several_faces(detection, manifest["path"]) & ~drop
@@ -101,11 +99,16 @@ def unseen_by_the_faces(folder: Path, manifest: pd.DataFrame) -> np.ndarray:
     (bench/cluster_real.py; not a strict bound: a few failed detections still sit with their
     label)."""
     out = _rejected_by_every_model(folder, manifest, np.ones(len(manifest), dtype=bool))
-    detection = folder / "detection.csv"
-    if detection.is_file():
-        det = pd.read_csv(detection, dtype=str, keep_default_na=False).set_index("path")["method"]
-        out |= manifest["path"].map(det).fillna("").str.startswith("fallback").to_numpy()
+    if (folder / "detection.csv").is_file():
+        out |= _failed_detections(folder / "detection.csv", manifest["path"])
     return out
+
+
+def _failed_detections(detection: Path, paths: pd.Series) -> np.ndarray:
+    """Rows whose photo the detector found no face in (detection method ``fallback…``: the
+    vector is of a fallback crop)."""
+    det = pd.read_csv(detection, dtype=str, keep_default_na=False).set_index("path")["method"]
+    return paths.map(det).fillna("").str.startswith("fallback").to_numpy()
 
 
 def _several_faces(detection: Path, paths: pd.Series) -> np.ndarray:

@@ -1540,7 +1540,7 @@ def find_issues(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
     if agr.nearest_photos_score is not None:
         # votes for another label that won on its count of photos only (a big look-alike's)
         stats["mislabel_votes_won_on_count_alone"] = int(
-            ((knn_mislabel_score(agr) >= floor) & (agr.nearest_photos_score < floor) & (agr.best_other >= 0)).sum())
+            ((mis.knn_score >= floor) & (agr.nearest_photos_score < floor) & (agr.best_other >= 0)).sum())
     if len(mis.corroborated_by) >= 2:
         stats["mislabeled_corroborated_by_all_stages"] = int(
             np.logical_and.reduce(list(mis.corroborated_by.values())).sum())
