@@ -364,7 +364,10 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
 
     fit = optimize.minimize(nll, [2.0, q50 + beta0 * _GUMBEL_Q50, np.log(beta0)], method="Nelder-Mead")
     share = float(1.0 / (1.0 + np.exp(-fit.x[0])))
-    mu, beta = float(fit.x[1]), float(np.exp(fit.x[2]))
+    with np.errstate(over="ignore"):
+        mu, beta = float(fit.x[1]), float(np.exp(fit.x[2]))
+    if not (np.isfinite(mu) and np.isfinite(share) and np.isfinite(beta) and beta > 0):
+        return None  # the fit ran off (a tiny or degenerate set): nothing to weigh by
     # the log ratio on the grid, made monotone where the data are (weights: the mixture). Below
     # the strangers' mode the Gumbel thins to nothing long before the same-person density
     # does, and above the same-person mode the kernel density thins first: the ratio of two
@@ -379,6 +382,8 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
     log_ratio = np.where(grid < mu, np.minimum(log_ratio, at_mu), log_ratio)
     log_ratio = np.where(grid > same_mode, np.maximum(log_ratio, at_same), log_ratio)
     mixture = share * strangers + (1.0 - share) * density
+    if not (np.all(np.isfinite(log_ratio)) and np.all(np.isfinite(mixture))):
+        return None
     log_factor = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(
         grid, log_ratio, sample_weight=mixture + tiny).predict(grid)
     return NearestStranger(mu, beta, share, grid, density, log_factor, len(stranger), len(same_rows))
