@@ -113,13 +113,21 @@ def decide_actions(manifest: pd.DataFrame, labels: np.ndarray, label_names: np.n
             extra = f"label {given[i]} merged into {final[i]}"
             reason[i] = f"{reason[i]}; {extra}" if reason[i] else extra
 
-    relabel = (issue == "mislabeled") & (score >= policy.relabel_min)
-    target = label_names[np.where(relabel, findings.suggested, 0)].astype(object)
-    final[relabel] = [canonical.get(t, t) for t in target[relabel]]
+    mislabeled = issue == "mislabeled"
+    target = label_names[np.where(mislabeled, np.maximum(findings.suggested, 0), 0)].astype(object)
+    target[mislabeled] = [canonical.get(t, t) for t in target[mislabeled]]
+    # a row whose suggested label the applied merges make one with its own: its label (after
+    # the merges) is the one the evidence names, so there is nothing to relabel or quarantine
+    settled = mislabeled & (findings.suggested >= 0) & (target == final)
+    for i in np.flatnonzero(settled):
+        extra = f"{label_names[findings.suggested[i]]} merged with its label: the label stands"
+        reason[i] = f"{reason[i]}; {extra}" if reason[i] else extra
+    relabel = mislabeled & ~settled & (findings.suggested >= 0) & (score >= policy.relabel_min)
+    final[relabel] = target[relabel]
     action[relabel] = "relabel"
 
     drop = (issue == "outlier") & (score >= policy.drop_min)
-    quarantined = (issue == "mislabeled") & ~relabel & policy.quarantine
+    quarantined = mislabeled & ~relabel & ~settled & policy.quarantine
     drop |= quarantined
     dedupe = (issue == "near_duplicate") & (score >= policy.dedupe_min)
     action[drop], action[dedupe] = "drop", "dedupe"
@@ -127,7 +135,7 @@ def decide_actions(manifest: pd.DataFrame, labels: np.ndarray, label_names: np.n
 
     for i in np.flatnonzero(quarantined):
         reason[i] = f"{reason[i]} [quarantined: label looks wrong, the right one is below the {policy.name} threshold]"
-    below = (issue != "") & (issue != "review") & (action == "keep")
+    below = (issue != "") & (issue != "review") & (action == "keep") & ~settled
     for i in np.flatnonzero(below):
         reason[i] = f"{reason[i]} [kept: below {policy.name} threshold]"
 

@@ -266,6 +266,9 @@ def test_audit_invariants_hold_on_any_set(n, n_labels, dim, seed, offset, copies
     assert len(result.cleaned) == int((~gone).sum())
     assert ((audit.fc_score >= 0) & (audit.fc_score <= 1)).all()
     assert (audit.fc_action[audit.fc_issue == ""] == "keep").all(), "a row with no finding is kept"
+    relabelled, kept = audit.fc_action == "relabel", audit.fc_action == "keep"
+    assert (audit.fc_label[relabelled] != audit.label[relabelled]).all(), "a relabel changes the label"
+    assert (audit.fc_label[kept] == audit.label[kept]).all(), "a kept row keeps its label"
     # every near-duplicate group has exactly one row not deduplicated (it may still be dropped
     # as an outlier, and its copies with it)
     group = result.signals.duplicates.group

@@ -234,6 +234,19 @@ def test_write_outputs_writes_every_file_on_success(tmp_path):
     assert len(pd.read_csv(out / "audit.csv")) == N
 
 
+def test_a_suggestion_merged_into_the_rows_own_label_leaves_the_label_standing():
+    """Row 0 (ann) looks like bob, and the policy merges bob into ann: the evidence names the
+    label the row already has, so it is neither relabelled to its own label nor quarantined.
+    Found by fuzzing ``clean`` with the aggressive policy on two tight labels."""
+    codes = np.array([0, 1])
+    findings = _findings(["mislabeled", ""], [0.9, 0.0], [1, -1], merges=[("bob", "ann", 0.9, "evidence")], n=2)
+    audit = _audit(findings, "aggressive", codes)
+    assert audit.fc_action.tolist() == ["keep", "merge"] and audit.fc_label.tolist() == ["ann", "ann"]
+    assert audit.fc_reason[0].endswith("bob merged with its label: the label stands")
+    # under a policy that only suggests merges, the row is relabelled to bob as before
+    assert _audit(findings, "conservative", codes).fc_label.tolist() == ["bob", "bob"]
+
+
 @st.composite
 def _cases(draw):
     n = draw(st.integers(1, 12))
@@ -256,7 +269,22 @@ def test_audit_and_cleaned_manifest_invariants_for_any_findings(case):
     assert len(audit) == len(codes) and set(action) <= set(ACTIONS)
     gone = np.isin(action, ["drop", "dedupe"])
     assert (audit.fc_label[gone] == "").all() and (audit.fc_label[~gone] != "").all()
-    relabel = (findings.issue == "mislabeled") & (findings.score >= POLICIES[name].relabel_min)
+    # the label a row would get (its suggestion, or its own label, through the applied merges)
+    policy = POLICIES[name]
+    merges = findings.merges
+    canonical = ({"bob": "ann"} if policy.merge_min is not None and len(merges) and merges.score.iloc[0] >= policy.merge_min
+                 else {})
+    names = np.asarray(NAMES, dtype=object)
+    own = np.array([canonical.get(v, v) for v in names[codes]], dtype=object)
+    told = np.array([canonical.get(names[s], names[s]) if s >= 0 else "" for s in findings.suggested], dtype=object)
+    settled = (findings.issue == "mislabeled") & (told == own)
+    relabel = (findings.issue == "mislabeled") & (findings.score >= policy.relabel_min) & ~settled
     np.testing.assert_array_equal(action == "relabel", relabel)
+    # a relabel changes the label; a row whose suggestion the merges made its own label is not
+    # relabelled, quarantined or called below threshold: its label stands
+    assert (audit.fc_label[action == "relabel"] != audit.label[action == "relabel"]).all()
+    assert (action[settled] == np.where(own[settled] != names[codes][settled], "merge", "keep")).all()
+    assert not audit.fc_reason[settled].str.contains(r"\[kept: below|\[quarantined").any()
+    assert audit.fc_reason[settled].str.contains("merged with its label: the label stands").all()
     kept = np.isin(action, ["keep", "relabel", "merge"])
     assert list(cleaned_manifest(audit, "label").path) == list(audit.path[kept])
