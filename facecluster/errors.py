@@ -35,3 +35,19 @@ class InputError(Exception):
             col = self.column
             where.append(f"column {col!r}" if isinstance(col, str) else f"column {col}")
         return f"{', '.join(where)}: {self.message}"
+
+
+def not_utf8(path: str | Path, what: str = "file") -> InputError:
+    """The error for a text file that is not UTF-8, read from the file itself: the byte of
+    the first invalid sequence and its row (1-based data row, the header line not counted;
+    a quoted field spanning lines is counted by lines). A parser's own exception gives the
+    offset within the chunk it was decoding, not within the file."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        row = data.count(b"\n", 0, exc.start)
+        where = "in the header" if row == 0 else None
+        message = f"not a UTF-8 text {what} ({exc.reason} at byte {exc.start}{', ' + where if where else ''})"
+        return InputError(path, message, row=row or None)
+    return InputError(path, f"not a UTF-8 text {what}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, not_utf8
 
 MANIFEST_SUFFIXES = {".csv", ".tsv", ".txt", ".parquet", ".pq"}
 EMBEDDING_SUFFIXES = (".npy", ".npz", ".parquet", ".pq")
@@ -119,9 +119,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
                 encoding="utf-8", engine="c",
             )
         except pd.errors.ParserError as exc:
+            _check_ragged_rows(path, sep, len(names))  # a row with more fields, by its row number
             raise InputError(path, f"malformed CSV: {exc}") from exc
         except UnicodeDecodeError as exc:
-            raise InputError(path, f"not a UTF-8 text file ({exc.reason})") from exc
+            raise not_utf8(path) from exc
         # The C parser pads short rows with empty strings; find them so nothing is guessed.
         _check_ragged_rows(path, sep, len(names))
     if len(frame) == 0:
@@ -141,7 +142,8 @@ def _check_ragged_rows(path: Path, sep: str, n_cols: int) -> None:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh, delimiter=sep)
         next(reader, None)
-        for row_no, row in enumerate(reader, start=1):
+        # rows numbered as the table reads them: a blank line is no row (pandas skips it)
+        for row_no, row in enumerate((r for r in reader if r), start=1):
             if len(row) != n_cols and any(cell.strip() for cell in row):
                 raise InputError(
                     path,

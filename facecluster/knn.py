@@ -45,6 +45,9 @@ IVF_MAX_PROBE_SHARE = 8
 # is at most 1/IVF_MIN_SPEEDUP of exact search's; counted, not timed, so the choice is the same
 # on a loaded machine.
 IVF_MIN_SPEEDUP = 8.0
+# Fewest rows an IVF graph is built for (asked for on fewer, the graph is exact): 39 training
+# rows for each of the 16 centroids of a 4-bit sub-quantizer's codebook.
+IVF_MIN_ROWS = 39 * 16
 
 
 def _ivf_work(n: int, d: int, nlist: int, nprobe: int, shortlist: int) -> float:
@@ -1045,6 +1048,11 @@ def build_knn_graph(
         raise ValueError(f"on Dask the graph is exact or IVF: knn method {method!r} is not distributed")
     if method not in {"exact", "ivf", "hnsw"}:
         raise ValueError(f"method must be auto, exact, ivf or hnsw, got {method!r}")
+    fallback = None
+    if method == "ivf" and n < IVF_MIN_ROWS:
+        # the 4-bit codebooks are 16 centroids a sub-quantizer, which FAISS's k-means wants
+        # 39 training rows each for (it refuses under 16): an exact graph here costs nothing
+        method, fallback = "exact", f"ivf asked, exact used: {n} rows, under the {IVF_MIN_ROWS} the IVF codes train on"
     ef_search = int(ef_search or max(2 * k, 64))
     params = {"k": k, "method": method}
     nlist = int(nlist or default_nlist(n))
@@ -1062,6 +1070,8 @@ def build_knn_graph(
     t0 = time.perf_counter()
     info = {"k": k, "method": method, "device": dev.kind, "backend": dev.backend,
             "device_reason": dev.reason, "n_samples": n}
+    if fallback is not None:
+        info["method_reason"] = fallback
     if method == "exact":
         t = time.perf_counter()
         wide = min(k + EXACT_MARGIN, n - 1)

@@ -25,6 +25,7 @@ from .hierarchical import HierarchicalConfig, hierarchical_stage
 from .knn import EXACT_MAX, KnnGraph, build_knn_graph
 from .progress import NullProgress, Progress
 from .relabel import (
+    AUDIT_COLUMNS,
     OUTPUT_FILES,
     Decisions,
     action_counts,
@@ -214,8 +215,11 @@ def _check_budget(config: CleanConfig, device: Device, n_samples: int, dim: int,
 
 
 def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device: Device, progress: Progress,
-                    timings: dict, client=None, peaks: dict | None = None) -> tuple[FaceSet, KnnGraph]:
-    """The first two boxes of every flow: validated FaceSet, then its (cached) kNN graph."""
+                    timings: dict, client=None, peaks: dict | None = None,
+                    output_columns: tuple = ()) -> tuple[FaceSet, KnnGraph]:
+    """The first two boxes of every flow: validated FaceSet, then its (cached) kNN graph.
+    ``output_columns``: the columns the flow adds to the manifest's; a manifest column of
+    the same name is refused (it would be overwritten, then lost)."""
     t = time.perf_counter()
     if out_dir is not None and not isinstance(manifest, pd.DataFrame):
         check_output_dir(out_dir, [manifest, embeddings], output_names)
@@ -230,6 +234,11 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
     if faceset.n_samples < 2:
         raise InputError(faceset.source["manifest"], f"{faceset.n_samples} row: at least 2 faces are needed "
                                                      "to compare one with another")
+    for column in output_columns:
+        if column in faceset.manifest.columns:
+            raise InputError(faceset.source["manifest"], f"the column {column!r} is one facecluster writes: the "
+                             "output would overwrite it and the input's values would be lost; rename or drop it "
+                             "(a previous run's audit.csv? its cleaned.csv is the manifest to run on)", column=column)
     timings["load"] = time.perf_counter() - t
     _mark_peak(peaks, "load")
     t = time.perf_counter()
@@ -384,7 +393,7 @@ def clean(
         client, owned = connect(dask)
     try:
         faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES + (GRAPH_FILE,), device,
-                                         progress, timings, client, peaks)
+                                         progress, timings, client, peaks, output_columns=AUDIT_COLUMNS)
         signals = compute_signals(graph, faceset.labels, faceset.n_labels, config, embeddings=faceset.embeddings,
                                   device=device, progress=progress, timings=timings, client=client, peaks=peaks)
     finally:
@@ -471,6 +480,8 @@ def _graph_report(graph: KnnGraph, out_dir) -> dict:
 
 
 CLUSTER_FILES = ("clusters.csv", "report.json")
+# the columns ``cluster`` adds to the manifest's
+CLUSTER_COLUMNS = ("fc_cluster", "fc_cluster_size", "fc_score")
 
 
 @dataclass(frozen=True)
@@ -584,7 +595,7 @@ def cluster(
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, CLUSTER_FILES + (GRAPH_FILE,), device,
-                                     progress, timings)
+                                     progress, timings, output_columns=CLUSTER_COLUMNS)
     t = time.perf_counter()
     labels = faceset.labels if config.label_col is not None else None
     stage_config = config.stage_config()

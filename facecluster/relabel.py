@@ -173,7 +173,7 @@ def read_decisions(path: str | Path) -> Decisions:
     """Read decisions.csv: columns ``path`` and ``decision`` required, ``label`` required for
     relabel and merge, ``note`` and ``timestamp`` optional. Bad input raises
     :class:`~facecluster.errors.InputError` naming the file, row and column."""
-    from .errors import InputError
+    from .errors import InputError, not_utf8
 
     path = Path(path)
     try:
@@ -181,7 +181,7 @@ def read_decisions(path: str | Path) -> Decisions:
     except FileNotFoundError:
         raise InputError(path, "decisions file not found") from None
     except UnicodeDecodeError as exc:
-        raise InputError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
+        raise not_utf8(path) from exc
     except pd.errors.EmptyDataError:
         raise InputError(path, "decisions file is empty: expected a header row path,decision,label,note,timestamp") from None
     except (pd.errors.ParserError, OSError) as exc:
@@ -195,15 +195,18 @@ def read_decisions(path: str | Path) -> Decisions:
     for i, (p, decision, label) in enumerate(zip(table["path"], table["decision"], table["label"]), start=1):
         if not p.strip():
             raise InputError(path, "empty path", row=i, column="path")
-        if decision.strip() not in DECISIONS:
+        decision = decision.strip()  # a hand-written " relabel " is the decision relabel
+        if decision not in DECISIONS:
             raise InputError(path, f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}", row=i,
                              column="decision")
         if decision in ("relabel", "merge") and not label.strip():
             raise InputError(path, f"a {decision} decision needs the label to {'relabel' if decision == 'relabel' else 'merge into'}",
                              row=i, column="label")
     table = table[list(DECISION_COLUMNS)].copy()
-    for column in ("path", "decision", "label"):  # a hand-written " X " is the label X
+    for column in ("decision", "label"):  # a hand-written " X " is the label X
         table[column] = table[column].str.strip()
+    # paths stay verbatim (a manifest may hold " a.jpg"); apply_decisions matches a path
+    # written with stray spaces by its stripped text where that names one manifest path
     last = table.drop_duplicates("path", keep="last")
     return Decisions(last.reset_index(drop=True), str(path), superseded=len(table) - len(last))
 
@@ -220,9 +223,16 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
     listed in the summary, never silently dropped. Returns (audit, summary for report.json).
     """
     audit = audit.copy()
-    table = decisions.table
+    table = decisions.table.copy()
     paths = audit[path_col].astype(str)
     known = table["path"].isin(paths)
+    if not known.all():
+        # a path written with spaces around it: the one manifest path with the same text
+        stripped = pd.Series(paths.to_numpy()).groupby(paths.str.strip().to_numpy()).unique()
+        unique = {key: vals[0] for key, vals in stripped.items() if len(vals) == 1}
+        table.loc[~known, "path"] = [unique.get(p.strip(), p) for p in table.loc[~known, "path"]]
+        table = table.drop_duplicates("path", keep="last")
+        known = table["path"].isin(paths)
     unknown = table.loc[~known, "path"].tolist()
     # a path the manifest lists twice: its decision covers every row with it
     table = table[known].merge(pd.DataFrame({"path": paths.to_numpy(), "_row": np.arange(len(audit))}), on="path")

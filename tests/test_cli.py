@@ -68,6 +68,20 @@ def test_named_columns_and_explicit_embeddings(tmp_path, small_set):
     assert missing.exit_code == 2 and "missing column 'path'" in missing.output
 
 
+def test_a_manifest_column_the_output_would_overwrite_is_refused(tmp_path):
+    """A previous audit.csv fed back in holds fc_label: its values would be overwritten in the
+    audit and then dropped from cleaned.csv. Exit 2 naming the column, nothing written."""
+    x, labels = make_faces(60, 6, 16, seed=0)
+    manifest = write_set(tmp_path, x, labels, extra={"fc_label": [f"orig{i}" for i in range(60)]})
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["clean", str(manifest), "--out", str(out), "-q", "--device", "cpu"])
+    assert result.exit_code == 2 and "column 'fc_label'" in result.output and "one facecluster writes" in result.output
+    assert not out.exists()
+    clusters = runner.invoke(app, ["cluster", str(write_set(tmp_path / "c", x, labels, extra={"fc_cluster": 1})),
+                                   "--out", str(tmp_path / "cout"), "-q", "--device", "cpu"])
+    assert clusters.exit_code == 2 and "column 'fc_cluster'" in clusters.output
+
+
 def test_invalid_option_is_a_usage_error():
     result = runner.invoke(app, ["clean", str(EXAMPLES / "faces.csv"), "--k", "0"])
     assert result.exit_code == 2

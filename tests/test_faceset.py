@@ -323,6 +323,11 @@ def test_unreadable_files(tmp_path):
     assert "not found" in str(_raises(path, tmp_path / "nope.npy"))
     path.write_bytes(b"\xff\xfe\x00garbage\x00\x81")
     assert "UTF-8" in str(_raises(path))
+    # a bad byte far into the file is named by its byte and row, not a parser chunk's offset
+    good = "path,label\n" + "".join(f"img/{i}.jpg,id{i}\n" for i in range(5000))
+    path.write_bytes(good.encode() + b"img/x.jpg,caf\xe9\n")
+    err = _raises(path)
+    assert err.row == 5001 and f"at byte {len(good.encode()) + 13}" in str(err)
 
 
 def test_ragged_row_is_refused(tmp_path):
@@ -332,6 +337,14 @@ def test_ragged_row_is_refused(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     err = _raises(path)
     assert err.row == 5 and "fields" in str(err)
+    # a blank line is no row (the table skips it), so it does not shift the number
+    path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    assert _raises(path).row == 5
+    # a row with a field too many is named by its row too (not the parser's file line)
+    lines[5] = lines[5] + ",x,y"
+    path.write_text("\n".join(lines) + "\n")
+    err = _raises(path)
+    assert err.row == 5 and "found 3" in str(err)
 
 
 def test_header_only_manifest(tmp_path):

@@ -291,3 +291,14 @@ def test_the_smoothed_graph_keeps_the_lists_and_pulls_faces_only_towards_likely_
     rows = np.repeat(np.arange(len(x)), graph.k)
     np.testing.assert_allclose(out.sims.ravel(), np.einsum("ij,ij->i", expected[rows], expected[out.indices.ravel()]),
                                atol=1e-5)
+
+def test_an_ivf_graph_asked_for_a_tiny_set_is_exact_and_says_so():
+    """FAISS cannot train the 4-bit codebooks on a handful of rows (it raised on 3–15 rows):
+    below IVF_MIN_ROWS the graph is exact, the report saying why."""
+    from facecluster.knn import IVF_MIN_ROWS
+
+    x, _ = make_faces(40, 5, 16, seed=1)
+    graph = build_knn_graph(x, k=5, device="cpu", method="ivf")
+    exact = build_knn_graph(x, k=5, device="cpu", method="exact")
+    assert graph.info["method"] == "exact" and str(IVF_MIN_ROWS) in graph.info["method_reason"]
+    np.testing.assert_array_equal(graph.indices, exact.indices)

@@ -256,6 +256,44 @@ def test_a_path_listed_twice_is_decided_on_both_rows(tmp_path):
     assert review_queue(after, "label").empty
 
 
+def test_a_decision_with_spaces_around_it_still_needs_its_label(tmp_path):
+    """" relabel " is the decision relabel, so it is refused without a label like "relabel" is
+    (it had passed the check and written an empty label into cleaned.csv)."""
+    from facecluster.errors import InputError
+
+    for decision in (" relabel ", "merge "):
+        path = tmp_path / "d.csv"
+        path.write_text(f"path,decision,label\na,{decision},\n", encoding="utf-8")
+        with pytest.raises(InputError, match="needs the label") as err:
+            read_decisions(path)
+        assert err.value.row == 1 and err.value.column == "label"
+
+
+def test_a_decisions_file_that_is_not_utf8_names_the_byte_and_row(tmp_path):
+    from facecluster.errors import InputError
+
+    good = "path,decision,label,note,timestamp\n" + "a.jpg,drop,,,\n" * 3000
+    path = tmp_path / "d.csv"
+    path.write_bytes(good.encode() + b"b.jpg,relabel,Jos\xe9,,\n")
+    with pytest.raises(InputError) as err:
+        read_decisions(path)
+    assert err.value.row == 3001 and f"at byte {len(good.encode()) + 17}" in str(err.value)
+
+
+def test_a_path_with_spaces_around_it_is_decided_as_the_manifest_writes_it(tmp_path):
+    """The manifest keeps " a.jpg" verbatim, and review.html's export writes it unquoted: the
+    decision matches it. A hand-written path with stray spaces matches the one manifest path
+    with the same text."""
+    from facecluster.relabel import apply_decisions
+
+    audit = _audit([[" a.jpg", "L", "keep", "L", "outlier"], ["b.jpg ", "L", "keep", "L", ""],
+                    ["c.jpg", "L", "keep", "L", ""]])
+    path = tmp_path / "d.csv"
+    path.write_text("path,decision\n a.jpg,drop\nb.jpg ,drop\n c.jpg ,drop\n", encoding="utf-8")
+    after, summary = apply_decisions(audit, read_decisions(path), "path", "label")
+    assert after["fc_action"].tolist() == ["drop", "drop", "drop"] and summary["unknown_paths"] == 0
+
+
 def test_a_custom_policy_writes_the_review_page(small_set, tmp_path):
     from facecluster.relabel import Policy
 
