@@ -252,6 +252,23 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
         reason[i] = f"{head}; algorithm: {reason[i]}" if reason[i] else head
         source[i] = "person"
 
+    # merges chain (A into B, B into C: A's rows end in C, as the algorithm's merge groups do);
+    # a cycle (A into B, B into A) says two things at once and is refused
+    into = {given[i]: label for i, decision, label in zip(rows, table["decision"], table["label"]) if decision == "merge"}
+
+    def terminal(label: str) -> str:
+        chain = [label]
+        while label in into:
+            label = into[label]
+            if label in chain:
+                from .errors import InputError
+
+                raise InputError(decisions.source, "merge decisions form a cycle: "
+                                 + " into ".join(chain + [label]) + "; keep one direction", column="label")
+            chain.append(label)
+        return label
+
+    table = table.assign(label=[terminal(lab) if d == "merge" else lab for d, lab in zip(table["decision"], table["label"])])
     for i, decision, label, note in zip(rows, table["decision"], table["label"], table["note"]):
         if decision == "keep":
             action[i], final[i] = "keep", given[i]

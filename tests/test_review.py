@@ -245,6 +245,23 @@ def test_a_merge_decision_leaves_dropped_rows_out_and_follows_the_algorithms_lab
     assert after["fc_source"].tolist() == ["person", "algorithm", "algorithm", "person", "algorithm", "person"]
 
 
+def test_merge_decisions_chain_and_a_cycle_is_refused(tmp_path):
+    """A into B and B into C: A's rows end in C, as the algorithm's merge groups do. A into B
+    and B into A says two things at once (it had swapped the two labels): refused."""
+    from facecluster.errors import InputError
+    from facecluster.relabel import apply_decisions
+
+    audit = _audit([["a", "A", "keep", "A", ""], ["a2", "A", "keep", "A", ""], ["b", "B", "keep", "B", ""],
+                    ["c", "C", "keep", "C", ""]])
+    path = tmp_path / "d.csv"
+    path.write_text("path,decision,label\na,merge,B\nb,merge,C\n", encoding="utf-8")
+    after, _ = apply_decisions(audit, read_decisions(path), "path", "label")
+    assert after["fc_label"].tolist() == ["C", "C", "C", "C"]
+    path.write_text("path,decision,label\na,merge,B\nb,merge,A\n", encoding="utf-8")
+    with pytest.raises(InputError, match="cycle: (A into B into A|B into A into B)"):
+        apply_decisions(audit, read_decisions(path), "path", "label")
+
+
 def test_a_path_listed_twice_is_decided_on_both_rows(tmp_path):
     from facecluster.relabel import apply_decisions
 
