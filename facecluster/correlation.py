@@ -1113,6 +1113,7 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
     Attributes
     ----------
     labels_ : (n_samples,) cluster ids
+    n_features_in_ : the vectors' dimension (not set when fitted on a KnnGraph)
     bias_ : the bias used; bias_curve_ : [(bias, pairwise F, n_clusters, objective)] when chosen from labels
     objective_gaec_, objective_ : disagreement weight after GAEC and after refinement
     signed_graph_ : SignedGraph at ``bias_``
@@ -1165,8 +1166,9 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
         else:
             from .faceset import prepare_embeddings
 
-            unit, centred, _ = prepare_embeddings(np.asarray(X), seed=self.seed)
+            unit, centred, _ = prepare_embeddings(X, seed=self.seed)
             graph = build_knn_graph(unit, k=self.k, device=self.device, seed=self.seed)
+            self.n_features_in_ = int(unit.shape[1])  # scikit-learn's convention
         codes = None if y is None else label_codes(y, graph.n_samples)
         part = correlation_stage(graph, codes, config, rng=np.random.default_rng(self.seed), embeddings=unit,
                                  centred=centred)

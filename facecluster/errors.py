@@ -11,8 +11,9 @@ from pathlib import Path
 
 
 @dataclass
-class InputError(Exception):
-    """Bad input, located as precisely as we can.
+class InputError(ValueError):
+    """Bad input, located as precisely as we can. A ``ValueError``, so code that catches
+    scikit-learn's bad-input errors (an estimator fitted on NaN, empty or 1-D data) catches it.
 
     Parameters
     ----------

@@ -246,15 +246,40 @@ def _read_parquet_embeddings(path: Path) -> np.ndarray:
     return frame.to_numpy()
 
 
+def _as_array(path: Path, raw) -> np.ndarray:
+    """``raw`` as an array (a memmap's buffer kept, no copy); a sparse matrix is refused by
+    name (np.asarray would make it a 0-d object array)."""
+    import scipy.sparse as sp
+
+    if sp.issparse(raw):
+        raise InputError(path, "embeddings are a sparse matrix: face embeddings are dense vectors; pass a dense "
+                               "array (.toarray())")
+    return np.asarray(raw)
+
+
 def _check_array(path: Path, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind == "O" and array.ndim == 2:
+        # numbers held as Python objects (a list of lists of floats, a pandas object column);
+        # such arrays come from memory only (files are read without pickles)
+        try:
+            array = array.astype(np.float64)
+        except TypeError as exc:  # a value no number can be made of (numpy's message, as sklearn's)
+            raise TypeError(f"{path}: embeddings hold a value that is not a number: {exc}") from exc
+        except ValueError:
+            pass
+    if array.dtype.kind == "c":
+        raise InputError(path, f"Complex data not supported: embeddings must be real, got dtype {array.dtype}")
     if array.dtype.kind not in "fiu":
         raise InputError(path, f"embeddings must be numeric, got dtype {array.dtype}")
     if array.ndim != 2:
         raise InputError(
             path, f"embeddings must be 2-D (n_samples, n_features), got shape {tuple(array.shape)}"
         )
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise InputError(path, f"embeddings are empty, shape {tuple(array.shape)}")
+    if array.shape[1] == 0:
+        raise InputError(path, f"embeddings are empty: 0 feature(s) (shape={tuple(array.shape)}) while a minimum "
+                               "of 1 is required.")
+    if array.shape[0] == 0:
+        raise InputError(path, f"embeddings are empty: 0 sample(s) (shape={tuple(array.shape)})")
     return array
 
 
@@ -278,7 +303,8 @@ def _normalise_checked(path: Path, raw: np.ndarray, chunk_bytes: int = 32 << 20)
         finite = np.isfinite(block)
         if not finite.all():
             r, c = np.argwhere(~finite)[0]
-            raise InputError(path, f"non-finite value {block[r, c]!r}", row=start + int(r) + 1, column=int(c))
+            raise InputError(path, f"non-finite value {block[r, c]!r} (NaN or inf)", row=start + int(r) + 1,
+                             column=int(c))
         scale = np.maximum(block.max(axis=1), -block.min(axis=1))  # max |x| per row, no (rows, d) temporary
         zero = scale == 0.0
         if zero.any():
@@ -330,7 +356,8 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
     Returns ``(unit_vectors float32 (n, d), centred, stats)``.
     """
     # np.asarray keeps a memmap's buffer (no copy); _normalise_checked reads it chunk by chunk
-    unit = _normalise_checked(Path(file), _check_array(Path(file), np.asarray(raw)))
+    raw = _check_array(Path(file), _as_array(Path(file), raw))
+    unit = _normalise_checked(Path(file), raw)
     stats = centring_decision(unit, seed=seed)
     do_centre = stats["centre"] if centre == "auto" else bool(centre)
     stats["mode"] = str(centre)
@@ -349,7 +376,7 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
             # so the set stays uncentred, and the report says why
             stats["centre"] = do_centre = False
             stats["not_centred_because"] = f"row {r + 1} equals the set's mean direction"
-            return _normalise_checked(Path(file), np.asarray(raw)), False, stats
+            return _normalise_checked(Path(file), raw), False, stats
         unit /= norms[:, None]
     return unit, bool(do_centre), stats
 
@@ -403,7 +430,7 @@ def load_faceset(
         raw = read_embeddings(emb_path)
     else:
         emb_path = Path("<embeddings>")
-        raw = _check_array(emb_path, np.asarray(embeddings))
+        raw = _check_array(emb_path, _as_array(emb_path, embeddings))
 
     if raw.shape[0] != len(frame):
         raise InputError(

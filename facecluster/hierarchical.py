@@ -850,6 +850,8 @@ def _check_common(est) -> None:
 def _fit_input(est, X, y):
     """The graph (built from vectors when needed) and the labels as an int array, checked."""
     graph = graph_from_vectors(X, est.k, device=est.device, seed=est.seed)
+    if not isinstance(X, KnnGraph):
+        est.n_features_in_ = int(np.shape(X)[1])  # scikit-learn's convention (validated above)
     return graph, None if y is None else label_codes(y, graph.n_samples)
 
 
@@ -870,6 +872,7 @@ class GraphAverageLinkage(ClusterMixin, BaseEstimator):
     Attributes
     ----------
     labels_ : (n_samples,) int64 cluster id per sample
+    n_features_in_ : the vectors' dimension (not set when fitted on a KnnGraph)
     children_ : (n_merges, 2) merged nodes (samples < n_samples), scikit-learn's convention
     similarities_ : (n_merges,) merge similarities
     distances_ : (n_merges,) 1 − similarities_
@@ -939,6 +942,7 @@ class FINCH(ClusterMixin, BaseEstimator):
     partitions_ : list of (n_samples,) arrays, finest first
     n_clusters_ : clusters per level
     labels_ : the chosen level's partition; level_ : its index
+    n_features_in_ : the vectors' dimension (not set when fitted on a KnnGraph)
     """
 
     def __init__(self, level: int | None = None, k: int = 30, device: str = "auto", seed: int = 0):

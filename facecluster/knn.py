@@ -1035,7 +1035,7 @@ def build_knn_graph(
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
     if n < 2:
-        raise ValueError("a kNN graph needs at least 2 samples")
+        raise ValueError(f"a kNN graph needs at least 2 samples, got n_samples={n}")
     if n >= 2**31 - 1:
         raise ValueError("more than 2**31 - 2 samples: shard the set")
     k = int(min(k, n - 1))
@@ -1166,5 +1166,5 @@ def graph_from_vectors(x, k: int = 30, *, device: str | Device = "auto", centre:
         return x
     from .faceset import prepare_embeddings
 
-    unit, _, _ = prepare_embeddings(np.asarray(x), centre=centre, seed=seed)
+    unit, _, _ = prepare_embeddings(x, centre=centre, seed=seed)
     return build_knn_graph(unit, k=k, device=device, seed=seed, **options)
