@@ -1163,6 +1163,8 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
                                    smooth=self.smooth, attach_singletons=self.attach)
         if isinstance(X, KnnGraph):  # a graph alone: no vectors to smooth with
             graph, unit, centred = X, None, False
+            if hasattr(self, "n_features_in_"):
+                del self.n_features_in_
         else:
             from .faceset import prepare_embeddings
 

@@ -6,6 +6,7 @@ callers catch it like any other exception.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def not_utf8(path: str | Path, what: str = "file") -> InputError:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        row = data.count(b"\n", 0, exc.start)
+        row = len(re.findall(rb"\r\n|\r|\n", data[:exc.start]))  # any line ending, CR-only too
         where = "in the header" if row == 0 else None
         message = f"not a UTF-8 text {what} ({exc.reason} at byte {exc.start}{', ' + where if where else ''})"
         return InputError(path, message, row=row or None)

@@ -6,6 +6,7 @@ is checked here, once, and reported as :class:`~facecluster.errors.InputError`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import zipfile
 from dataclasses import dataclass, field
@@ -72,13 +73,24 @@ class FaceSet:
 # --------------------------------------------------------------------------- manifest
 
 
+@contextlib.contextmanager
+def _long_fields():
+    """csv's reader with no field length limit (its default, 131,072 characters, raised an
+    uncaught error on a long label), restored afterwards."""
+    old = csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
 def _read_header(path: Path) -> list[str]:
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8") as fh, _long_fields():
             header = next(csv.reader(fh, delimiter=sep), None)
     except UnicodeDecodeError as exc:
-        raise InputError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
+        raise not_utf8(path) from exc
     except OSError as exc:
         raise InputError(path, f"cannot read manifest: {exc.strerror or exc}") from exc
     if not header:
@@ -139,11 +151,12 @@ def _check_duplicate_columns(path: Path, names: list[str]) -> None:
 
 
 def _check_ragged_rows(path: Path, sep: str, n_cols: int) -> None:
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8") as fh, _long_fields():
         reader = csv.reader(fh, delimiter=sep)
         next(reader, None)
-        # rows numbered as the table reads them: a blank line is no row (pandas skips it)
-        for row_no, row in enumerate((r for r in reader if r), start=1):
+        # rows numbered as the table reads them: a blank or whitespace-only line is no row
+        # (pandas skips it)
+        for row_no, row in enumerate((r for r in reader if len(r) > 1 or (r and r[0].strip())), start=1):
             if len(row) != n_cols and any(cell.strip() for cell in row):
                 raise InputError(
                     path,
@@ -254,19 +267,18 @@ def _as_array(path: Path, raw) -> np.ndarray:
     if sp.issparse(raw):
         raise InputError(path, "embeddings are a sparse matrix: face embeddings are dense vectors; pass a dense "
                                "array (.toarray())")
-    return np.asarray(raw)
-
-
-def _check_array(path: Path, array: np.ndarray) -> np.ndarray:
-    if array.dtype.kind == "O" and array.ndim == 2:
+    array = np.asarray(raw)
+    if array.dtype.kind == "O" and array.ndim == 2 and not any(isinstance(v, (str, bytes)) for v in array.flat):
         # numbers held as Python objects (a list of lists of floats, a pandas object column);
-        # such arrays come from memory only (files are read without pickles)
+        # text is not read as numbers (a file's is refused by its dtype)
         try:
             array = array.astype(np.float64)
         except TypeError as exc:  # a value no number can be made of (numpy's message, as sklearn's)
             raise TypeError(f"{path}: embeddings hold a value that is not a number: {exc}") from exc
-        except ValueError:
-            pass
+    return array
+
+
+def _check_array(path: Path, array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "c":
         raise InputError(path, f"Complex data not supported: embeddings must be real, got dtype {array.dtype}")
     if array.dtype.kind not in "fiu":

@@ -852,6 +852,8 @@ def _fit_input(est, X, y):
     graph = graph_from_vectors(X, est.k, device=est.device, seed=est.seed)
     if not isinstance(X, KnnGraph):
         est.n_features_in_ = int(np.shape(X)[1])  # scikit-learn's convention (validated above)
+    elif hasattr(est, "n_features_in_"):
+        del est.n_features_in_  # refitted on a graph: no vectors, no dimension
     return graph, None if y is None else label_codes(y, graph.n_samples)
 
 

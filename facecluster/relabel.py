@@ -224,6 +224,7 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
     """
     audit = audit.copy()
     table = decisions.table.copy()
+    superseded = int(decisions.superseded)
     paths = audit[path_col].astype(str)
     known = table["path"].isin(paths)
     if not known.all():
@@ -231,7 +232,9 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
         stripped = pd.Series(paths.to_numpy()).groupby(paths.str.strip().to_numpy()).unique()
         unique = {key: vals[0] for key, vals in stripped.items() if len(vals) == 1}
         table.loc[~known, "path"] = [unique.get(p.strip(), p) for p in table.loc[~known, "path"]]
+        before = len(table)
         table = table.drop_duplicates("path", keep="last")
+        superseded += before - len(table)
         known = table["path"].isin(paths)
     unknown = table.loc[~known, "path"].tolist()
     # a path the manifest lists twice: its decision covers every row with it
@@ -254,7 +257,8 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
 
     # merges chain (A into B, B into C: A's rows end in C, as the algorithm's merge groups do);
     # a cycle (A into B, B into A) says two things at once and is refused
-    into = {given[i]: label for i, decision, label in zip(rows, table["decision"], table["label"]) if decision == "merge"}
+    into = {given[i]: label for i, decision, label in zip(rows, table["decision"], table["label"])
+            if decision == "merge" and given[i] != label}  # a merge into its own label moves nothing
 
     def terminal(label: str) -> str:
         chain = [label]
@@ -298,7 +302,7 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
     summary = {"file": decisions.source, "decisions": int(len(decisions.table)), "applied": int(len(table)),
                "by_decision": {d: int((table["decision"] == d).sum()) for d in DECISIONS},
                "rows_by_person": int(decided.sum()), "rows_merged_with_a_decided_row": int(merged_rows),
-               "superseded": int(decisions.superseded), "unknown_paths": len(unknown), "unknown_examples": unknown[:20]}
+               "superseded": superseded, "unknown_paths": len(unknown), "unknown_examples": unknown[:20]}
     return audit, summary
 
 

@@ -328,6 +328,9 @@ def test_unreadable_files(tmp_path):
     path.write_bytes(good.encode() + b"img/x.jpg,caf\xe9\n")
     err = _raises(path)
     assert err.row == 5001 and f"at byte {len(good.encode()) + 13}" in str(err)
+    # ... in a small file too (the header's reader meets it first)
+    path.write_bytes(b"path,label\na.jpg,x\nb.jpg,caf\xe9\n")
+    assert _raises(path).row == 2
 
 
 def test_ragged_row_is_refused(tmp_path):
@@ -339,6 +342,9 @@ def test_ragged_row_is_refused(tmp_path):
     assert err.row == 5 and "fields" in str(err)
     # a blank line is no row (the table skips it), so it does not shift the number
     path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    assert _raises(path).row == 5
+    # ... nor does a line of spaces
+    path.write_text("\n".join(lines[:2] + ["   "] + lines[2:]) + "\n")
     assert _raises(path).row == 5
     # a row with a field too many is named by its row too (not the parser's file line)
     lines[5] = lines[5] + ",x,y"
@@ -374,3 +380,31 @@ def test_centring_is_decided_from_the_data():
 def test_real_dlib_embeddings_are_centred_automatically(real_set):
     fs = load_faceset(real_set / "manifest.csv", real_set / "embeddings.npy")
     assert fs.centred and fs.n_samples == 4979 and fs.n_labels == 227
+
+
+def test_a_label_longer_than_csvs_field_limit_is_read_verbatim(tmp_path):
+    """csv's reader refuses fields over 131,072 characters by default (an uncaught error
+    before); the manifest reads such a label as it is."""
+    path, x = _good(tmp_path)
+    lines = path.read_text().splitlines()
+    long = "n" * 200_000
+    lines[3] = lines[3].split(",")[0] + "," + long
+    path.write_text("\n".join(lines) + "\n")
+    assert load_faceset(path).manifest["label"].iloc[2] == long
+
+
+def test_object_arrays_of_numbers_are_numbers_and_text_is_refused():
+    """An in-memory object array of floats (a list of lists, a pandas object column) is read
+    as numbers; text is not taken for numbers; a value no number can be made of raises
+    numpy's TypeError, as scikit-learn's inputs do."""
+    from facecluster.faceset import prepare_embeddings
+
+    x = np.random.default_rng(0).standard_normal((12, 4))
+    unit, _, _ = prepare_embeddings(x.astype(object), centre=False)
+    np.testing.assert_allclose(unit, prepare_embeddings(x, centre=False)[0])
+    with pytest.raises(InputError, match="numeric"):
+        prepare_embeddings(x.astype(str).astype(object), centre=False)
+    bad = x.astype(object)
+    bad[0, 0] = {"a": 1}
+    with pytest.raises(TypeError, match="argument must be"):
+        prepare_embeddings(bad, centre=False)

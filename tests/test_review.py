@@ -260,6 +260,16 @@ def test_merge_decisions_chain_and_a_cycle_is_refused(tmp_path):
     path.write_text("path,decision,label\na,merge,B\nb,merge,A\n", encoding="utf-8")
     with pytest.raises(InputError, match="cycle: (A into B into A|B into A into B)"):
         apply_decisions(audit, read_decisions(path), "path", "label")
+    # a merge into the row's own label is no cycle (it moves nothing); nor is a path the
+    # manifest lists under two labels, merged into one of them
+    path.write_text("path,decision,label\na,merge,A\n", encoding="utf-8")
+    after, _ = apply_decisions(audit, read_decisions(path), "path", "label")
+    assert after["fc_label"].tolist() == ["A", "A", "B", "C"]
+    twice = _audit([["a", "A", "keep", "A", ""], ["a", "B", "keep", "B", ""], ["b", "B", "keep", "B", ""],
+                    ["c", "A", "keep", "A", ""]])
+    path.write_text("path,decision,label\na,merge,B\n", encoding="utf-8")
+    after, _ = apply_decisions(twice, read_decisions(path), "path", "label")
+    assert after["fc_label"].tolist() == ["B", "B", "B", "B"]
 
 
 def test_a_path_listed_twice_is_decided_on_both_rows(tmp_path):
@@ -295,6 +305,11 @@ def test_a_decisions_file_that_is_not_utf8_names_the_byte_and_row(tmp_path):
     with pytest.raises(InputError) as err:
         read_decisions(path)
     assert err.value.row == 3001 and f"at byte {len(good.encode()) + 17}" in str(err.value)
+    # CR-only line endings count as line ends too
+    path.write_bytes(good.replace("\n", "\r").encode() + b"b.jpg,relabel,Jos\xe9,,\r")
+    with pytest.raises(InputError) as err:
+        read_decisions(path)
+    assert err.value.row == 3001
 
 
 def test_a_path_with_spaces_around_it_is_decided_as_the_manifest_writes_it(tmp_path):
@@ -309,6 +324,10 @@ def test_a_path_with_spaces_around_it_is_decided_as_the_manifest_writes_it(tmp_p
     path.write_text("path,decision\n a.jpg,drop\nb.jpg ,drop\n c.jpg ,drop\n", encoding="utf-8")
     after, summary = apply_decisions(audit, read_decisions(path), "path", "label")
     assert after["fc_action"].tolist() == ["drop", "drop", "drop"] and summary["unknown_paths"] == 0
+    # a path written both ways is one decision, the later: the other is counted as superseded
+    path.write_text("path,decision\nc.jpg,keep\n c.jpg ,drop\n", encoding="utf-8")
+    after, summary = apply_decisions(audit, read_decisions(path), "path", "label")
+    assert after["fc_action"].tolist() == ["keep", "keep", "drop"] and summary["superseded"] == 1
 
 
 def test_a_custom_policy_writes_the_review_page(small_set, tmp_path):
