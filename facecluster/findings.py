@@ -1161,7 +1161,7 @@ def find_review(signals: Signals, labels: np.ndarray, label_names: np.ndarray, *
                      & (ev.cluster_size >= config.review_min_cluster) & (sizes >= 2) & (with_label < 0.5))
     # where several partitions ran, one alone is a doubt only when every one puts the row
     # among the same other label: a lump only one stage made is that stage's look-alikes
-    # (over the protocol's 30 sets, 65 such rows were reviewed, 64 of them clean; rows both
+    # (over the protocol's 30 sets, 66 such rows were reviewed, 65 of them clean; rows both
     # partitions put with one other label were 15 of 21 noisy)
     if len(evidence) >= 2:
         agree = np.logical_and.reduce(leans) & np.logical_and.reduce(

@@ -513,7 +513,7 @@ def test_a_lump_only_one_partition_made_is_not_a_doubt_when_another_partition_ra
     """Row 1 (an a) sits with three b's in the hierarchical partition. With no other partition
     that alone sends it to review; where the correlation partition ran too, it takes both
     putting it among the same other label: a lump one stage alone made is that stage's
-    look-alikes (64 of 65 such rows were clean over the protocol's 30 sets)."""
+    look-alikes (65 of 66 such rows were clean over the protocol's 30 sets)."""
     from facecluster.findings import find_review
 
     labels = np.array([0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2])
