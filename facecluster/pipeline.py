@@ -30,6 +30,7 @@ from .relabel import (
     Decisions,
     action_counts,
     apply_decisions,
+    check_decisions,
     check_output_dir,
     cleaned_manifest,
     decide_actions,
@@ -216,10 +217,11 @@ def _check_budget(config: CleanConfig, device: Device, n_samples: int, dim: int,
 
 def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device: Device, progress: Progress,
                     timings: dict, client=None, peaks: dict | None = None,
-                    output_columns: tuple = ()) -> tuple[FaceSet, KnnGraph]:
+                    output_columns: tuple = (), check=None) -> tuple[FaceSet, KnnGraph]:
     """The first two boxes of every flow: validated FaceSet, then its (cached) kNN graph.
     ``output_columns``: the columns the flow adds to the manifest's; a manifest column of
-    the same name is refused (it would be overwritten, then lost)."""
+    the same name is refused (it would be overwritten, then lost). ``check``: called with
+    the FaceSet before the graph, for input only the manifest can judge (decisions)."""
     t = time.perf_counter()
     if out_dir is not None and not isinstance(manifest, pd.DataFrame):
         check_output_dir(out_dir, [manifest, embeddings], output_names)
@@ -239,6 +241,8 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
             raise InputError(faceset.source["manifest"], f"the column {column!r} is one facecluster writes: the "
                              "output would overwrite it and the input's values would be lost; rename or drop it "
                              "(a previous run's audit.csv? its cleaned.csv is the manifest to run on)", column=column)
+    if check is not None:
+        check(faceset)
     timings["load"] = time.perf_counter() - t
     _mark_peak(peaks, "load")
     t = time.perf_counter()
@@ -393,7 +397,9 @@ def clean(
         client, owned = connect(dask)
     try:
         faceset, graph = _load_and_graph(manifest, embeddings, config, out_dir, OUTPUT_FILES + (GRAPH_FILE,), device,
-                                         progress, timings, client, peaks, output_columns=AUDIT_COLUMNS)
+                                         progress, timings, client, peaks, output_columns=AUDIT_COLUMNS,
+                                         check=None if decisions is None else
+                                         (lambda fs: check_decisions(decisions, fs.manifest, fs.path_col, fs.label_col)))
         signals = compute_signals(graph, faceset.labels, faceset.n_labels, config, embeddings=faceset.embeddings,
                                   device=device, progress=progress, timings=timings, client=client, peaks=peaks)
     finally:

@@ -20,8 +20,8 @@ from .findings import Findings
 from .outputs import OUTPUT_FILES, check_output_dir, write_set
 
 __all__ = ["ACTIONS", "AUDIT_COLUMNS", "DECISIONS", "OUTPUT_FILES", "POLICIES", "Decisions", "Policy", "action_counts",
-           "apply_decisions", "check_output_dir", "cleaned_manifest", "decide_actions", "read_decisions",
-           "write_outputs"]
+           "apply_decisions", "check_decisions", "check_output_dir", "cleaned_manifest", "decide_actions",
+           "read_decisions", "write_outputs"]
 
 ACTIONS = ("keep", "relabel", "drop", "merge", "dedupe")
 # fc_source: "algorithm", or "person" where decisions.csv decided the row
@@ -211,6 +211,58 @@ def read_decisions(path: str | Path) -> Decisions:
     return Decisions(last.reset_index(drop=True), str(path), superseded=len(table) - len(last))
 
 
+def _decided_rows(decisions: Decisions, paths: pd.Series) -> tuple[pd.DataFrame, list, int]:
+    """The decisions matched to manifest rows (column ``_row``; a path the manifest lists twice
+    gives a row each), the paths not in the manifest, and the decisions superseded. A path is
+    matched as written, else by its text without spaces around it where that names one
+    manifest path (a later decision for the same row supersedes an earlier one)."""
+    table = decisions.table.copy()
+    superseded = int(decisions.superseded)
+    known = table["path"].isin(paths)
+    if not known.all():
+        stripped = pd.Series(paths.to_numpy()).groupby(paths.str.strip().to_numpy()).unique()
+        unique = {key: vals[0] for key, vals in stripped.items() if len(vals) == 1}
+        table.loc[~known, "path"] = [unique.get(p.strip(), p) for p in table.loc[~known, "path"]]
+        before = len(table)
+        table = table.drop_duplicates("path", keep="last")
+        superseded += before - len(table)
+        known = table["path"].isin(paths)
+    unknown = table.loc[~known, "path"].tolist()
+    table = table[known].merge(pd.DataFrame({"path": paths.to_numpy(), "_row": np.arange(len(paths))}), on="path")
+    return table, unknown, superseded
+
+
+def _merge_targets(decisions: Decisions, table: pd.DataFrame, given: np.ndarray) -> list:
+    """Each decision's label with merges chained (A into B, B into C: A's rows end in C, as
+    the algorithm's merge groups do); a cycle (A into B, B into A) says two things at once and
+    is refused. A merge into the row's own label moves nothing."""
+    from .errors import InputError
+
+    rows = table["_row"].to_numpy()
+    into = {given[i]: label for i, decision, label in zip(rows, table["decision"], table["label"])
+            if decision == "merge" and given[i] != label}
+
+    def terminal(label: str) -> str:
+        chain = [label]
+        while label in into:
+            label = into[label]
+            if label in chain:
+                raise InputError(decisions.source, "merge decisions form a cycle: "
+                                 + " into ".join(chain + [label]) + "; keep one direction", column="label")
+            chain.append(label)
+        return label
+
+    return [terminal(lab) if d == "merge" else lab for d, lab in zip(table["decision"], table["label"])]
+
+
+def check_decisions(decisions: Decisions, manifest: pd.DataFrame, path_col: str, label_col: str) -> None:
+    """What of a decisions file only the manifest can judge, checked before any work: merge
+    decisions that form a cycle over the manifest's labels (:class:`~facecluster.errors.InputError`)."""
+    paths = manifest[path_col].astype(str)
+    table, _, _ = _decided_rows(decisions, paths)
+    _merge_targets(decisions, table, manifest[label_col].astype(str).to_numpy(dtype=object))
+
+
 def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, label_col: str) -> tuple[pd.DataFrame, dict]:
     """The audit with a person's decisions in place of the algorithm's, on the rows decided.
 
@@ -223,22 +275,8 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
     listed in the summary, never silently dropped. Returns (audit, summary for report.json).
     """
     audit = audit.copy()
-    table = decisions.table.copy()
-    superseded = int(decisions.superseded)
     paths = audit[path_col].astype(str)
-    known = table["path"].isin(paths)
-    if not known.all():
-        # a path written with spaces around it: the one manifest path with the same text
-        stripped = pd.Series(paths.to_numpy()).groupby(paths.str.strip().to_numpy()).unique()
-        unique = {key: vals[0] for key, vals in stripped.items() if len(vals) == 1}
-        table.loc[~known, "path"] = [unique.get(p.strip(), p) for p in table.loc[~known, "path"]]
-        before = len(table)
-        table = table.drop_duplicates("path", keep="last")
-        superseded += before - len(table)
-        known = table["path"].isin(paths)
-    unknown = table.loc[~known, "path"].tolist()
-    # a path the manifest lists twice: its decision covers every row with it
-    table = table[known].merge(pd.DataFrame({"path": paths.to_numpy(), "_row": np.arange(len(audit))}), on="path")
+    table, unknown, superseded = _decided_rows(decisions, paths)
     rows = table["_row"].to_numpy()
 
     action = audit["fc_action"].to_numpy(dtype=object).copy()
@@ -255,24 +293,7 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
         reason[i] = f"{head}; algorithm: {reason[i]}" if reason[i] else head
         source[i] = "person"
 
-    # merges chain (A into B, B into C: A's rows end in C, as the algorithm's merge groups do);
-    # a cycle (A into B, B into A) says two things at once and is refused
-    into = {given[i]: label for i, decision, label in zip(rows, table["decision"], table["label"])
-            if decision == "merge" and given[i] != label}  # a merge into its own label moves nothing
-
-    def terminal(label: str) -> str:
-        chain = [label]
-        while label in into:
-            label = into[label]
-            if label in chain:
-                from .errors import InputError
-
-                raise InputError(decisions.source, "merge decisions form a cycle: "
-                                 + " into ".join(chain + [label]) + "; keep one direction", column="label")
-            chain.append(label)
-        return label
-
-    table = table.assign(label=[terminal(lab) if d == "merge" else lab for d, lab in zip(table["decision"], table["label"])])
+    table = table.assign(label=_merge_targets(decisions, table, given))
     for i, decision, label, note in zip(rows, table["decision"], table["label"], table["note"]):
         if decision == "keep":
             action[i], final[i] = "keep", given[i]

@@ -272,6 +272,26 @@ def test_merge_decisions_chain_and_a_cycle_is_refused(tmp_path):
     assert after["fc_label"].tolist() == ["B", "B", "B", "B"]
 
 
+def test_a_merge_cycle_is_refused_before_any_work(tmp_path, monkeypatch):
+    import facecluster.pipeline as pipeline
+    from facecluster.errors import InputError
+    from facecluster.synth import make_faces
+
+    x, y = make_faces(60, 6, 16, seed=0)
+    manifest = pd.DataFrame({"path": [f"p{i}" for i in range(60)], "label": [f"id{v}" for v in y]})
+    a, b = manifest.path[manifest.label == "id1"].iloc[0], manifest.path[manifest.label == "id2"].iloc[0]
+    path = tmp_path / "d.csv"
+    path.write_text(f"path,decision,label\n{a},merge,id2\n{b},merge,id1\n", encoding="utf-8")
+
+    def no_graph(*args, **kwargs):
+        raise AssertionError("the kNN graph was built before the decisions were judged")
+
+    monkeypatch.setattr(pipeline, "build_knn_graph", no_graph)
+    with pytest.raises(InputError, match="cycle"):
+        fc.clean(manifest, x, decisions=path, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_path_listed_twice_is_decided_on_both_rows(tmp_path):
     from facecluster.relabel import apply_decisions
 
