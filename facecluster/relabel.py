@@ -234,8 +234,9 @@ def _decided_rows(decisions: Decisions, paths: pd.Series) -> tuple[pd.DataFrame,
 
 def _merge_targets(decisions: Decisions, table: pd.DataFrame, given: np.ndarray) -> list:
     """Each decision's label with merges chained (A into B, B into C: A's rows end in C, as
-    the algorithm's merge groups do); a cycle (A into B, B into A) says two things at once and
-    is refused. A merge into the row's own label moves nothing."""
+    the algorithm's merge groups do; a relabel into A ends in C too); a cycle (A into B, B
+    into A) says two things at once and is refused. A merge into the row's own label moves
+    nothing."""
     from .errors import InputError
 
     rows = table["_row"].to_numpy()
@@ -252,7 +253,7 @@ def _merge_targets(decisions: Decisions, table: pd.DataFrame, given: np.ndarray)
             chain.append(label)
         return label
 
-    return [terminal(lab) if d == "merge" else lab for d, lab in zip(table["decision"], table["label"])]
+    return [terminal(lab) if d in ("merge", "relabel") else lab for d, lab in zip(table["decision"], table["label"])]
 
 
 def check_decisions(decisions: Decisions, manifest: pd.DataFrame, path_col: str, label_col: str) -> None:
@@ -299,8 +300,8 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
             action[i], final[i] = "keep", given[i]
         elif decision == "drop":
             action[i], final[i] = "drop", ""
-        elif decision == "relabel":
-            action[i], final[i] = "relabel", label
+        elif decision == "relabel":  # into its own label (through a merge, say): kept as it is
+            action[i], final[i] = ("relabel" if label != given[i] else "keep"), label
         else:
             action[i], final[i] = "merge", label
         mark(i, decision if decision in ("keep", "drop") else f"{decision} to {label}", note)

@@ -257,6 +257,10 @@ def test_merge_decisions_chain_and_a_cycle_is_refused(tmp_path):
     path.write_text("path,decision,label\na,merge,B\nb,merge,C\n", encoding="utf-8")
     after, _ = apply_decisions(audit, read_decisions(path), "path", "label")
     assert after["fc_label"].tolist() == ["C", "C", "C", "C"]
+    # a person's relabel into a label a person merges away follows the merge
+    path.write_text("path,decision,label\nc,relabel,A\na,merge,B\n", encoding="utf-8")
+    after, _ = apply_decisions(audit, read_decisions(path), "path", "label")
+    assert after["fc_label"].tolist() == ["B", "B", "B", "B"] and after["fc_action"][3] == "relabel"
     path.write_text("path,decision,label\na,merge,B\nb,merge,A\n", encoding="utf-8")
     with pytest.raises(InputError, match="cycle: (A into B into A|B into A into B)"):
         apply_decisions(audit, read_decisions(path), "path", "label")
