@@ -29,13 +29,15 @@ Nothing here is a fixed cosine: every curve comes from the similarities in hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .knn import KnnGraph
 
 MAX_PAIRS = 2_000_000
+# Float32 rounding of a unit vector's product with itself: pairs this close to 1 are one vector
+IDENTICAL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class Calibration:
     """A fitted map from cosine to P(same person).
 
     kind : "isotonic" (labelled pairs, label noise modelled), "mixture" (no labels) or "constant" (no
-        labels and fewer than two distinct similarities: nothing to learn, P = 1/2 everywhere)
+        labels and fewer than two distinct similarities: nothing to learn, P = ``level``
+        everywhere: 1/2, or all but 1 when every pair is the same vector)
     model : the fitted ``IsotonicRegression`` or ``GaussianMixture`` (None when constant)
     n_pairs : kNN pairs it was fitted on
     eps : probabilities are clipped to [eps, 1 − eps] before log-odds are taken (1/(m+2)
@@ -60,6 +63,7 @@ class Calibration:
     same_rate: float | None = None
     plateau: float = 1.0
     floor: float = 0.0
+    level: float = 0.5
 
     def __call__(self, sims: np.ndarray) -> np.ndarray:
         """P(same person) at each similarity, same shape as ``sims``, float32 (-inf → 0)."""
@@ -78,7 +82,7 @@ class Calibration:
             return self.same_person(self.model.predict(flat))
         if self.kind == "mixture":
             return self.model.predict_proba(flat[:, None])[:, self._upper]
-        return np.full(len(flat), 0.5)
+        return np.full(len(flat), self.level)
 
     def same_person(self, p_label: np.ndarray) -> np.ndarray:
         """Invert the label-noise model: P(same person) from P(same label)."""
@@ -96,7 +100,7 @@ class Calibration:
         when the curve never does). Constant: inf (nothing is known to be the same person).
         """
         if self.kind == "constant":
-            return float("inf")
+            return float("-inf") if self.level > 0.5 else float("inf")
         if self.kind == "mixture":
             means = self.model.means_.ravel()
             grid = np.linspace(means.min(), means.max(), 2001)
@@ -117,7 +121,7 @@ class Calibration:
         left tail when it is the wider one, which is not same-person evidence.
         """
         if self.kind == "constant":
-            return float("-inf") if p <= 0.5 else float("inf")
+            return float("-inf") if p <= self.level else float("inf")
         if self.kind == "mixture":
             means = self.model.means_.ravel()
             spread = float(np.sqrt(np.max(self.model.covariances_)))
@@ -169,7 +173,11 @@ def fit_calibration(graph: KnnGraph, labels: np.ndarray | None = None, *, max_pa
     Calibration
     """
     rows, cols, sims = _kept_pairs(graph)
-    return fit_pair_calibration(rows, cols, sims, labels, max_pairs=max_pairs, rng=rng)
+    fitted = fit_pair_calibration(rows, cols, sims, labels, max_pairs=max_pairs, rng=rng)
+    if fitted.kind == "constant" and len(sims) and sims.min() >= 1.0 - IDENTICAL:
+        # every pair is one vector twice (a set of copies of one face): one photo, one person
+        fitted = replace(fitted, level=1.0 - fitted.eps)
+    return fitted
 
 
 def fit_pair_calibration(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, labels: np.ndarray | None = None,
