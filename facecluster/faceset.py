@@ -73,6 +73,12 @@ class FaceSet:
 # --------------------------------------------------------------------------- manifest
 
 
+def _quoting(sep: str) -> int:
+    """TSV has no quoting (a tab never sits in a field): a quote character is the field's own,
+    kept verbatim; CSV quotes fields that hold commas, quotes or line breaks."""
+    return csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+
+
 @contextlib.contextmanager
 def _long_fields():
     """csv's reader with no field length limit (its default, 131,072 characters, raised an
@@ -88,7 +94,7 @@ def _read_header(path: Path) -> list[str]:
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         with open(path, newline="", encoding="utf-8") as fh, _long_fields():
-            header = next(csv.reader(fh, delimiter=sep), None)
+            header = next(csv.reader(fh, delimiter=sep, quoting=_quoting(sep)), None)
     except UnicodeDecodeError as exc:
         raise not_utf8(path) from exc
     except OSError as exc:
@@ -128,7 +134,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         try:
             frame = pd.read_csv(
                 path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
-                encoding="utf-8", engine="c",
+                encoding="utf-8", engine="c", quoting=_quoting(sep),
             )
         except pd.errors.ParserError as exc:
             _check_ragged_rows(path, sep, len(names))  # a row with more fields, by its row number
@@ -152,7 +158,7 @@ def _check_duplicate_columns(path: Path, names: list[str]) -> None:
 
 def _check_ragged_rows(path: Path, sep: str, n_cols: int) -> None:
     with open(path, newline="", encoding="utf-8") as fh, _long_fields():
-        reader = csv.reader(fh, delimiter=sep)
+        reader = csv.reader(fh, delimiter=sep, quoting=_quoting(sep))
         next(reader, None)
         # rows numbered as the table reads them: a blank or whitespace-only line is no row
         # (pandas skips it)
@@ -247,7 +253,12 @@ def _read_parquet_embeddings(path: Path) -> np.ndarray:
     frame = table.to_pandas()
     if frame.shape[1] == 1 and frame.dtypes.iloc[0] == object:
         col = frame.columns[0]
-        lengths = frame[col].map(lambda v: -1 if v is None else len(v)).to_numpy()
+        listed = frame[col].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).to_numpy()
+        if not listed.all():  # a decimal, date or bool column with nulls reads as objects too
+            row = int(np.flatnonzero(~listed)[0]) + 1
+            raise InputError(path, f"an embedding column holds lists of numbers or numbers, got "
+                                   f"{type(frame[col].iloc[row - 1]).__name__}", row=row, column=str(col))
+        lengths = frame[col].map(len).to_numpy()
         bad = np.flatnonzero(lengths != lengths[0]) if len(lengths) else []
         if len(bad) or (len(lengths) and lengths[0] < 0):
             row = int(bad[0]) + 1 if len(bad) else 1

@@ -408,3 +408,31 @@ def test_object_arrays_of_numbers_are_numbers_and_text_is_refused():
     bad[0, 0] = {"a": 1}
     with pytest.raises(TypeError, match="argument must be"):
         prepare_embeddings(bad, centre=False)
+
+
+def test_tsv_fields_keep_their_quote_characters(tmp_path):
+    """TSV has no quoting: a quote in a path or label is part of it (it had been read by CSV's
+    rules, and `"weird" name.jpg` became `weird name.jpg`)."""
+    from facecluster.faceset import read_manifest
+
+    path = tmp_path / "m.tsv"
+    path.write_text('path\tlabel\n"weird" name.jpg\tA\nb.jpg\t"B"\n', encoding="utf-8")
+    assert read_manifest(path).to_dict("records") == [{"path": '"weird" name.jpg', "label": "A"},
+                                                     {"path": "b.jpg", "label": '"B"'}]
+
+
+def test_a_parquet_embedding_column_of_other_objects_is_refused_by_row_and_column(tmp_path):
+    """A one-column Parquet file whose values are neither lists nor numbers (decimals, dates,
+    booleans with nulls all read as objects) had raised a TypeError; now exit 2 material."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from facecluster.faceset import read_embeddings
+
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"emb": pa.array([decimal.Decimal("1.5")] * 4, type=pa.decimal128(5, 2))}), path)
+    with pytest.raises(InputError) as err:
+        read_embeddings(path)
+    assert err.value.row == 1 and err.value.column == "emb" and "Decimal" in str(err.value)
