@@ -73,6 +73,15 @@ class FaceSet:
 # --------------------------------------------------------------------------- manifest
 
 
+def _nested_as_json(value):
+    """A Parquet list or struct value as JSON text (every item kept); anything else as it is."""
+    import json
+
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        return json.dumps(value, default=lambda v: v.tolist() if isinstance(v, np.ndarray) else str(v))
+    return value
+
+
 def _quoting(sep: str) -> int:
     """TSV has no quoting (a tab never sits in a field): a quote character is the field's own,
     kept verbatim; CSV quotes fields that hold commas, quotes or line breaks."""
@@ -126,6 +135,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         names = table.column_names
         _check_duplicate_columns(path, names)
         frame = table.to_pandas()
+        for col in frame.columns:
+            if frame[col].dtype == object:  # lists and structs as JSON text, not numpy's shortened repr
+                frame[col] = frame[col].map(_nested_as_json)
         frame = frame.astype(object).where(frame.notna(), "").astype(str)
     else:
         names = _read_header(path)

@@ -436,3 +436,18 @@ def test_a_parquet_embedding_column_of_other_objects_is_refused_by_row_and_colum
     with pytest.raises(InputError) as err:
         read_embeddings(path)
     assert err.value.row == 1 and err.value.column == "emb" and "Decimal" in str(err.value)
+
+
+def test_parquet_list_columns_are_kept_whole_as_json(tmp_path):
+    """A list column of a Parquet manifest reaches the outputs as JSON text with every item
+    (numpy's text shortened a long list to `[0 1 2 ... 1499]`)."""
+    import json
+
+    import pandas as pd
+
+    from facecluster.faceset import read_manifest
+
+    frame = pd.DataFrame({"path": ["a", "b"], "label": ["x", "y"], "vec": [list(range(1500)), [1, 2]]})
+    frame.to_parquet(tmp_path / "m.parquet")
+    read = read_manifest(tmp_path / "m.parquet")
+    assert json.loads(read["vec"].iloc[0]) == list(range(1500)) and json.loads(read["vec"].iloc[1]) == [1, 2]
