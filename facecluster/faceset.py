@@ -129,11 +129,14 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         try:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            names = pq.read_schema(path).names
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise InputError(path, f"cannot read Parquet manifest: {exc}") from exc
-        names = table.column_names
-        _check_duplicate_columns(path, names)
+        _check_duplicate_columns(path, names)  # before pyarrow's own refusal of them
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise InputError(path, f"cannot read Parquet manifest: {exc}") from exc
         frame = table.to_pandas()
         for col in frame.columns:
             if frame[col].dtype == object:  # lists and structs as JSON text, not numpy's shortened repr

@@ -451,3 +451,16 @@ def test_parquet_list_columns_are_kept_whole_as_json(tmp_path):
     frame.to_parquet(tmp_path / "m.parquet")
     read = read_manifest(tmp_path / "m.parquet")
     assert json.loads(read["vec"].iloc[0]) == list(range(1500)) and json.loads(read["vec"].iloc[1]) == [1, 2]
+
+
+def test_a_parquet_manifest_with_a_duplicate_column_name_is_refused_by_name(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from facecluster.faceset import read_manifest
+
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["x"]), pa.array(["y"])], names=["path", "label", "label"])
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(InputError, match="duplicate column name 'label'") as err:
+        read_manifest(tmp_path / "m.parquet")
+    assert err.value.column == "label"
