@@ -130,12 +130,11 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
             import pyarrow.parquet as pq
 
             names = pq.read_schema(path).names
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise InputError(path, f"cannot read Parquet manifest: {exc}") from exc
-        _check_duplicate_columns(path, names)  # before pyarrow's own refusal of them
-        try:
+            _check_duplicate_columns(path, names)  # before pyarrow's own refusal of them
             table = pq.read_table(path)
-        except Exception as exc:
+        except InputError:
+            raise
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise InputError(path, f"cannot read Parquet manifest: {exc}") from exc
         frame = table.to_pandas()
         for col in frame.columns:
@@ -269,15 +268,16 @@ def _read_parquet_embeddings(path: Path) -> np.ndarray:
     if frame.shape[1] == 1 and frame.dtypes.iloc[0] == object:
         col = frame.columns[0]
         listed = frame[col].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).to_numpy()
-        if not listed.all():  # a decimal, date or bool column with nulls reads as objects too
+        if not listed.all():  # a missing list, or a decimal, date or bool column with nulls
             row = int(np.flatnonzero(~listed)[0]) + 1
-            raise InputError(path, f"an embedding column holds lists of numbers or numbers, got "
-                                   f"{type(frame[col].iloc[row - 1]).__name__}", row=row, column=str(col))
+            value = frame[col].iloc[row - 1]
+            got = "a missing value" if value is None else type(value).__name__
+            raise InputError(path, f"an embedding column holds lists of numbers or numbers, got {got}", row=row,
+                             column=str(col))
         lengths = frame[col].map(len).to_numpy()
         bad = np.flatnonzero(lengths != lengths[0]) if len(lengths) else []
-        if len(bad) or (len(lengths) and lengths[0] < 0):
-            row = int(bad[0]) + 1 if len(bad) else 1
-            raise InputError(path, "embedding lists differ in length or are missing", row=row, column=col)
+        if len(bad):
+            raise InputError(path, "embedding lists differ in length", row=int(bad[0]) + 1, column=col)
         return np.stack(frame[col].to_numpy())
     for col in frame.columns:
         if not pd.api.types.is_numeric_dtype(frame[col]):
@@ -393,7 +393,7 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
 
     Returns ``(unit_vectors float32 (n, d), centred, stats)``.
     """
-    # np.asarray keeps a memmap's buffer (no copy); _normalise_checked reads it chunk by chunk
+    # _as_array keeps a memmap's buffer (no copy); _normalise_checked reads it chunk by chunk
     raw = _check_array(Path(file), _as_array(Path(file), raw))
     unit = _normalise_checked(Path(file), raw)
     stats = centring_decision(unit, seed=seed)
