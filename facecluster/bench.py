@@ -206,13 +206,13 @@ def _run_clean(noisy: NoisySet, k: int, seed: int, policy: str) -> tuple[list[Be
     t = result.report["timings"]
     rows = [BenchRow(f"facecluster clean ({policy})", "cleaner", seconds, peak, clean_scores(result, noisy))]
     knn = result.graph.info
-    rows.append(BenchRow("  stage: kNN graph", "stage", round(t["knn"], 2), None,
+    rows.append(BenchRow("  stage: kNN graph", "stage", round(t["knn"], 3), None,
                          {"recall_at_k": knn["recall_at_k"], "method": knn["method"]}))
     for stage in ("calibration", "knn_votes", "hierarchical", "correlation", "camsoftmax"):
         if stage in t:
-            rows.append(BenchRow(f"  stage: {stage.replace('_', ' ')}", "stage", round(t[stage], 2), None,
+            rows.append(BenchRow(f"  stage: {stage.replace('_', ' ')}", "stage", round(t[stage], 3), None,
                                  _stage_extras(result.report["stages"].get(stage))))
-    rows.append(BenchRow("  stage: findings + decisions", "stage", round(t["findings"] + t["relabel"], 2),
+    rows.append(BenchRow("  stage: findings + decisions", "stage", round(t["findings"] + t["relabel"], 3),
                          None, {"mislabeled_corroborated": result.findings.stats.get("mislabeled_corroborated")}))
     return rows, result
 
