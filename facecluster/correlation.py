@@ -39,7 +39,7 @@ from .calibration import (
     fit_pair_calibration,
     nearest_by_label,
 )
-from .knn import KnnGraph, build_knn_graph, smoothed_graph
+from .knn import KnnGraph, build_knn_graph, check_graph, smoothed_graph
 from .partition import (
     Partition,
     agreement_report,
@@ -1162,6 +1162,7 @@ class CorrelationClustering(ClusterMixin, BaseEstimator):
         config = CorrelationConfig(bias=None if self.bias is None else float(self.bias), refine=bool(self.refine),
                                    smooth=self.smooth, attach_singletons=self.attach)
         if isinstance(X, KnnGraph):  # a graph alone: no vectors to smooth with
+            check_graph(X)
             graph, unit, centred = X, None, False
             if hasattr(self, "n_features_in_"):
                 del self.n_features_in_

@@ -393,6 +393,9 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
 
     Returns ``(unit_vectors float32 (n, d), centred, stats)``.
     """
+    if not (centre == "auto" if isinstance(centre, str) else isinstance(centre, (bool, np.bool_))):
+        # bool("no") is True: any other text or value would centre silently
+        raise ValueError(f"centre must be True, False or 'auto', got {centre!r}")
     # _as_array keeps a memmap's buffer (no copy); _normalise_checked reads it chunk by chunk
     raw = _check_array(Path(file), _as_array(Path(file), raw))
     unit = _normalise_checked(Path(file), raw)

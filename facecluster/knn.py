@@ -235,6 +235,60 @@ def _fill_edges(start, other, value, kept, a, b, s):  # pragma: no cover - compi
             s[kept[i] + q] = value[lo + q]
 
 
+#: how far a row's norm may be from 1 in :func:`build_knn_graph` (float32 rounding of a
+#: normalised 4096-d row is under 1e-6; a raw, unnormalised row is off by far more)
+UNIT_TOLERANCE = 1e-3
+
+
+def check_unit_rows(x: np.ndarray, chunk: int = 1 << 16) -> None:
+    """Refuse vectors that are not finite unit rows: inner products of other vectors are not
+    cosines, and every similarity threshold downstream would read them as such."""
+    for start in range(0, len(x), chunk):
+        block = x[start:start + chunk]
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
+        bad = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE)  # NaN and inf norms too
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            what = ("is not finite" if not np.isfinite(block[r]).all()
+                    else f"has norm {norms[r]:.6g}, not 1")
+            raise ValueError(f"row {start + r + 1} of x {what}: build_knn_graph takes L2-normalised "
+                             "rows (facecluster.prepare_embeddings or graph_from_vectors make them)")
+
+
+def check_graph(graph: KnnGraph, n_samples: int | None = None) -> None:
+    """Refuse a :class:`KnnGraph` that breaks its invariants, with the one it breaks: the
+    stages index arrays by its neighbours, so one out of range is memory read or written
+    out of bounds, and a row listed as its own neighbour reads as a perfect match."""
+    from .errors import InputError
+
+    idx, sims = np.asarray(graph.indices), np.asarray(graph.sims)
+
+    def refuse(message: str, row: int | None = None) -> None:
+        raise InputError("<KnnGraph>", message, row=row)
+
+    if idx.ndim != 2 or sims.shape != idx.shape:
+        refuse(f"indices and sims must be 2-D arrays of one shape, got {idx.shape} and {sims.shape}")
+    if idx.dtype.kind not in "iu":
+        refuse(f"indices must be integers, got {idx.dtype}")
+    n = idx.shape[0]
+    if n_samples is not None and n != n_samples:
+        refuse(f"the graph has {n} rows, the labels {n_samples}")
+    if not idx.size:
+        return
+    out = (idx < -1) | (idx >= n)
+    if out.any():
+        r = int(np.flatnonzero(out.any(axis=1))[0])
+        refuse(f"neighbour {int(idx[r][out[r]][0])} is out of range for {n} rows (-1 marks a missing one)", r + 1)
+    own = idx == np.arange(n)[:, None]
+    if own.any():
+        r = int(np.flatnonzero(own.any(axis=1))[0])
+        refuse("lists itself as its own neighbour (the graph excludes self; facecluster.knn.drop_self)", r + 1)
+    valid = idx >= 0
+    bad = valid & ~np.isfinite(sims)
+    if bad.any():
+        refuse("a neighbour's similarity is not finite", int(np.flatnonzero(bad.any(axis=1))[0]) + 1)
+
+
 def _valid_graph(graph: KnnGraph, n_samples: int | None, k: int | None) -> bool:
     idx, sims = graph.indices, graph.sims
     if not isinstance(graph.info, dict) or idx.ndim != 2 or sims.shape != idx.shape:
@@ -1032,12 +1086,17 @@ def build_knn_graph(
     KnnGraph
     """
     progress = progress or NullProgress()
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be a whole number, got {k!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (n_samples, n_features), got shape {x.shape}")
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"a kNN graph needs at least 2 samples, got n_samples={n}")
     if n >= 2**31 - 1:
         raise ValueError("more than 2**31 - 2 samples: shard the set")
+    check_unit_rows(x)
     k = int(min(k, n - 1))
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -1163,6 +1222,7 @@ def graph_from_vectors(x, k: int = 30, *, device: str | Device = "auto", centre:
     accept either).
     """
     if isinstance(x, KnnGraph):
+        check_graph(x)
         return x
     from .faceset import prepare_embeddings
 

@@ -61,10 +61,25 @@ def edges_by_node(n, a, b):  # pragma: no cover - compiled
 
 def label_codes(y, n_samples: int) -> np.ndarray:
     """Any label array of shape (n_samples,) as int64 codes 0..n_labels-1 (the estimators' ``y``)."""
+    from .errors import InputError
+
     y = np.asarray(y)
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},), got {y.shape}")
-    return np.unique(y, return_inverse=True)[1].astype(np.int64)
+    # a missing label is no identity: np.unique would fold every NaN (or None) into one
+    if y.dtype.kind in "fc":
+        missing = np.isnan(y)
+    elif y.dtype.kind == "O":
+        missing = np.fromiter((v is None or (isinstance(v, float) and v != v) for v in y), dtype=bool, count=len(y))
+    else:
+        missing = np.zeros(len(y), dtype=bool)
+    if missing.any():
+        raise InputError("<y>", f"{int(missing.sum())} missing label(s) (NaN or None); give every sample a "
+                         "label, or fit without y", row=int(np.flatnonzero(missing)[0]) + 1)
+    try:
+        return np.unique(y, return_inverse=True)[1].astype(np.int64)
+    except TypeError as exc:  # labels numpy cannot order, e.g. numbers and text mixed
+        raise InputError("<y>", f"labels must be of one kind that sorts (all text or all numbers): {exc}") from None
 
 
 def dense_ids(x: np.ndarray) -> bool:

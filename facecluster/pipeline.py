@@ -22,7 +22,7 @@ from .errors import InputError
 from .faceset import FaceSet, load_faceset
 from .findings import Findings, FindingsConfig, Signals, find_issues
 from .hierarchical import HierarchicalConfig, hierarchical_stage
-from .knn import EXACT_MAX, KnnGraph, build_knn_graph
+from .knn import EXACT_MAX, KnnGraph, build_knn_graph, check_graph
 from .progress import NullProgress, Progress
 from .relabel import (
     AUDIT_COLUMNS,
@@ -96,8 +96,12 @@ class CleanConfig:
     memory_budget: int | None = None
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
+        _check_common(self)
+        if not isinstance(self.label_col, str) or not self.label_col:
+            raise ValueError(f"label_col must name the manifest's label column (clean needs labels; faces without "
+                             f"labels are grouped by cluster / facecluster cluster), got {self.label_col!r}")
+        if isinstance(self.stages, str):  # tuple("camsoftmax") would be its letters
+            object.__setattr__(self, "stages", (self.stages,))
         object.__setattr__(self, "stages", tuple(self.stages))
         unknown = sorted(set(self.stages) - set(CLEAN_STAGES))
         if unknown:
@@ -109,6 +113,12 @@ class CleanConfig:
             raise ValueError(f"knn_method must be auto, exact, ivf or hnsw, got {self.knn_method!r}")
         if not 0.0 < self.knn_recall <= 1.0:
             raise ValueError(f"knn_recall must be in (0, 1], got {self.knn_recall!r}")
+        if isinstance(self.memory_budget, str):  # the CLI's syntax: 6G, 6GiB, 6GB
+            from .memory import parse_size
+
+            object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
+        if self.memory_budget is not None and not isinstance(self.memory_budget, (int, float, np.integer, np.floating)):
+            raise ValueError(f"memory_budget must be a number of bytes or a size such as '6G', got {self.memory_budget!r}")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {self.memory_budget!r}")
         for name, kind in (("hierarchical", HierarchicalConfig), ("correlation", CorrelationConfig),
@@ -118,6 +128,17 @@ class CleanConfig:
                 object.__setattr__(self, name, kind())
             elif not isinstance(value, kind):
                 raise ValueError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+
+
+def _check_common(config) -> None:
+    """The settings ``clean`` and ``cluster`` share: refused here, before any work, rather
+    than taken silently (bool("no") centres, 2.5 neighbours become 2, no seed is no rerun)."""
+    if isinstance(config.k, bool) or not isinstance(config.k, (int, np.integer)) or config.k < 1:
+        raise ValueError(f"k must be a whole number of at least 1, got {config.k!r}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, (int, np.integer)) or config.seed < 0:
+        raise ValueError(f"seed must be a whole number of at least 0 (a run is reproducible from it), got {config.seed!r}")
+    if not (config.centre == "auto" if isinstance(config.centre, str) else isinstance(config.centre, (bool, np.bool_))):
+        raise ValueError(f"centre must be True, False or 'auto', got {config.centre!r}")
 
 
 def stage_generators(seed: int) -> dict[str, np.random.Generator]:
@@ -223,11 +244,11 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
     the same name is refused (it would be overwritten, then lost). ``check``: called with
     the FaceSet before the graph, for input only the manifest can judge (decisions)."""
     t = time.perf_counter()
-    if out_dir is not None and not isinstance(manifest, pd.DataFrame):
-        check_output_dir(out_dir, [manifest, embeddings], output_names)
+    if out_dir is not None:  # a table or an array in memory cannot be overwritten: only files are inputs here
+        check_output_dir(out_dir, [x for x in (manifest, embeddings) if isinstance(x, (str, Path))], output_names)
     shape = _embeddings_shape(manifest, embeddings)
     if shape is not None:  # refused before anything big is read
-        _check_budget(config, device, *shape, source=str(embeddings if embeddings is not None else manifest))
+        _check_budget(config, device, *shape, source=_source_name(embeddings if embeddings is not None else manifest))
     with progress.task("load and validate", total=None):
         faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
                                centre=config.centre, seed=config.seed)
@@ -254,6 +275,13 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
     timings["knn"] = time.perf_counter() - t
     _mark_peak(peaks, "knn")
     return faceset, graph
+
+
+def _source_name(x) -> str:
+    """How an error names an input: its path, or what it is when it was given in memory."""
+    if isinstance(x, (str, Path)):
+        return str(x)
+    return "<manifest>" if isinstance(x, pd.DataFrame) else "<embeddings>"
 
 
 def _mark_peak(peaks: dict | None, stage: str) -> None:
@@ -291,8 +319,15 @@ def compute_signals(graph: KnnGraph, labels: np.ndarray, n_labels: int | None = 
     config = config or CleanConfig()
     progress = progress or NullProgress()
     device = device or resolve_device(config.device)
-    labels = np.asarray(labels, dtype=np.int64)
+    check_graph(graph)
+    labels = np.asarray(labels)
+    if labels.shape != (graph.n_samples,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be ({graph.n_samples},) integer codes, got {labels.shape} {labels.dtype}")
+    labels = labels.astype(np.int64, copy=False)
     n_labels = int(labels.max()) + 1 if n_labels is None else int(n_labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_labels):
+        # the stages index per-label tables by these codes
+        raise ValueError(f"label codes must lie in [0, n_labels={n_labels}), got {labels.min()}..{labels.max()}")
     rngs = stage_generators(config.seed)
     clock: dict[str, float] = {}
 
@@ -530,8 +565,7 @@ class ClusterConfig:
     def __post_init__(self):
         if self.method not in {"average", "finch", "correlation"}:
             raise ValueError(f"method must be average, finch or correlation, got {self.method!r}")
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
+        _check_common(self)
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         for name in ("smooth", "attach"):

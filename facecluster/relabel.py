@@ -162,11 +162,58 @@ class Decisions:
     table : path, decision (keep, drop, relabel, merge), label (the new label for relabel,
         the label merged into for merge; empty otherwise), note, timestamp; the last row for
         a path wins (``superseded`` counts the earlier ones)
+    source : where they came from (a file's path, or a description), for error messages
+
+    Built by hand (``Decisions(frame, "my pipeline")``) the table is checked and normalised
+    as :func:`read_decisions` checks a file: ``path`` and ``decision`` required, ``label``
+    required for relabel and merge, ``note`` and ``timestamp`` optional; bad rows raise
+    :class:`~facecluster.errors.InputError` naming the row and column.
     """
 
     table: pd.DataFrame
     source: str
     superseded: int = 0
+
+    def __post_init__(self):
+        table, dropped = _checked_decisions(self.table, self.source)
+        object.__setattr__(self, "table", table)
+        object.__setattr__(self, "superseded", self.superseded + dropped)
+
+
+def _checked_decisions(table: pd.DataFrame, source) -> tuple[pd.DataFrame, int]:
+    """The decisions table checked (raises InputError naming ``source``, row and column),
+    with the optional columns added, decision and label stripped, and one row per path (the
+    last); returns it and how many earlier rows it dropped."""
+    from .errors import InputError
+
+    if not isinstance(table, pd.DataFrame):
+        raise InputError(source, f"decisions must be a table (pandas DataFrame), got {type(table).__name__}")
+    for column in ("path", "decision"):
+        if column not in table.columns:
+            raise InputError(source, f"missing column {column!r} (columns: {', '.join(map(str, table.columns))})")
+    table = table.copy()
+    for column in DECISION_COLUMNS:
+        if column not in table.columns:
+            table[column] = ""
+        else:  # a hand-built table may hold None, NaN or numbers: a missing value is empty text
+            table[column] = ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in table[column]]
+    for i, (p, decision, label) in enumerate(zip(table["path"], table["decision"], table["label"]), start=1):
+        if not p.strip():
+            raise InputError(source, "empty path", row=i, column="path")
+        decision = decision.strip()  # a hand-written " relabel " is the decision relabel
+        if decision not in DECISIONS:
+            raise InputError(source, f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}", row=i,
+                             column="decision")
+        if decision in ("relabel", "merge") and not label.strip():
+            raise InputError(source, f"a {decision} decision needs the label to {'relabel' if decision == 'relabel' else 'merge into'}",
+                             row=i, column="label")
+    table = table[list(DECISION_COLUMNS)]
+    for column in ("decision", "label"):  # a hand-written " X " is the label X
+        table[column] = table[column].str.strip()
+    # paths stay verbatim (a manifest may hold " a.jpg"); apply_decisions matches a path
+    # written with stray spaces by its stripped text where that names one manifest path
+    last = table.drop_duplicates("path", keep="last")
+    return last.reset_index(drop=True), len(table) - len(last)
 
 
 def read_decisions(path: str | Path) -> Decisions:
@@ -186,29 +233,7 @@ def read_decisions(path: str | Path) -> Decisions:
         raise InputError(path, "decisions file is empty: expected a header row path,decision,label,note,timestamp") from None
     except (pd.errors.ParserError, OSError) as exc:
         raise InputError(path, f"cannot read decisions: {exc}") from exc
-    for column in ("path", "decision"):
-        if column not in table.columns:
-            raise InputError(path, f"missing column {column!r} (columns: {', '.join(map(str, table.columns))})")
-    for column in ("label", "note", "timestamp"):
-        if column not in table.columns:
-            table[column] = ""
-    for i, (p, decision, label) in enumerate(zip(table["path"], table["decision"], table["label"]), start=1):
-        if not p.strip():
-            raise InputError(path, "empty path", row=i, column="path")
-        decision = decision.strip()  # a hand-written " relabel " is the decision relabel
-        if decision not in DECISIONS:
-            raise InputError(path, f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}", row=i,
-                             column="decision")
-        if decision in ("relabel", "merge") and not label.strip():
-            raise InputError(path, f"a {decision} decision needs the label to {'relabel' if decision == 'relabel' else 'merge into'}",
-                             row=i, column="label")
-    table = table[list(DECISION_COLUMNS)].copy()
-    for column in ("decision", "label"):  # a hand-written " X " is the label X
-        table[column] = table[column].str.strip()
-    # paths stay verbatim (a manifest may hold " a.jpg"); apply_decisions matches a path
-    # written with stray spaces by its stripped text where that names one manifest path
-    last = table.drop_duplicates("path", keep="last")
-    return Decisions(last.reset_index(drop=True), str(path), superseded=len(table) - len(last))
+    return Decisions(table, str(path))
 
 
 def _decided_rows(decisions: Decisions, paths: pd.Series) -> tuple[pd.DataFrame, list, int]:
@@ -302,8 +327,10 @@ def apply_decisions(audit: pd.DataFrame, decisions: Decisions, path_col: str, la
             action[i], final[i] = "drop", ""
         elif decision == "relabel":  # into its own label (through a merge, say): kept as it is
             action[i], final[i] = ("relabel" if label != given[i] else "keep"), label
-        else:
+        elif decision == "merge":
             action[i], final[i] = "merge", label
+        else:  # a Decisions checks its table when built; a table changed in place afterwards is not
+            raise ValueError(f"{decisions.source}: unknown decision {decision!r}")
         mark(i, decision if decision in ("keep", "drop") else f"{decision} to {label}", note)
     # a merge decision moves every other row now carrying its label (the algorithm's labels
     # after its own relabels); rows the algorithm drops or deduplicates stay out
