@@ -151,6 +151,15 @@ class CamSoftmaxConfig:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch_size >= 1")
+        for name in ("scale", "lr"):
+            if not getattr(self, name) > 0:  # NaN too
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.n_negatives < 1 or self.full_max_classes < 0:  # 0 classes scored in full: always sampled
+            raise ValueError(f"n_negatives must be at least 1 and full_max_classes at least 0, got {self.n_negatives} "
+                             f"and {self.full_max_classes}")
+        for name in ("ramp", "quantile", "momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

@@ -777,10 +777,11 @@ class HierarchicalConfig:
     def __post_init__(self):
         if self.method not in ("average", "finch"):
             raise ValueError(f"hierarchical method must be average or finch, got {self.method!r}")
-        if self.threshold is not None and not np.isfinite(self.threshold):
-            raise ValueError(f"threshold must be a finite cosine, got {self.threshold!r}")
-        if self.level is not None and self.level < 0:
-            raise ValueError(f"level must be >= 0, got {self.level}")
+        if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:  # NaN too
+            raise ValueError(f"threshold must be a cosine in [-1, 1], got {self.threshold!r}")
+        if self.level is not None and (isinstance(self.level, bool) or not isinstance(self.level, (int, np.integer))
+                                       or self.level < 0):
+            raise ValueError(f"level must be a whole number >= 0, got {self.level!r}")
         if self.n_candidates < 2:
             raise ValueError(f"n_candidates must be at least 2, got {self.n_candidates}")
 

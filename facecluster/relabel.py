@@ -63,6 +63,15 @@ class Policy:
     merge_min: float | None
     quarantine: bool = True
 
+    def __post_init__(self):
+        for name in ("relabel_min", "drop_min", "dedupe_min", "merge_min"):
+            value = getattr(self, name)
+            if value is None and name == "merge_min":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                # a score is a probability: 2 would never act, -1 or NaN always or never
+                raise ValueError(f"policy {self.name!r}: {name} must be a score in [0, 1], got {value!r}")
+
 
 POLICIES = {
     "conservative": Policy("conservative", relabel_min=0.75, drop_min=0.5, dedupe_min=0.5, merge_min=None),

@@ -176,3 +176,24 @@ def test_a_budget_refusal_names_the_array_not_its_values(faces):
     with pytest.raises(InputError) as err:
         fc.clean(manifest, x, fc.CleanConfig(device="cpu", memory_budget=10_000))
     assert str(err.value.file) == "<embeddings>"
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: fc.HierarchicalConfig(threshold=5.0), "cosine in"),
+    (lambda: fc.HierarchicalConfig(threshold=float("nan")), "cosine in"),
+    (lambda: fc.HierarchicalConfig(method="finch", level=1.5), "whole number"),
+    (lambda: fc.CamSoftmaxConfig(scale=-1.0), "scale must be > 0"),
+    (lambda: fc.CamSoftmaxConfig(scale=0.0), "scale must be > 0"),
+    (lambda: fc.CamSoftmaxConfig(n_negatives=-3), "n_negatives"),
+    (lambda: fc.CamSoftmaxConfig(quantile=1.5), "quantile"),
+    (lambda: fc.FindingsConfig(review_min_cluster=2.5), "review_min_cluster"),
+    (lambda: fc.Policy("mine", relabel_min=2.0, drop_min=0.5, dedupe_min=0.5, merge_min=None), "relabel_min"),
+    (lambda: fc.Policy("mine", relabel_min=0.7, drop_min=-1.0, dedupe_min=0.5, merge_min=None), "drop_min"),
+    (lambda: fc.Policy("mine", relabel_min=0.7, drop_min=0.5, dedupe_min=float("nan"), merge_min=None), "dedupe_min"),
+    (lambda: fc.Policy("mine", relabel_min=0.7, drop_min=0.5, dedupe_min=0.5, merge_min=1.5), "merge_min"),
+])
+def test_stage_settings_out_of_their_range_are_refused(make, words):
+    # each was taken silently: a threshold of 5 made every row a cluster of its own, a policy
+    # score of 2 never acted, one of -1 always did
+    with pytest.raises(ValueError, match=words):
+        make()
