@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -84,9 +85,19 @@ def _interruptible(command):
     return run
 
 
+def _note_device(requested: str) -> None:
+    """Say on the console, not only in report.json, that a GPU asked for is not there."""
+    if requested == "cuda":
+        from facecluster.device import resolve_device
+
+        device = resolve_device(requested)
+        if device.kind != "cuda":
+            err_console.print(f"[yellow]note:[/] {escape(device.reason)}", highlight=False, soft_wrap=True)
+
+
 def _fail(exc: Exception) -> None:
     # one line whatever the terminal's width (a pipeline greps it): rich must not wrap it
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -111,7 +122,7 @@ def clean(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no summary table.")] = False,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails and review.html's images; images outside it are never read or linked. Default: the manifest's folder.")] = None,
     decisions: Annotated[Optional[Path], typer.Option(help="decisions.csv exported from review.html (columns path, decision, label, note, timestamp; decision keep, drop, relabel or merge): a person's decision beats the algorithm on its row in this and every later run.")] = None,
-    dask: Annotated[Optional[str], typer.Option(help="Search the kNN graph on a Dask cluster: local:N (N worker processes on this machine) or a scheduler address such as tcp://host:8786 (its workers must read the --out folder). Exact up to 100,000 rows (the outputs equal the local run's), IVF above it or with --knn ivf (refined here to --knn-recall). The stages run here. Needs the dask extra: pip install 'facecluster[dask]'.")] = None,
+    dask: Annotated[Optional[str], typer.Option(help="Search the kNN graph on a Dask cluster: local:N (N worker processes on this machine) or a scheduler address such as tcp://host:8786 (its workers must read the --out folder). Exact up to 100,000 rows (the outputs equal the local run's), IVF above it or with --knn ivf (refined here to --knn-recall). The stages run here. Needs the dask extra: pip install 'facecluster\\[dask]'.")] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read (.npy; .npz and Parquet right after loading), naming what needs the memory.")] = None,
 ) -> None:
     """Find mislabeled samples, outliers, near-duplicates and duplicate identities; write a cleaned manifest."""
@@ -141,6 +152,7 @@ def clean(
                              camsoftmax=CamSoftmaxConfig(epochs=cam_epochs), memory_budget=budget)
     except ValueError as exc:  # a bad option value
         _fail(exc)
+    _note_device(device.value)
     try:
         result = run_clean(manifest, embeddings, config, out_dir=None if dry_run else out,
                            progress=NullProgress() if quiet else RichProgress(err_console), image_root=image_root,
@@ -194,6 +206,7 @@ def cluster(
                                smooth=smooth_value, attach=attach_value)
     except ValueError as exc:  # a bad option value
         _fail(exc)
+    _note_device(device.value)
     try:
         result = run_cluster(manifest, embeddings, config, out_dir=None if dry_run else out,
                              progress=NullProgress() if quiet else RichProgress(err_console))
@@ -222,12 +235,13 @@ def cluster(
             att = stage["attach_singletons"]
             table.add_row("single rows joined", f"{att['attached']} of {att['single_rows']} (null share {att['null_share']:.2f})")
         if "level" in stage:
-            table.add_row("FINCH level", f"{stage['level']} of {len(stage['clusters_per_level'])}")
+            table.add_row("FINCH level", f"{stage['level']} of {len(stage['clusters_per_level'])} "
+                                         f"({escape(stage['level_source'])})")
         if "agreement_with_labels" in stage:
             table.add_row("pairwise F vs labels", f"{stage['agreement_with_labels']['pairwise_f']:.3f}")
         table.add_row("time (s)", f"{result.report['timings']['total']:.1f}")
         out_console.print(table)
-        out_console.print(f"outputs written to {out}" if not dry_run else "dry run: nothing written")
+        out_console.print(f"outputs written to {escape(str(out))}" if not dry_run else "dry run: nothing written")
 
 
 @app.command()
@@ -287,7 +301,7 @@ def bench(
                            "injected": noisy.truth["issue"].replace("", "clean").value_counts().to_dict()},
                    "results": [asdict(r) for r in rows], "scaling": scale_rows}
         json_out.write_text(json.dumps(payload, indent=2, default=float))
-        out_console.print(f"results written to {json_out}")
+        out_console.print(f"results written to {escape(str(json_out))}")
 
 
 def _fmt(value) -> str:
@@ -330,7 +344,7 @@ def _print_bench(rows, scale_rows, noisy) -> None:
     console.print(cleaners)
     console.print(clusterers)
     for note in notes:
-        console.print(f"  note: {note}", highlight=False)
+        console.print(f"  note: {escape(note)}", highlight=False)
     if scale_rows:
         scale = Table(title="Scaling: facecluster clean alone (one process)", header_style="bold")
         for c in ["rows", "time s", "kNN s", "correlation s", "hierarchical s", "cam-softmax s", "peak MB",
@@ -364,8 +378,8 @@ def _print_summary(summary: dict, out: Path | None) -> None:
     decisions = summary.get("decisions") or {}
     if decisions.get("unknown_paths"):
         out_console.print(f"[yellow]{decisions['unknown_paths']} decision(s) name a path not in the manifest "
-                          f"(e.g. {', '.join(map(repr, decisions['unknown_examples'][:3]))}); listed in report.json[/yellow]")
-    out_console.print(f"outputs written to {out}; review.html lists what waits for a person" if out
+                          f"(e.g. {escape(', '.join(map(repr, decisions['unknown_examples'][:3])))}); listed in report.json[/yellow]")
+    out_console.print(f"outputs written to {escape(str(out))}; review.html lists what waits for a person" if out
                       else "dry run: nothing written")
 
 

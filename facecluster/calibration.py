@@ -366,9 +366,13 @@ def fit_nearest_stranger(graph: KnnGraph, labels: np.ndarray, use: np.ndarray | 
     beta0 = (q50 - q25) / (_GUMBEL_Q25 - _GUMBEL_Q50)
 
     def nll(t):
-        share = 1.0 / (1.0 + np.exp(-t[0]))
-        mix = share * _gumbel_pdf(stranger, t[1], np.exp(t[2])) + (1.0 - share) * f_same
-        return -np.sum(np.log(np.maximum(mix, np.finfo(np.float64).tiny)))
+        # the search may try a scale that underflows to 0 or a share that overflows: such a
+        # point has no density (it scores as the worst), and warns no one
+        with np.errstate(all="ignore"):
+            share = 1.0 / (1.0 + np.exp(-t[0]))
+            mix = share * _gumbel_pdf(stranger, t[1], np.exp(t[2])) + (1.0 - share) * f_same
+            mix = np.where(np.isfinite(mix), mix, 0.0)
+            return -np.sum(np.log(np.maximum(mix, np.finfo(np.float64).tiny)))
 
     fit = optimize.minimize(nll, [2.0, q50 + beta0 * _GUMBEL_Q50, np.log(beta0)], method="Nelder-Mead")
     share = float(1.0 / (1.0 + np.exp(-fit.x[0])))

@@ -708,7 +708,9 @@ def choose_level(levels: list[np.ndarray], labels: np.ndarray | None = None,
     """Which FINCH partition to use: ``level`` when given (clamped to the coarsest), else the
     one that best agrees (pairwise F) with ``labels``, else the finest. Returns (level, source)."""
     if level is not None:
-        return min(int(level), len(levels) - 1), "user"
+        if int(level) > len(levels) - 1:  # how many levels a set has is known only once they are built
+            return len(levels) - 1, f"user asked for level {int(level)}: the coarsest of this set's {len(levels)}"
+        return int(level), "user"
     if labels is not None:
         return int(np.argmax([pairwise_scores(labels, p)["f"] for p in levels])), \
             "best pairwise F against the given labels"

@@ -72,7 +72,13 @@ def connect(spec):
     if n is not None:
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
         return Client(cluster), True
-    return Client(str(spec)), True
+    try:
+        return Client(str(spec)), True  # waits distributed.comm.timeouts.connect (30 s by default)
+    except OSError as exc:  # nothing listens there, or it does not answer in time
+        from .errors import InputError
+
+        raise InputError("--dask", f"cannot reach the Dask scheduler at {spec} ({exc}); start it, or check "
+                                   "the address") from None
 
 
 def close(client) -> None:

@@ -89,7 +89,7 @@ def test_invalid_option_is_a_usage_error():
 
 def test_a_bad_cluster_option_value_is_one_line_and_exit_2(small_set):
     result = CliRunner().invoke(app, ["cluster", str(small_set), "--method", "finch", "--level", "-1", "-q"])
-    assert result.exit_code == 2 and result.output.strip() == "error: level must be >= 0, got -1"
+    assert result.exit_code == 2 and result.output.strip() == "error: level must be a whole number >= 0, got -1"
     result = CliRunner().invoke(app, ["cluster", str(small_set), "--smooth", "maybe", "-q"])
     assert result.exit_code == 2 and result.output.strip() == "error: --smooth must be auto, yes or no, got 'maybe'"
     result = CliRunner().invoke(app, ["cluster", str(small_set), "--method", "average", "--smooth", "no", "-q"])
@@ -126,3 +126,37 @@ def test_cluster_smooth_yes_values_the_edges_with_smoothed_faces(small_set, tmp_
     assert result.exit_code == 0, result.output
     stage = json.loads((out / "report.json").read_text())["stages"]["clustering"]
     assert stage["smoothing"] == {"applied": True, "neighbours": 1, "why": "asked"}
+
+
+def test_an_error_naming_brackets_prints_them_as_written(tmp_path, small_set):
+    # rich read "[/x]" in the user's text as a closing tag: a MarkupError traceback, exit 1;
+    # "[b]" vanished as a style
+    for name in ("[/x]", "who[b]"):
+        result = runner.invoke(app, ["clean", str(small_set), "--label-col", name, "--out", str(tmp_path / "o"), "-q"])
+        assert result.exit_code == 2, result.output
+        assert f"{name!r}" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_gpu_asked_for_and_absent_is_said_on_the_console(small_set, tmp_path, monkeypatch):
+    from facecluster.device import Device
+
+    monkeypatch.setattr("facecluster.device.resolve_device",
+                        lambda requested="auto": Device("cpu", "faiss-cpu", "cuda requested but no GPU found; using cpu"))
+    result = runner.invoke(app, ["cluster", str(small_set), "--out", str(tmp_path / "o"), "--device", "cuda", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "note: cuda requested but no GPU found; using cpu" in result.output
+
+
+def test_a_finch_level_past_the_coarsest_is_reported_as_such(small_set, tmp_path):
+    result = runner.invoke(app, ["cluster", str(small_set), "--out", str(tmp_path / "o"), "--method", "finch",
+                                 "--level", "99", "-q"])
+    assert result.exit_code == 0, result.output
+    stage = json.loads((tmp_path / "o" / "report.json").read_text())["stages"]["clustering"]
+    assert stage["level"] == len(stage["clusters_per_level"]) - 1
+    assert stage["level_source"].startswith("user asked for level 99: the coarsest of this set's")
+
+
+def test_the_dask_install_hint_survives_the_help_markup():
+    result = runner.invoke(app, ["clean", "--help"], env={"COLUMNS": "400"})
+    assert "facecluster[dask]" in result.output

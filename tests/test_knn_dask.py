@@ -140,6 +140,23 @@ def test_a_bad_dask_address_is_refused_before_any_work(small_set, tmp_path, spec
     assert not out.exists()
 
 
+def test_an_unreachable_scheduler_is_refused_in_one_line(small_set, tmp_path):
+    # it was a full traceback and exit 1
+    import dask
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = tmp_path / "out"
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = CliRunner().invoke(app, ["clean", str(small_set), "--out", str(out), "--dask", "tcp://127.0.0.1:1",
+                                          "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --dask: cannot reach the Dask scheduler at tcp://127.0.0.1:1")
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_clean_from_the_command_line_on_a_local_cluster(small_set, tmp_path):
     from typer.testing import CliRunner
 
