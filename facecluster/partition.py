@@ -69,8 +69,10 @@ def label_codes(y, n_samples: int) -> np.ndarray:
     # a missing label is no identity: np.unique would fold every NaN (or None) into one
     if y.dtype.kind in "fc":
         missing = np.isnan(y)
-    elif y.dtype.kind == "O":
-        missing = np.fromiter((v is None or (isinstance(v, float) and v != v) for v in y), dtype=bool, count=len(y))
+    elif y.dtype.kind == "O":  # None, NaN, pandas' NA and NaT (a nullable column's gaps)
+        import pandas as pd
+
+        missing = np.asarray(pd.isna(y), dtype=bool)
     else:
         missing = np.zeros(len(y), dtype=bool)
     if missing.any():

@@ -197,3 +197,12 @@ def test_stage_settings_out_of_their_range_are_refused(make, words):
     # score of 2 never acted, one of -1 always did
     with pytest.raises(ValueError, match=words):
         make()
+
+
+@pytest.mark.parametrize("dtype", ["string", "Int64", "float64"])
+def test_a_nullable_label_column_with_gaps_is_refused(graph, faces, dtype):
+    y = pd.Series(faces[1]).astype(dtype)
+    y.iloc[3] = None
+    with pytest.raises(InputError, match="missing label") as err:
+        fc.CorrelationClustering().fit(graph, y)
+    assert err.value.row == 4
