@@ -57,6 +57,9 @@ def check_spec(spec: str) -> int | None:
         return n
     if "://" not in spec:
         raise ValueError(f"--dask takes local:N or a scheduler address such as tcp://host:8786, got {spec!r}")
+    if spec.split("://", 1)[0].lower() in ("http", "https"):
+        raise ValueError(f"--dask {spec} looks like the dashboard's address; the scheduler's is like "
+                         "tcp://host:8786")
     return None
 
 
@@ -74,7 +77,7 @@ def connect(spec):
         return Client(cluster), True
     try:
         return Client(str(spec)), True  # waits distributed.comm.timeouts.connect (30 s by default)
-    except OSError as exc:  # nothing listens there, or it does not answer in time
+    except (OSError, ValueError) as exc:  # nothing listens there, it does not answer in time, a bad address
         from .errors import InputError
 
         raise InputError("--dask", f"cannot reach the Dask scheduler at {spec} ({exc}); start it, or check "

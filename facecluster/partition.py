@@ -63,12 +63,18 @@ def label_codes(y, n_samples: int) -> np.ndarray:
     """Any label array of shape (n_samples,) as int64 codes 0..n_labels-1 (the estimators' ``y``)."""
     from .errors import InputError
 
+    if isinstance(y, (list, tuple)) and any(isinstance(v, str) for v in y) and any(
+            not isinstance(v, str) and v is not None and v == v for v in y):  # a missing one is asked about below
+        # numpy would turn 1 into "1" and merge it with a label "1"
+        raise InputError("<y>", "labels must be of one kind (all text or all numbers), got text and other values")
     y = np.asarray(y)
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},), got {y.shape}")
     # a missing label is no identity: np.unique would fold every NaN (or None) into one
     if y.dtype.kind in "fc":
         missing = np.isnan(y)
+    elif y.dtype.kind in "mM":
+        missing = np.isnat(y)
     elif y.dtype.kind == "O":  # None, NaN, pandas' NA and NaT (a nullable column's gaps)
         import pandas as pd
 

@@ -117,7 +117,8 @@ class CleanConfig:
             from .memory import parse_size
 
             object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
-        if self.memory_budget is not None and not isinstance(self.memory_budget, (int, float, np.integer, np.floating)):
+        if self.memory_budget is not None and (isinstance(self.memory_budget, (bool, np.bool_)) or not isinstance(
+                self.memory_budget, (int, float, np.integer, np.floating)) or not np.isfinite(self.memory_budget)):
             raise ValueError(f"memory_budget must be a number of bytes or a size such as '6G', got {self.memory_budget!r}")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {self.memory_budget!r}")

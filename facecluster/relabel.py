@@ -68,9 +68,12 @@ class Policy:
             value = getattr(self, name)
             if value is None and name == "merge_min":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not 0.0 <= value <= 1.0:
                 # a score is a probability: 2 would never act, -1 or NaN always or never
                 raise ValueError(f"policy {self.name!r}: {name} must be a score in [0, 1], got {value!r}")
+        if not isinstance(self.quarantine, (bool, np.bool_)):  # bool("no") is True
+            raise ValueError(f"policy {self.name!r}: quarantine must be True or False, got {self.quarantine!r}")
 
 
 POLICIES = {
@@ -189,6 +192,17 @@ class Decisions:
         object.__setattr__(self, "superseded", self.superseded + dropped)
 
 
+def _as_text(value) -> str:
+    """A decisions cell as the text a file would hold: a missing value (None, NaN, pandas' NA)
+    is empty; a whole float (a column of numbers with a gap reads as floats) is written as
+    the whole number a manifest's text label is."""
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return ""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _checked_decisions(table: pd.DataFrame, source) -> tuple[pd.DataFrame, int]:
     """The decisions table checked (raises InputError naming ``source``, row and column),
     with the optional columns added, decision and label stripped, and one row per path (the
@@ -204,8 +218,8 @@ def _checked_decisions(table: pd.DataFrame, source) -> tuple[pd.DataFrame, int]:
     for column in DECISION_COLUMNS:
         if column not in table.columns:
             table[column] = ""
-        else:  # a hand-built table may hold None, NaN or numbers: a missing value is empty text
-            table[column] = ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in table[column]]
+        else:  # a hand-built table may hold None, NaN, NA or numbers: a missing value is empty text
+            table[column] = pd.Series([_as_text(v) for v in table[column]], index=table.index, dtype=object)
     for i, (p, decision, label) in enumerate(zip(table["path"], table["decision"], table["label"]), start=1):
         if not p.strip():
             raise InputError(source, "empty path", row=i, column="path")

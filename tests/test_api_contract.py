@@ -206,3 +206,48 @@ def test_a_nullable_label_column_with_gaps_is_refused(graph, faces, dtype):
     with pytest.raises(InputError, match="missing label") as err:
         fc.CorrelationClustering().fit(graph, y)
     assert err.value.row == 4
+
+
+@pytest.mark.parametrize("y, words", [
+    (["1", 1, "2"] * 40, "one kind"),  # numpy made 1 the text "1": two labels merged
+    (["a", None, "b"] * 40, "missing label"),
+    (np.array(["2020-01-01", "NaT", "2020-01-02"] * 40, dtype="datetime64[D]"), "missing label"),
+])
+def test_labels_given_as_lists_or_dates_are_checked_too(graph, y, words):
+    with pytest.raises(InputError, match=words):
+        fc.GraphAverageLinkage().fit(graph, y)
+
+
+def test_a_header_only_decisions_file_decides_nothing(tmp_path, faces):
+    # review.html exports just the header when nothing was decided: that crashed the run
+    x, y = faces
+    manifest = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(len(y))], "label": label_names(y)})
+    (tmp_path / "decisions.csv").write_text("path,decision,label,note,timestamp\n")
+    decisions = fc.read_decisions(tmp_path / "decisions.csv")
+    assert decisions.table.empty
+    result = fc.clean(manifest, x, fc.CleanConfig(device="cpu", stages=()), decisions=decisions)
+    assert (result.audit["fc_source"] != "person").all()
+
+
+def test_hand_built_decisions_read_gaps_and_whole_numbers_as_a_file_does():
+    import io
+
+    table = pd.read_csv(io.StringIO("path,decision,label\na.jpg,relabel,\nb.jpg,relabel,7201\n"), dtype="string")
+    with pytest.raises(InputError, match="needs the label to relabel"):
+        fc.Decisions(table, "hand")
+    numbers = pd.read_csv(io.StringIO("path,decision,label\na.jpg,keep,\nb.jpg,relabel,7201\n"))  # floats: 7201.0
+    assert fc.Decisions(numbers, "hand").table["label"].tolist() == ["", "7201"]
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: fc.CleanConfig(memory_budget=float("nan")), "memory_budget"),
+    (lambda: fc.CleanConfig(memory_budget=True), "memory_budget"),
+    (lambda: fc.Policy("mine", 0.7, 0.5, 0.5, None, quarantine="no"), "quarantine"),
+])
+def test_more_settings_taken_silently_before(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+
+
+def test_a_policy_takes_numpy_scores():
+    assert fc.Policy("mine", np.float32(0.7), np.float64(0.5), 0.5, None).relabel_min == np.float32(0.7)

@@ -128,6 +128,7 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_graph_is_the_same(client,
 
 
 @pytest.mark.parametrize("spec, extra", [("local:0", []), ("local:two", []), ("somewhere:8786", []),
+                                         ("http://127.0.0.1:8787", []),  # the dashboard's address
                                          ("local:2", ["--knn", "hnsw"]), ("tcp://127.0.0.1:1", ["--dry-run"])])
 def test_a_bad_dask_address_is_refused_before_any_work(small_set, tmp_path, spec, extra):
     from typer.testing import CliRunner
