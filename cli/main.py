@@ -40,8 +40,17 @@ class KnnChoice(str, Enum):
     hnsw = "hnsw"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from facecluster import __version__
+
+        out_console.print(f"facecluster {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
     """facecluster: find and fix label problems in face datasets from their embeddings."""
 
 

@@ -160,3 +160,10 @@ def test_a_finch_level_past_the_coarsest_is_reported_as_such(small_set, tmp_path
 def test_the_dask_install_hint_survives_the_help_markup():
     result = runner.invoke(app, ["clean", "--help"], env={"COLUMNS": "400"})
     assert "facecluster[dask]" in result.output
+
+
+def test_version():
+    from facecluster import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"facecluster {__version__}"
