@@ -256,33 +256,54 @@ def cluster(
 @app.command()
 @_interruptible
 def bench(
-    size: Annotated[int, typer.Option(min=100, help="Rows of the generated clean set (noise is added on top).")] = 10_000,
-    dim: Annotated[int, typer.Option(min=2, help="Embedding dimension of the generated set.")] = 512,
-    mean_images: Annotated[float, typer.Option(min=1.0, help="Mean images per identity of the generated set (identities = size / this).")] = 15.0,
-    offset: Annotated[float, typer.Option(help="Shared mean direction: 0 = ArcFace-like, 2.2 = dlib-like.")] = 0.0,
+    size: Annotated[Optional[int], typer.Option(min=100, help="Rows of the generated clean set (noise is added on top). Default 10000.")] = None,
+    dim: Annotated[Optional[int], typer.Option(min=2, help="Embedding dimension of the generated set. Default 512.")] = None,
+    mean_images: Annotated[Optional[float], typer.Option(min=1.0, help="Mean images per identity of the generated set (identities = size / this). Default 15.")] = None,
+    offset: Annotated[Optional[float], typer.Option(help="Shared mean direction of the generated set: 0 (default) = ArcFace-like, 2.2 = dlib-like.")] = None,
     effective_dim: Annotated[Optional[float], typer.Option(help="Identity centres' effective dimension (12 with --dim 128 --offset 2.2 matches dlib); default isotropic.")] = None,
-    manifest: Annotated[Optional[Path], typer.Option(help="Bench on your own clean labelled set instead (noise is injected into it).")] = None,
+    manifest: Annotated[Optional[Path], typer.Option(help="Bench on your own clean labelled set instead (noise is injected into it); the generator's options then do not apply.")] = None,
     embeddings: Annotated[Optional[Path], typer.Option(help="Embeddings for --manifest (default: its sibling .npy).")] = None,
+    path_col: Annotated[str, typer.Option(help="--manifest's column with the image path.")] = "path",
+    label_col: Annotated[str, typer.Option(help="--manifest's column with the identity label.")] = "label",
     mix: Annotated[Optional[str], typer.Option(help="Injected noise: web (8% wrong labels, 8% of identities open-set, 3% split, 3% near-duplicates; the default with --manifest) or synthetic (the generator's default).")] = None,
     long_tail: Annotated[bool, typer.Option("--long-tail", help="First subsample the identities to a web-like size distribution (most keep 1-3 images).")] = False,
     peers: Annotated[str, typer.Option(help="Comma-separated peers: cleanlab,hdbscan,finch,agglomerative,kmeans,infomap, or none.")] = ",".join(("cleanlab", "hdbscan", "finch", "agglomerative", "kmeans", "infomap")),
     k: Annotated[int, typer.Option(min=1, help="Neighbours per sample.")] = 30,
-    seed: Annotated[int, typer.Option(help="Seed for generation, noise and every method.")] = 0,
-    scaling: Annotated[Optional[str], typer.Option(help="Also time our pipeline alone at these sizes, e.g. 10000,100000.")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for generation, noise and every method.")] = 0,
+    scaling: Annotated[Optional[str], typer.Option(help="Also time our pipeline alone on generated sets of these sizes (at least 100 rows each, with --dim, --mean-images, --offset and --effective-dim), e.g. 10000,100000.")] = None,
     memory_budget_gb: Annotated[float, typer.Option(help="Skip a peer whose known memory need exceeds this.")] = 8.0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all results as JSON here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run our pipeline and the peers on the same noisy set; print quality, time and peak memory side by side."""
     import json
+    import math
     from dataclasses import asdict
+
+    import numpy as np
 
     from facecluster import InputError
     from facecluster.bench import PEERS, bench_set, run_bench
     from facecluster.bench import scaling as run_scaling
     from facecluster.progress import NullProgress, RichProgress
 
-    chosen = [] if peers.strip().lower() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
+    generator = {"size": size, "dim": dim, "mean_images": mean_images, "offset": offset, "effective_dim": effective_dim}
+    if manifest is not None:
+        given = [f"--{name.replace('_', '-')}" for name, value in generator.items() if value is not None]
+        if given:  # they shape the generated set, and there is none
+            _fail(ValueError(f"{', '.join(given)} shape the generated set; with --manifest the set is yours: leave "
+                             "them out"))
+    elif embeddings is not None:
+        _fail(ValueError("--embeddings goes with --manifest (the generated set has its own)"))
+    defaults = {"size": 10_000, "dim": 512, "mean_images": 15.0, "offset": 0.0, "effective_dim": None}
+    generator = {name: defaults[name] if value is None else value for name, value in generator.items()}
+    if not math.isfinite(generator["offset"]):
+        _fail(ValueError(f"--offset must be a finite number, got {offset!r}"))
+    if effective_dim is not None and not effective_dim > 0:
+        _fail(ValueError(f"--effective-dim must be above 0, got {effective_dim!r}"))
+    if not (math.isfinite(memory_budget_gb) and memory_budget_gb > 0):
+        _fail(ValueError(f"--memory-budget-gb must be a positive number, got {memory_budget_gb!r}"))
+    chosen = [] if peers.strip().lower() == "none" else list(dict.fromkeys(p.strip() for p in peers.split(",") if p.strip()))
     unknown = sorted(set(chosen) - set(PEERS))
     if unknown:
         _fail(ValueError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}"))
@@ -290,26 +311,38 @@ def bench(
         sizes = [int(v) for v in scaling.split(",")] if scaling else []
     except ValueError:
         _fail(ValueError(f"--scaling must be comma-separated integers, got {scaling!r}"))
+    if any(n < 100 for n in sizes):
+        _fail(ValueError(f"--scaling sizes must be at least 100 rows each (as --size), got {scaling!r}"))
+    if json_out is not None:  # checked before the run, not after it
+        if json_out.is_dir():
+            _fail(InputError(json_out, "--json names a folder; give a file path"))
+        if not json_out.parent.is_dir():
+            _fail(InputError(json_out, f"--json's folder {json_out.parent} does not exist"))
     progress = NullProgress() if quiet else RichProgress(err_console)
     try:
         with progress.task("generate and inject noise", total=None):
-            noisy = bench_set(size, dim=dim, offset=offset, effective_dim=effective_dim, mean_images=mean_images,
-                              seed=seed, manifest=manifest, embeddings=embeddings, mix=mix, long_tail=long_tail)
+            noisy = bench_set(generator["size"], dim=generator["dim"], offset=generator["offset"],
+                              effective_dim=generator["effective_dim"], mean_images=generator["mean_images"],
+                              seed=seed, manifest=manifest, embeddings=embeddings, path_col=path_col,
+                              label_col=label_col, mix=mix, long_tail=long_tail)
+        rows = run_bench(noisy, peers=chosen, k=k, seed=seed, memory_budget_gb=memory_budget_gb, progress=progress)
+        scale_rows = (run_scaling(sizes, dim=generator["dim"], offset=generator["offset"],
+                                  effective_dim=generator["effective_dim"], mean_images=generator["mean_images"], k=k,
+                                  seed=seed, progress=progress) if sizes else [])
     except (InputError, ValueError) as exc:
         _fail(exc)
-    rows = run_bench(noisy, peers=chosen, k=k, seed=seed, memory_budget_gb=memory_budget_gb, progress=progress)
-    scale_rows = (run_scaling(sizes, dim=dim, offset=offset, effective_dim=effective_dim, k=k, seed=seed,
-                              progress=progress) if sizes else [])
     _print_bench(rows, scale_rows, noisy)
     if json_out:
-        payload = {"set": {"rows": int(len(noisy.labels)), "dim": int(noisy.embeddings.shape[1]), "offset": offset,
-                           "identities": int(noisy.labels.max()) + 1, "mean_images": mean_images,
-                           "effective_dim": effective_dim,
-                           "source": str(manifest) if manifest else "synth", "seed": seed,
+        shape = {"source": str(manifest)} if manifest else {"source": "synth", **generator}
+        payload = {"set": {"rows": int(len(noisy.labels)), "dim": int(noisy.embeddings.shape[1]), **shape,
+                           "identities": int(len(np.unique(noisy.labels))), "seed": seed,
                            "mix": mix or ("web" if manifest else "synthetic"), "long_tail": long_tail,
                            "injected": noisy.truth["issue"].replace("", "clean").value_counts().to_dict()},
                    "results": [asdict(r) for r in rows], "scaling": scale_rows}
-        json_out.write_text(json.dumps(payload, indent=2, default=float))
+        try:
+            json_out.write_text(json.dumps(payload, indent=2, default=float))
+        except OSError as exc:
+            _fail(InputError(json_out, f"cannot write the results: {exc.strerror or exc}"))
         out_console.print(f"results written to {escape(str(json_out))}")
 
 
@@ -334,14 +367,23 @@ def _print_bench(rows, scale_rows, noisy) -> None:
         clusterers.add_column(c, justify="left" if c == "method" else "right")
     notes = []
     def pr(s: dict, a: str) -> str:
-        return f"{s[a + '_p']:.3f}/{s[a + '_r']:.3f}" if a + "_p" in s else "–"
+        if a + "_p" not in s:
+            return "–"
+        # a precision over nothing found and a recall over nothing injected are undefined, not 0
+        p = "–" if s.get(a + "_n_pred") == 0 else f"{s[a + '_p']:.3f}"
+        r = "–" if s.get(a + "_n_true") == 0 else f"{s[a + '_r']:.3f}"
+        return f"{p}/{r}"
+
+    def undefined_if(s: dict, key: str, count: str):
+        return None if s.get(count) == 0 else s.get(key)
 
     for r in rows:
         s = r.scores
         if r.kind in ("cleaner", "stage"):
-            cleaners.add_row(r.method, _fmt(r.seconds), _fmt(r.peak_mb), _fmt(s.get("noise_found_f1")),
+            cleaners.add_row(r.method, _fmt(r.seconds), _fmt(r.peak_mb),
+                             _fmt(undefined_if(s, "noise_found_f1", "noise_found_n_true")),
                              pr(s, "mislabeled"), pr(s, "outlier"),
-                             pr(s, "near_duplicate"), pr(s, "merge"), _fmt(s.get("relabel_acc")),
+                             pr(s, "near_duplicate"), pr(s, "merge"), _fmt(undefined_if(s, "relabel_acc", "relabelled")),
                              _fmt(s.get("kept_label_precision")), _fmt(s.get("clean_rows_lost_share")))
         elif r.kind == "clusterer" and s:
             clusterers.add_row(r.method, _fmt(r.seconds), _fmt(r.peak_mb),

@@ -101,7 +101,7 @@ MIXES = {"synthetic": {}, "web": WEB_MIX}
 
 def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, effective_dim: float | None = None,
               mean_images: float = 15.0, seed: int = 0, manifest: str | Path | None = None, embeddings: str | Path | None = None,
-              label_col: str = "label", mix: str | None = None, long_tail: bool = False,
+              path_col: str = "path", label_col: str = "label", mix: str | None = None, long_tail: bool = False,
               generator: dict | None = None) -> NoisySet:
     """The noisy set to bench on: generated, or a user's labelled set with noise injected.
 
@@ -116,7 +116,7 @@ def bench_set(size: int = 10_000, *, dim: int = 512, offset: float = 0.0, effect
     if manifest is not None:
         from .faceset import load_faceset
 
-        fs = load_faceset(manifest, embeddings, label_col=label_col)
+        fs = load_faceset(manifest, embeddings, path_col=path_col, label_col=label_col)
         x, y = fs.embeddings, fs.labels
     else:
         settings = {"offset": offset, "effective_dim": effective_dim, **(generator or {})}
@@ -142,10 +142,16 @@ def _merge_truth(noisy: NoisySet) -> list:
 def _flat_cleaning(scores: dict) -> dict:
     out = {"noise_found_p": scores["noise_found"]["precision"], "noise_found_r": scores["noise_found"]["recall"],
            "noise_found_f1": scores["noise_found"]["f1"]}
+    # the counts behind each figure: a precision over nothing found, a recall over nothing
+    # injected, is undefined (printed "–"), not 0
+    out.update(noise_found_n_pred=scores["noise_found"]["n_pred"], noise_found_n_true=scores["noise_found"]["n_true"])
     for issue, s in scores["acted_on"].items():
         out[f"{issue}_p"], out[f"{issue}_r"], out[f"{issue}_f1"] = s["precision"], s["recall"], s["f1"]
+        out[f"{issue}_n_pred"], out[f"{issue}_n_true"] = s["n_pred"], s["n_true"]
     out.update(merge_p=scores["merges"]["precision"], merge_r=scores["merges"]["recall"],
-               relabel_acc=scores["relabel_accuracy"], kept_label_precision=scores["kept_label_precision"],
+               merge_n_pred=scores["merges"]["n_suggested"], merge_n_true=scores["merges"]["n_true"],
+               relabel_acc=scores["relabel_accuracy"], relabelled=scores["relabelled"],
+               kept_label_precision=scores["kept_label_precision"],
                clean_rows_lost_share=scores["clean_rows_lost_share"], review_rows=scores["review_rows"],
                review_noisy_rows=scores["review_noisy_rows"])
     return out
@@ -393,8 +399,8 @@ def run_bench(noisy: NoisySet, *, peers=PEERS, k: int = 30, seed: int = 0, polic
     return rows
 
 
-def scaling(sizes, *, dim: int = 512, offset: float = 0.0, effective_dim: float | None = None, k: int = 30,
-            seed: int = 0, progress: Progress | None = None) -> list[dict]:
+def scaling(sizes, *, dim: int = 512, offset: float = 0.0, effective_dim: float | None = None,
+            mean_images: float = 15.0, k: int = 30, seed: int = 0, progress: Progress | None = None) -> list[dict]:
     """Our ``clean`` alone at each size, in this process: wall time, each stage's time, peak
     memory, headline quality, and the cost per kNN edge (N·k), which stays flat when the run
     grows linearly in the edges. The first size also pays the one-off costs (imports, numba's
@@ -403,7 +409,8 @@ def scaling(sizes, *, dim: int = 512, offset: float = 0.0, effective_dim: float 
     out = []
     for size in sizes:
         with progress.task(f"scaling: {size:,} rows", total=None):
-            noisy = bench_set(size, dim=dim, offset=offset, effective_dim=effective_dim, seed=seed)
+            noisy = bench_set(size, dim=dim, offset=offset, effective_dim=effective_dim, mean_images=mean_images,
+                              seed=seed)
             rows, result = _run_clean(noisy, k, seed, "conservative")
         n = int(len(noisy.labels))
         edges = n * result.graph.k

@@ -223,6 +223,7 @@ def cleaning_scores(audit: pd.DataFrame, truth_labels: np.ndarray, truth: pd.Dat
         "found": issue_scores(audit["fc_issue"].to_numpy(), truth),
         "acted_on": issue_scores(audit["fc_issue"].to_numpy(), truth, acted=action != "keep"),
         "relabel_accuracy": float(right[relabel].mean()) if relabel.any() else 0.0,
+        "relabelled": int(relabel.sum()),
         "merges": merge_scores(identities, true_merges),
         "kept_label_precision": float(right[kept].mean()) if kept.any() else 0.0,
         "clean_rows_lost": int((~kept & clean).sum()),

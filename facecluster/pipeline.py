@@ -485,6 +485,7 @@ def _memory_report(config, device, faceset, graph, peaks: dict | None = None) ->
 def _clean_report(config, device, faceset, graph, signals, findings, audit, cleaned, timings, out_dir,
                   peaks: dict | None = None) -> dict:
     """report.json of a cleaning run."""
+    queue = review_queue(audit, faceset.label_col, config.policy)
     return {
         "facecluster_version": __version__,
         "versions": _versions(),
@@ -494,7 +495,9 @@ def _clean_report(config, device, faceset, graph, signals, findings, audit, clea
                            device_resolved=asdict(device)),
         "counts": {"issues": findings.counts(), "actions": action_counts(audit), "rows_kept": int(len(cleaned)),
                    "merge_suggestions": int(len(findings.merges)),
-                   "review_queue": int(len(review_queue(audit, faceset.label_col, config.policy))),
+                   "review_queue": int(len(queue)),
+                   # what the queue holds by issue: rows a person decided have left it
+                   "review_queue_by_issue": {k: int((queue["issue"] == k).sum()) for k in findings.counts()},
                    "decided_by_person": int((audit["fc_source"] == "person").sum())},
         "stages": {
             "embeddings": dict(faceset.centring_stats, centred=faceset.centred),

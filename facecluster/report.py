@@ -288,7 +288,9 @@ ACTION_MEANINGS = {
 def _next_steps(report: dict) -> str:
     counts = report["counts"]
     waiting = counts.get("review_queue", 0)
-    by_issue = "; ".join(f"{k}: {v:,}" for k, v in counts["issues"].items() if v)
+    # the queue's own breakdown (rows a person decided have left it); reports written before it
+    # was recorded fall back to the findings' counts
+    by_issue = "; ".join(f"{k}: {v:,}" for k, v in counts.get("review_queue_by_issue", counts["issues"]).items() if v)
     decided = report.get("decisions")
     person = (f"<li>{counts.get('decided_by_person', 0):,} rows follow a person's decisions "
               f"({html.escape(str(decided['file']))}: {decided['applied']:,} applied, "

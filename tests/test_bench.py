@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -115,3 +116,69 @@ def test_bench_on_a_user_set(tmp_path, small_set):
     result = CliRunner().invoke(app, ["bench", "--manifest", str(small_set), "--peers", "none", "-q"])
     assert result.exit_code == 0, result.output
     assert "facecluster clean" in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--json", "{tmp}/no/such/folder/b.json"], "does not exist"),
+    (["--json", "{tmp}"], "names a folder"),
+    (["--scaling", "0"], "at least 100 rows"),
+    (["--offset", "nan"], "finite"),
+    (["--effective-dim", "-3"], "above 0"),
+    (["--memory-budget-gb", "-1"], "positive"),
+    (["--embeddings", "{tmp}/x.npy"], "goes with --manifest"),
+])
+def test_bench_refuses_bad_options_in_one_line_before_any_work(tmp_path, monkeypatch, args, words):
+    # each was a traceback, most after the whole run
+    def no_run(*a, **k):
+        raise AssertionError("the bench ran before its options were checked")
+
+    monkeypatch.setattr("facecluster.bench.run_bench", no_run)
+    result = CliRunner().invoke(app, ["bench", "--size", "300", "--dim", "16", "--peers", "none", "-q",
+                                      *[a.format(tmp=tmp_path) for a in args]])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and words in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bench_on_a_user_set_refuses_the_generators_options(small_set):
+    # they were ignored, and the JSON recorded them as if they had shaped the set
+    result = CliRunner().invoke(app, ["bench", "--manifest", str(small_set), "--size", "500", "--offset", "5",
+                                      "--peers", "none", "-q"])
+    assert result.exit_code == 2 and "--size, --offset shape the generated set" in result.output
+
+
+def test_bench_on_a_user_set_takes_its_column_names(tmp_path, small_set):
+    text = small_set.read_text().replace("path,label", "file,person", 1)
+    (tmp_path / "named.csv").write_text(text)
+    (tmp_path / "named.npy").write_bytes(small_set.with_suffix(".npy").read_bytes())
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["bench", "--manifest", str(tmp_path / "named.csv"), "--path-col", "file",
+                                      "--label-col", "person", "--peers", "none", "-q", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["set"]["source"].endswith("named.csv") and "offset" not in payload["set"]
+    noisy = bench_set(manifest=tmp_path / "named.csv", path_col="file", label_col="person")
+    assert payload["set"]["identities"] == len(set(noisy.labels)) < len(set(pd.read_csv(tmp_path / "named.csv")["person"])), \
+        "the labels the noisy set holds (open-set identities have none)"
+
+
+def test_bench_prints_undefined_figures_as_undefined(tmp_path):
+    # a precision over nothing found or a recall over nothing injected was printed 0.000
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["bench", "--size", "300", "--dim", "16", "--peers", "none", "-q",
+                                      "--json", str(out)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    ours = json.loads(out.read_text())["results"][0]["scores"]
+    assert ours["merge_n_true"] == 0 and ours["merge_n_pred"] == 0, "this small set has no split to find"
+    row = next(line for line in result.output.splitlines() if "facecluster clean" in line)
+    assert "–/–" in row
+
+
+def test_scaling_sets_are_drawn_with_the_mean_images_asked(monkeypatch):
+    from facecluster import bench as B
+
+    seen = []
+    real = B.bench_set
+    monkeypatch.setattr(B, "bench_set", lambda *a, **k: seen.append(k) or real(*a, **k))
+    B.scaling([300], dim=16, mean_images=50.0, k=10)
+    assert seen[0]["mean_images"] == 50.0

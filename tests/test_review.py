@@ -94,6 +94,13 @@ def test_decisions_beat_the_algorithm_and_leave_the_queue(first_run, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["counts"]["decided_by_person"] == 3
     assert report["counts"]["review_queue"] == len(queue) - 3
+    # report.html's breakdown of the queue is the queue's, not the findings' (the decided rows left it)
+    by_issue = report["counts"]["review_queue_by_issue"]
+    assert sum(by_issue.values()) == len(queue) - 3
+    assert by_issue == {k: int((after["fc_issue"].iloc[_queue_rows(again)] == k).sum()) for k in by_issue}
+    page = (tmp_path / "out" / "report.html").read_text()
+    listed = "; ".join(f"{k}: {v:,}" for k, v in by_issue.items() if v)
+    assert f"{len(queue) - 3:,} rows wait for a person ({listed})" in page
     assert report["decisions"]["unknown_paths"] == 1
     assert report["decisions"]["unknown_examples"] == ["img/not-in-the-manifest.jpg"]
     assert report["decisions"]["superseded"] == 1
