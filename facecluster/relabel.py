@@ -230,7 +230,7 @@ def _checked_decisions(table: pd.DataFrame, source) -> tuple[pd.DataFrame, int]:
         if decision in ("relabel", "merge") and not label.strip():
             raise InputError(source, f"a {decision} decision needs the label to {'relabel' if decision == 'relabel' else 'merge into'}",
                              row=i, column="label")
-    table = table[list(DECISION_COLUMNS)]
+    table = table[list(DECISION_COLUMNS)].copy()
     for column in ("decision", "label"):  # a hand-written " X " is the label X
         table[column] = table[column].str.strip()
     # paths stay verbatim (a manifest may hold " a.jpg"); apply_decisions matches a path
