@@ -29,7 +29,7 @@ Nothing here is a fixed cosine: every curve comes from the similarities in hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -64,6 +64,11 @@ class Calibration:
     plateau: float = 1.0
     floor: float = 0.0
     level: float = 0.5
+    curve: tuple | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.kind == "mixture" and self.curve is None:  # a mixture given without its curve
+            object.__setattr__(self, "curve", _monotone_posterior(self.model))
 
     def __call__(self, sims: np.ndarray) -> np.ndarray:
         """P(same person) at each similarity, same shape as ``sims``, float32 (-inf → 0)."""
@@ -81,7 +86,8 @@ class Calibration:
         if self.kind == "isotonic":
             return self.same_person(self.model.predict(flat))
         if self.kind == "mixture":
-            return self.model.predict_proba(flat[:, None])[:, self._upper]
+            xs, ys = self.curve
+            return np.interp(flat, xs, ys)
         return np.full(len(flat), self.level)
 
     def same_person(self, p_label: np.ndarray) -> np.ndarray:
@@ -102,10 +108,7 @@ class Calibration:
         if self.kind == "constant":
             return float("-inf") if self.level > 0.5 else float("inf")
         if self.kind == "mixture":
-            means = self.model.means_.ravel()
-            grid = np.linspace(means.min(), means.max(), 2001)
-            post = self.model.predict_proba(grid[:, None])[:, self._upper]
-            return float(grid[np.argmax(post >= 0.5)])
+            return self.similarity_at(0.5)
         xs, ys = self.model.X_thresholds_, self.same_person(self.model.y_thresholds_)
         above = np.flatnonzero(ys >= 0.5)
         return float(xs[above[0]]) if len(above) else float("inf")
@@ -116,21 +119,15 @@ class Calibration:
         similarity (isotonic) whose P(same) is still at least ``p``. -inf when P never falls
         under ``p`` (constant at 1/2 for p ≤ 1/2), inf when it never reaches it.
 
-        Mixture: searched from four standard deviations below the lower mean up to the upper
-        mean, walking down; the upper component's posterior climbs back towards 1 in the far
-        left tail when it is the wider one, which is not same-person evidence.
+        Mixture: read off its monotone curve (:func:`_monotone_posterior`).
         """
         if self.kind == "constant":
             return float("-inf") if p <= self.level else float("inf")
         if self.kind == "mixture":
-            means = self.model.means_.ravel()
-            spread = float(np.sqrt(np.max(self.model.covariances_)))
-            grid = np.linspace(means.min() - 4 * spread, means.max(), 4001)
-            post = self.model.predict_proba(grid[:, None])[:, self._upper]
-            if post[-1] < p:
+            xs, ys = self.curve
+            if ys[-1] < p:
                 return float("inf")
-            under = np.flatnonzero(post < p)
-            return float(grid[under[-1] + 1]) if len(under) else float("-inf")
+            return float(xs[np.argmax(ys >= p)]) if ys[0] < p else float("-inf")
         xs, ys = self.model.X_thresholds_, self.same_person(self.model.y_thresholds_)
         above = np.flatnonzero(ys >= p)
         return float(xs[above[0]]) if len(above) else float("inf")
@@ -211,7 +208,37 @@ def fit_pair_calibration(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
     if len(np.unique(sims)) < 2:
         return Calibration("constant", None, len(sims), 1e-6)
     model = GaussianMixture(2, random_state=int(rng.integers(2**31 - 1))).fit(sims[:, None])
-    return Calibration("mixture", model, len(sims), 1e-6)
+    return Calibration("mixture", model, len(sims), 1e-6, curve=_monotone_posterior(model, sims))
+
+
+#: points of the mixture's monotone curve (a 4-standard-deviation margin each side of the
+#: data; cosines: about 1e-3 apart)
+CURVE_POINTS = 4001
+
+
+def _monotone_posterior(model, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """P(same person) from a two-Gaussian mixture, made non-decreasing in the similarity.
+
+    The upper component's posterior is not monotone when the two spreads differ: where the
+    upper component is the wider one it climbs back towards 1 far below both means (an edge
+    at cosine −0.2 read as near-certain same person), and where the lower one is wider it
+    falls again far above them. Neither is evidence of one person; both are the Gaussian
+    tails' shapes. So walking down from the upper mean P may only fall (running minimum),
+    and walking up from it only rise (running maximum): the curve is the posterior wherever
+    that is already monotone. Returns (grid, P) for linear interpolation; outside the grid P
+    is its end value. ``values``: the fitted data, which the grid spans (default: the means)."""
+    means = model.means_.ravel()
+    spread = float(np.sqrt(np.max(model.covariances_)))
+    upper = int(np.argmax(means))
+    lo = min(float(means.min()) if values is None else float(values.min()), float(means.min())) - 4 * spread
+    hi = max(float(means.max()) if values is None else float(values.max()), float(means.max())) + 4 * spread
+    xs = np.linspace(lo, hi, CURVE_POINTS)
+    post = model.predict_proba(xs[:, None])[:, upper]
+    top = int(np.searchsorted(xs, means[upper]))
+    ys = post.copy()
+    ys[:top + 1] = np.minimum.accumulate(post[:top + 1][::-1])[::-1]
+    ys[top:] = np.maximum.accumulate(post[top:])
+    return xs, ys
 
 
 # a Gumbel fitted by its quartiles: ln(−ln p) at p = 1/4 and 1/2
