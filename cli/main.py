@@ -104,10 +104,30 @@ def _note_device(requested: str) -> None:
             err_console.print(f"[yellow]note:[/] {escape(device.reason)}", highlight=False, soft_wrap=True)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception, code: int = 2) -> None:
     # one line whatever the terminal's width (a pipeline greps it): rich must not wrap it
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
+
+
+def _fail_os(exc: OSError) -> None:
+    """The system refused mid-run (a disk filled up, a folder became read-only): one line,
+    exit 1 (the input was fine; 2 is for bad input), nothing half-written left (the outputs
+    are staged and switched in whole)."""
+    where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+    _fail(RuntimeError(f"{where}{exc.strerror or exc}; nothing was written"), code=1)
+
+
+def _warn_over_budget(report: dict) -> None:
+    """The budget is checked against an estimate before the run; say so when the measured
+    peak went over it after all."""
+    memory = report.get("memory") or {}
+    budget, peak = memory.get("budget_bytes"), memory.get("peak_rss_bytes")
+    if budget and peak and peak > budget:
+        err_console.print(f"[yellow]note:[/] the run's peak memory, {peak / 2**30:.3f} GiB, went over the "
+                          f"--memory-budget of {budget / 2**30:.3f} GiB (the estimate it was checked against: "
+                          f"{memory.get('estimate', {}).get('total_bytes', 0) / 2**30:.3f} GiB)", highlight=False,
+                          soft_wrap=True)
 
 
 @app.command()
@@ -168,6 +188,9 @@ def clean(
                            decisions=decisions, dask=dask)
     except InputError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail_os(exc)
+    _warn_over_budget(result.report)
     if not quiet:
         _print_summary(result.summary(), None if dry_run else out)
 
@@ -221,6 +244,8 @@ def cluster(
                              progress=NullProgress() if quiet else RichProgress(err_console))
     except InputError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail_os(exc)
     if not quiet:
         stage = result.report["stages"]["clustering"]
         table = Table(title="facecluster cluster", header_style="bold")

@@ -393,14 +393,32 @@ def _scratch_copy(x: np.ndarray, scratch: str | Path | None):
     on a real cluster, a folder every worker can read); yields its path, removed whatever
     happens."""
     folder = Path(scratch) if scratch is not None else Path(tempfile.gettempdir())
+    # the folders made here for it (the run's --out, before the outputs) go with it when the
+    # run ends without writing them: an interrupted run leaves no empty --out behind
+    made = []
+    probe = folder.absolute()
+    while not probe.exists() and probe.parent != probe:
+        made.append(probe)
+        probe = probe.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".tmp-dask-{os.getpid()}-", suffix=".npy", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(x, dtype=np.float32))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(x, dtype=np.float32))
+        except OSError as exc:  # a full disk, say: the run cannot go on, and says why in one line
+            from .errors import InputError
+
+            raise InputError(folder, f"cannot write the scratch copy of the vectors the Dask workers read "
+                                     f"({exc.strerror or exc}); free space there or choose another --out") from None
         yield name
     finally:
-        Path(name).unlink(missing_ok=True)
+        try:
+            Path(name).unlink(missing_ok=True)
+            for path in made:  # deepest first; one that now holds something stays
+                path.rmdir()
+        except OSError:
+            pass
 
 
 def search_on_dask(x: np.ndarray, k: int, client, *, scratch: str | Path | None = None,

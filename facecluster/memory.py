@@ -29,8 +29,11 @@ STAGE_BYTES_PER_EDGE = 112
 # The manifest as a pandas table with the audit's columns: ~250 bytes a row for paths of
 # ~40 characters (measured), the outputs' text built chunk by chunk.
 TABLE_BYTES_PER_ROW = 400
-# The interpreter with numpy, scipy, pandas, FAISS and numba loaded.
-BASE_BYTES = 400 * 2**20
+# The interpreter with numpy, scipy, scikit-learn, pandas, FAISS and numba loaded, and the
+# stages' fixed working set: 400 MiB until a review measured reruns of 5k-50k-row sets
+# 60-90 MiB over the estimate (2026-12-05); the first run after an install also compiles
+# the numba kernels into their cache, about 150 MiB more, once.
+BASE_BYTES = 512 * 2**20
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
           "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
@@ -63,7 +66,7 @@ class MemoryEstimate:
 
     def summary(self) -> str:
         shown = ", ".join(f"{name.replace('_', ' ')} {value / GIB:.2f}" for name, value in self.parts.items() if value >= 0.005 * GIB)
-        return f"about {self.total / GIB:.2f} GiB ({shown} GiB)"
+        return f"about {self.total / GIB:.3f} GiB ({shown} GiB)"
 
     def as_dict(self) -> dict:
         return {"total_bytes": self.total, **{f"{name}_bytes": int(v) for name, v in self.parts.items()}}
@@ -100,7 +103,7 @@ def check_memory_budget(estimate: MemoryEstimate, budget: int | None, source: st
     if budget is None or estimate.total <= budget:
         return
     raise InputError(source, f"this run needs {estimate.summary()}, over the memory budget of "
-                             f"{budget / GIB:.2f} GiB; raise --memory-budget, or run fewer stages (--stages) "
+                             f"{budget / GIB:.3f} GiB; raise --memory-budget, or run fewer stages (--stages) "
                              f"or a smaller k")
 
 

@@ -167,3 +167,27 @@ def test_version():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"facecluster {__version__}"
+
+
+def test_a_system_refusal_mid_run_is_one_line_exit_1(small_set, tmp_path, monkeypatch):
+    # a disk that fills up while the outputs are written was a traceback
+    import facecluster
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "o" / "audit.csv"))
+
+    monkeypatch.setattr(facecluster, "clean", full)
+    result = runner.invoke(app, ["clean", str(small_set), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'o' / 'audit.csv'}: No space left on device; nothing was written"]
+
+
+def test_a_peak_over_the_budget_is_said(capsys):
+    from cli.main import _warn_over_budget
+
+    _warn_over_budget({"memory": {"budget_bytes": 2**30, "peak_rss_bytes": 2**30 + 2**27,
+                                  "estimate": {"total_bytes": 2**30 - 2**20}}})
+    assert "went over the --memory-budget of 1.000 GiB" in " ".join(capsys.readouterr().err.split())
+    _warn_over_budget({"memory": {"budget_bytes": 2**31, "peak_rss_bytes": 2**30, "estimate": {"total_bytes": 1}}})
+    assert capsys.readouterr().err == ""

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +283,31 @@ def test_camsoftmax_scoring_on_dask_equals_the_local_scoring(client, monkeypatch
     remote = camsoftmax_confidence(x, noisy.labels, None, graph.indices, config, device="cpu", seed=3, client=client)
     for field in ("p_given", "top", "p_top", "margin"):
         np.testing.assert_array_equal(getattr(remote, field), getattr(local, field))
+
+
+def test_the_scratch_folder_made_for_the_workers_goes_with_a_failed_run(tmp_path, monkeypatch):
+    # an interrupted --dask run left an empty --out behind; a full disk was a traceback
+    from facecluster.errors import InputError
+    from facecluster.knn_dask import _scratch_copy
+
+    out = tmp_path / "new" / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with _scratch_copy(np.ones((4, 3), np.float32), out) as name:
+            assert Path(name).exists()
+            raise KeyboardInterrupt
+    assert not (tmp_path / "new").exists()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(InputError, match="No space left on device"):
+        with _scratch_copy(np.ones((4, 3), np.float32), out):
+            pass
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    with pytest.raises(InputError):
+        with _scratch_copy(np.ones((4, 3), np.float32), kept):
+            pass
+    assert kept.is_dir() and not any(kept.iterdir()), "a folder that was there stays, and holds nothing"

@@ -42,7 +42,7 @@ def test_the_estimate_grows_with_the_set_and_holds_the_embeddings_and_graph(n, d
 
 def test_a_run_over_its_budget_is_refused_before_anything_is_written(small_set, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(InputError, match="over the memory budget of 0.01 GiB") as info:
+    with pytest.raises(InputError, match="over the memory budget of 0.010 GiB") as info:
         clean(small_set, out_dir=out, memory_budget=int(0.01 * GIB))
     assert "embeddings" in str(info.value) or "runtime" in str(info.value)
     assert not out.exists()
