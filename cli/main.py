@@ -152,7 +152,7 @@ def clean(
     image_root: Annotated[Optional[Path], typer.Option(help="Folder the manifest's image paths are relative to, for report thumbnails and review.html's images; images outside it are never read or linked. Default: the manifest's folder.")] = None,
     decisions: Annotated[Optional[Path], typer.Option(help="decisions.csv exported from review.html (columns path, decision, label, note, timestamp; decision keep, drop, relabel or merge): a person's decision beats the algorithm on its row in this and every later run.")] = None,
     dask: Annotated[Optional[str], typer.Option(help="Search the kNN graph on a Dask cluster: local:N (N worker processes on this machine) or a scheduler address such as tcp://host:8786 (its workers must read the --out folder). Exact up to 100,000 rows (the outputs equal the local run's), IVF above it or with --knn ivf (refined here to --knn-recall). The stages run here. Needs the dask extra: pip install 'facecluster\\[dask]'.")] = None,
-    memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read (.npy; .npz and Parquet right after loading), naming what needs the memory.")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(help="Most memory the run may hold, e.g. 6G or 6GiB (binary), 6GB (decimal). A run estimated over it is refused before the embeddings are read (.npy and Parquet; .npz right after loading), naming what needs the memory.")] = None,
 ) -> None:
     """Find mislabeled samples, outliers, near-duplicates and duplicate identities; write a cleaned manifest."""
     from facecluster import CleanConfig, InputError

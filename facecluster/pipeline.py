@@ -74,7 +74,7 @@ class CleanConfig:
         :class:`~facecluster.findings.FindingsConfig`); None = defaults
     memory_budget : bytes the run may hold at its peak (None: no limit). A run whose estimate
         (:func:`facecluster.memory.estimate_clean_memory`, from the set's shape) exceeds it is
-        refused before the embeddings are read (a .npy file or an array; .npz and Parquet right
+        refused before the embeddings are read (a .npy or Parquet file, or an array; .npz right
         after loading), with the parts named (an InputError)
     """
 
@@ -224,6 +224,33 @@ def _embeddings_shape(manifest, embeddings) -> tuple[int, int] | None:
         except Exception:  # load_faceset names the problem
             return None
         return array.shape if array.ndim == 2 else None
+    if isinstance(embeddings, (str, Path)) and str(embeddings).lower().endswith((".parquet", ".pq")):
+        return _parquet_shape(Path(embeddings))
+    return None
+
+
+def _parquet_shape(path: Path) -> tuple[int, int] | None:
+    """A Parquet embeddings file's shape from its footer (and, for a column of lists, the
+    first list): reading it whole takes the table, a pandas copy and the stacked matrix at
+    once, more than the run's estimate. None where the footer cannot tell."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(path)
+        n, schema = file.metadata.num_rows, file.schema_arrow
+        types = [field.type for field in schema]
+        if len(types) == 1 and pa.types.is_fixed_size_list(types[0]):
+            return n, int(types[0].list_size)
+        if len(types) == 1 and (pa.types.is_list(types[0]) or pa.types.is_large_list(types[0])):
+            if not file.metadata.num_row_groups:
+                return None
+            first = file.read_row_group(0, columns=[schema[0].name]).column(0)
+            return (n, len(first[0])) if len(first) and first[0].is_valid else None
+        if types and all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in types):
+            return n, len(types)
+    except Exception:  # load_faceset names the problem
+        return None
     return None
 
 

@@ -95,3 +95,26 @@ def test_the_refusal_follows_the_sets_own_estimate(small_set):
     with pytest.raises(InputError, match="memory budget"):
         clean(small_set, memory_budget=need - 1)
     assert len(clean(small_set, memory_budget=need).audit) == x.shape[0]
+
+
+@pytest.mark.parametrize("layout", ["list", "fixed", "columns"])
+def test_parquet_embeddings_over_the_budget_are_refused_before_they_are_read(small_set, tmp_path, monkeypatch, layout):
+    # reading them whole (the table, a pandas copy and the stacked matrix) took more than the
+    # run's estimate before the budget was checked
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.load(small_set.with_suffix(".npy"))
+    table = {"list": lambda: pa.table({"e": pa.array(list(x), type=pa.list_(pa.float32()))}),
+             "fixed": lambda: pa.table({"e": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])}),
+             "columns": lambda: pa.table({f"d{i}": x[:, i] for i in range(x.shape[1])})}[layout]()
+    pq.write_table(table, tmp_path / "e.parquet")
+
+    def unread(path):
+        raise AssertionError("the Parquet embeddings were read before the budget was checked")
+
+    monkeypatch.setattr("facecluster.faceset._read_parquet_embeddings", unread)
+    with pytest.raises(InputError, match="over the memory budget") as info:
+        clean(small_set, tmp_path / "e.parquet", memory_budget=int(0.01 * GIB))
+    assert str(info.value).startswith(str(tmp_path / "e.parquet"))
