@@ -280,8 +280,8 @@ def _load_and_graph(manifest, embeddings, config, out_dir, output_names, device:
     with progress.task("load and validate", total=None):
         faceset = load_faceset(manifest, embeddings, path_col=config.path_col, label_col=config.label_col,
                                centre=config.centre, seed=config.seed)
-    if shape is None:
-        _check_budget(config, device, faceset.n_samples, faceset.dim, source=str(faceset.source.get("embeddings")))
+        if shape is None:  # inside the task: a refusal here is the load's, and leaves no finished bar
+            _check_budget(config, device, faceset.n_samples, faceset.dim, source=str(faceset.source.get("embeddings")))
     if faceset.n_samples < 2:
         raise InputError(faceset.source["manifest"], f"{faceset.n_samples} row: at least 2 faces are needed "
                                                      "to compare one with another")

@@ -50,6 +50,10 @@ class RichProgress(Progress):
                        TimeRemainingColumn())
         with _Bar(*columns, console=self.console, transient=False) as bar:
             tid = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(tid, n)
+            try:
+                yield lambda n=1: bar.advance(tid, n)
+            except BaseException:
+                bar.remove_task(tid)  # a stage that failed leaves no bar: its error is the one line
+                raise
             if total is not None:
                 bar.update(tid, completed=total)

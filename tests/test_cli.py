@@ -191,3 +191,13 @@ def test_a_peak_over_the_budget_is_said(capsys):
     assert "went over the --memory-budget of 1.000 GiB" in " ".join(capsys.readouterr().err.split())
     _warn_over_budget({"memory": {"budget_bytes": 2**31, "peak_rss_bytes": 2**30, "estimate": {"total_bytes": 1}}})
     assert capsys.readouterr().err == ""
+
+
+def test_a_refusal_after_loading_is_still_one_line(small_set, tmp_path):
+    # an .npz is read before its budget check: the "load and validate" bar stayed above the error
+    np.savez(tmp_path / "e.npz", embeddings=np.load(small_set.with_suffix(".npy")))
+    result = runner.invoke(app, ["clean", str(small_set), "--embeddings", str(tmp_path / "e.npz"),
+                                 "--out", str(tmp_path / "o"), "--memory-budget", "10M"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "memory budget" in lines[0], result.output
