@@ -145,12 +145,14 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_set(out_dir: str | Path, files: dict, report: dict, dump_report) -> list[Path]:
+def write_set(out_dir: str | Path, files: dict, report: dict, dump_report, *, keep: tuple[str, ...] = ()) -> list[Path]:
     """Stage every file, then switch the set into ``out_dir`` (see the module docstring).
 
     ``files`` maps a file name to a callable writing that file at the staged path it is
     given; ``report`` is the report dict, completed here with ``outputs`` (name → bytes and
-    sha256 of every other file) and written last by ``dump_report(report, path)``.
+    sha256 of every other file) and written last by ``dump_report(report, path)``. The files
+    the folder's previous report.json listed and this set does not write are removed with the
+    switch (another command's tables), but those named in ``keep``.
     """
     out_dir = Path(out_dir)
     created = not out_dir.exists()
@@ -167,7 +169,10 @@ def write_set(out_dir: str | Path, files: dict, report: dict, dump_report) -> li
         report = dict(report, outputs={p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in staged})
         seal = stage / SEAL
         dump_report(report, seal)
-        with deferred_signals() as pending:
+        with deferred_signals() as pending, _switch_lock(out_dir):
+            # what the run that wrote here before listed and this one does not write (clean's
+            # tables after a cluster run, say) goes too: the folder holds one run's set
+            before = _listed_outputs(out_dir) - {p.name for p in staged} - {SEAL} - set(keep)
             (out_dir / SEAL).unlink(missing_ok=True)
             final = []
             for path in staged:
@@ -175,6 +180,8 @@ def write_set(out_dir: str | Path, files: dict, report: dict, dump_report) -> li
                 os.replace(path, target)
                 _after_rename(target)
                 final.append(target)
+            for name in before:
+                (out_dir / name).unlink(missing_ok=True)
             os.replace(seal, out_dir / SEAL)
             final.append(out_dir / SEAL)
             switched = True
@@ -188,6 +195,45 @@ def write_set(out_dir: str | Path, files: dict, report: dict, dump_report) -> li
                 out_dir.rmdir()
             except OSError:
                 pass
+
+
+#: the file two runs writing into one folder take turns on while each switches its set in
+LOCK_FILE = ".facecluster.lock"
+
+
+@contextmanager
+def _switch_lock(out_dir: Path):
+    """An exclusive lock on ``out_dir`` while a set is switched in (POSIX advisory lock; no
+    lock where fcntl is missing): two runs into one folder interleaved their renames, and the
+    report.json that landed last listed files the other had overwritten. The staging, the
+    long part, runs side by side; only the renames take turns."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    with open(out_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): switch in unlocked
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _listed_outputs(out_dir: Path) -> set[str]:
+    """The files the report.json in ``out_dir`` lists (none when it is absent or unreadable);
+    names only, never a path out of the folder."""
+    try:
+        listed = json.loads((out_dir / SEAL).read_text(encoding="utf-8")).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if not isinstance(listed, dict):
+        return set()
+    return {name for name in listed if isinstance(name, str) and name == Path(name).name and not name.startswith(".")}
 
 
 def _after_rename(target: Path) -> None:

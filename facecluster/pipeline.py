@@ -173,7 +173,8 @@ class CleanResult:
         pages = {"report.html": render_html(self, image_root=image_root),
                  "review.html": render_review(self, out_dir, image_root=image_root)}
         return write_outputs(out_dir, {"cleaned.csv": self.cleaned, "audit.csv": self.audit,
-                                       "identities.csv": self.identities}, self.report, pages, _graph_writer(self.graph))
+                                       "identities.csv": self.identities}, self.report, pages, _graph_writer(self.graph),
+                             keep=(GRAPH_FILE,))
 
     def summary(self) -> dict:
         """Counts for a short printed summary."""
@@ -629,7 +630,8 @@ class ClusterResult:
 
     def write(self, out_dir: str | Path) -> list[Path]:
         check_output_dir(out_dir, list(self.faceset.source.values()), CLUSTER_FILES + (GRAPH_FILE,))
-        return write_outputs(out_dir, {"clusters.csv": self.clusters}, self.report, None, _graph_writer(self.graph))
+        return write_outputs(out_dir, {"clusters.csv": self.clusters}, self.report, None, _graph_writer(self.graph),
+                             keep=(GRAPH_FILE,))
 
 
 def cohesion(graph: KnnGraph, labels: np.ndarray) -> np.ndarray:

@@ -395,7 +395,8 @@ def action_counts(audit: pd.DataFrame) -> dict:
 
 
 def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: dict,
-                  texts: dict[str, str] | None = None, writers: dict | None = None) -> list[Path]:
+                  texts: dict[str, str] | None = None, writers: dict | None = None,
+                  keep: tuple[str, ...] = ()) -> list[Path]:
     """Write every output as one set (:func:`facecluster.outputs.write_set`): staged in a
     temporary folder inside ``out_dir``, switched into place together, report.json last
     listing every other file with its SHA-256.
@@ -403,11 +404,13 @@ def write_outputs(out_dir: str | Path, tables: dict[str, pd.DataFrame], report: 
     ``tables`` become CSV files, ``report`` report.json, ``texts`` (name → content) text
     files, and ``writers`` (name → callable taking the staged path) any other file, such as
     the kNN graph cache. An exception (or Ctrl-C) while staging leaves the folder as it was.
+    ``keep``: files a previous run listed that stay although this set does not rewrite them
+    (the graph cache it reused).
     """
     files = {name: (lambda path, t=table: t.to_csv(path, index=False)) for name, table in tables.items()}
     files.update({name: (lambda path, t=text: path.write_text(t, encoding="utf-8")) for name, text in (texts or {}).items()})
     files.update(writers or {})
-    return write_set(out_dir, files, report, _dump_report)
+    return write_set(out_dir, files, report, _dump_report, keep=keep)
 
 
 def _dump_report(report: dict, path: Path) -> None:

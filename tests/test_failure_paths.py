@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import facecluster as fc
 import facecluster.outputs as outputs
 from cli.main import app
 from facecluster import clean
@@ -276,3 +277,44 @@ def test_an_interrupt_while_staging_into_a_new_folder_leaves_no_folder(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         write_outputs(out, {"cleaned.csv": pd.DataFrame({"a": [1]}), "audit.csv": Interrupting()}, {"n": 1})
     assert not out.exists()
+
+
+def test_a_second_commands_run_into_a_folder_leaves_one_set(small_set, tmp_path):
+    # clean then cluster into one folder left clean's tables beside cluster's report.json,
+    # which called the folder complete
+    from facecluster.outputs import verify_outputs
+
+    out = tmp_path / "out"
+    fc.clean(small_set, out_dir=out, stages=())
+    fc.cluster(small_set, out_dir=out)
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert names == {"clusters.csv", "report.json", "knn_graph.npz"}, names
+    assert verify_outputs(out) == (True, "complete")
+    fc.clean(small_set, out_dir=out, stages=())
+    assert not (out / "clusters.csv").exists() and (out / "audit.csv").exists()
+    assert verify_outputs(out) == (True, "complete")
+
+
+def test_runs_into_one_folder_take_turns_to_switch_their_sets_in(small_set, tmp_path):
+    # two runs at once interleaved their renames: both exited 0 and report.json listed files
+    # the other had overwritten
+    import fcntl
+    import threading
+
+    from facecluster.outputs import LOCK_FILE
+
+    out = tmp_path / "out"
+    out.mkdir()
+    done = threading.Event()
+    holder = open(out / LOCK_FILE, "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another run is switching its set in
+    worker = threading.Thread(target=lambda: (fc.cluster(small_set, out_dir=out), done.set()))
+    worker.start()
+    try:
+        assert not done.wait(3.0), "the set was switched in while the folder was locked"
+        assert not (out / "report.json").exists()
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        holder.close()
+    worker.join(60)
+    assert done.is_set() and (out / "report.json").exists()
