@@ -197,31 +197,31 @@ def write_set(out_dir: str | Path, files: dict, report: dict, dump_report, *, ke
                 pass
 
 
-#: the file two runs writing into one folder take turns on while each switches its set in
-LOCK_FILE = ".facecluster.lock"
-
-
 @contextmanager
 def _switch_lock(out_dir: Path):
-    """An exclusive lock on ``out_dir`` while a set is switched in (POSIX advisory lock; no
-    lock where fcntl is missing): two runs into one folder interleaved their renames, and the
-    report.json that landed last listed files the other had overwritten. The staging, the
-    long part, runs side by side; only the renames take turns."""
+    """An exclusive lock on the ``out_dir`` folder itself while a set is switched in (a POSIX
+    advisory lock on its descriptor: no lock file is left behind; none where fcntl is
+    missing or the file system has no locks). Two runs into one folder interleaved their
+    renames, and the report.json that landed last listed files the other had overwritten.
+    The staging, the long part, runs side by side; only the renames take turns."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks here
         yield
         return
-    with open(out_dir / LOCK_FILE, "a") as handle:
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:  # a file system without locks (some network mounts): switch in unlocked
             yield
             return
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _listed_outputs(out_dir: Path) -> set[str]:

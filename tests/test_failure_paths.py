@@ -301,12 +301,10 @@ def test_runs_into_one_folder_take_turns_to_switch_their_sets_in(small_set, tmp_
     import fcntl
     import threading
 
-    from facecluster.outputs import LOCK_FILE
-
     out = tmp_path / "out"
     out.mkdir()
     done = threading.Event()
-    holder = open(out / LOCK_FILE, "a")
+    holder = os.open(out, os.O_RDONLY)
     fcntl.flock(holder, fcntl.LOCK_EX)  # another run is switching its set in
     worker = threading.Thread(target=lambda: (fc.cluster(small_set, out_dir=out), done.set()))
     worker.start()
@@ -315,6 +313,7 @@ def test_runs_into_one_folder_take_turns_to_switch_their_sets_in(small_set, tmp_
         assert not (out / "report.json").exists()
     finally:
         fcntl.flock(holder, fcntl.LOCK_UN)
-        holder.close()
+        os.close(holder)
     worker.join(60)
     assert done.is_set() and (out / "report.json").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "nothing but the set is left"
