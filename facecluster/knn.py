@@ -1120,11 +1120,18 @@ def build_knn_graph(
     elif method == "ivf":
         params.update(nlist=nlist, target_recall=target_recall, recall_queries=recall_queries, seed=seed)
 
+    t_load = time.perf_counter()
     fingerprint = graph_fingerprint(x, **params)
     if cache is not None:
         cached = KnnGraph.load(cache, fingerprint, n_samples=n, k=k)
         if cached is not None:
-            return KnnGraph(cached.indices, cached.sims, dict(cached.info, cache="hit", cache_path=str(cache)))
+            # how it was built stays (method, recall, the build's own device and seconds,
+            # under "built"); this run's seconds are the load's
+            built = {key: cached.info[key] for key in ("seconds", "phase_seconds", "device", "backend")
+                     if key in cached.info}
+            return KnnGraph(cached.indices, cached.sims,
+                            dict(cached.info, cache="hit", cache_path=str(cache), built=built,
+                                 seconds=round(time.perf_counter() - t_load, 3), phase_seconds={}))
 
     t0 = time.perf_counter()
     info = {"k": k, "method": method, "device": dev.kind, "backend": dev.backend,

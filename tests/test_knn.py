@@ -207,6 +207,8 @@ def test_graph_cache_is_reused_only_for_identical_inputs(tmp_path):
     second = build_knn_graph(x, k=8, device="cpu", cache=cache)
     assert second.info["cache"] == "hit"
     np.testing.assert_array_equal(first.indices, second.indices)
+    # the hit's seconds are the load's; the build's own are kept under "built"
+    assert second.info["built"]["seconds"] == first.info["seconds"] and second.info["phase_seconds"] == {}
     assert build_knn_graph(x, k=9, device="cpu", cache=cache).info["cache"] == "miss"
     y = x.copy()
     y[0] = y[1]
