@@ -53,3 +53,34 @@ def not_utf8(path: str | Path, what: str = "file") -> InputError:
         message = f"not a UTF-8 text {what} ({exc.reason} at byte {exc.start}{', ' + where if where else ''})"
         return InputError(path, message, row=row or None)
     return InputError(path, f"not a UTF-8 text {what}")
+
+
+# --------------------------------------------------------------------------- setting checks
+# What a setting must be, said once: a value taken silently otherwise (bool("no") is True,
+# int(2.5) is 2, and True is an int to Python) changes a run without a word.
+
+
+def is_whole(value) -> bool:
+    """A whole number (Python or numpy integer), not a boolean."""
+    import numpy as np
+
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """A real number (Python or numpy, integer or float; NaN included), not a boolean."""
+    import numpy as np
+
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_flag(value) -> bool:
+    """True or False (Python or numpy), not a text or a number that reads as one."""
+    import numpy as np
+
+    return isinstance(value, (bool, np.bool_))
+
+
+def is_centre(value) -> bool:
+    """A ``centre`` setting: "auto", True or False."""
+    return value == "auto" if isinstance(value, str) else is_flag(value)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, not_utf8
+from .errors import InputError, is_centre, not_utf8
 
 MANIFEST_SUFFIXES = {".csv", ".tsv", ".txt", ".parquet", ".pq"}
 EMBEDDING_SUFFIXES = (".npy", ".npz", ".parquet", ".pq")
@@ -393,7 +393,7 @@ def prepare_embeddings(raw: np.ndarray, *, centre: bool | str = "auto", file: st
 
     Returns ``(unit_vectors float32 (n, d), centred, stats)``.
     """
-    if not (centre == "auto" if isinstance(centre, str) else isinstance(centre, (bool, np.bool_))):
+    if not is_centre(centre):
         # bool("no") is True: any other text or value would centre silently
         raise ValueError(f"centre must be True, False or 'auto', got {centre!r}")
     # _as_array keeps a memmap's buffer (no copy); _normalise_checked reads it chunk by chunk

@@ -31,6 +31,7 @@ from .calibration import (
     fit_nearest_stranger,
     nearest_by_label,
 )
+from .errors import is_whole
 from .partition import Partition
 from .votes import LabelAgreement, LabelPairs, NearDuplicates, label_pairs_of
 
@@ -101,8 +102,7 @@ class FindingsConfig:
     def __post_init__(self):
         if not 0 < self.report_floor <= 1 or not 0 < self.review_share <= 1:
             raise ValueError("report_floor and review_share must be in (0, 1]")
-        if isinstance(self.review_min_cluster, bool) or not isinstance(self.review_min_cluster, (int, np.integer)) \
-                or self.review_min_cluster < 2:
+        if not is_whole(self.review_min_cluster) or self.review_min_cluster < 2:
             raise ValueError(f"review_min_cluster must be at least 2, got {self.review_min_cluster}")
 
 

@@ -35,6 +35,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
 
 from .calibration import Calibration, fit_calibration
+from .errors import is_whole
 from .knn import KnnGraph, graph_from_vectors
 from .metrics import pairwise_scores
 from .partition import (
@@ -781,8 +782,7 @@ class HierarchicalConfig:
             raise ValueError(f"hierarchical method must be average or finch, got {self.method!r}")
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:  # NaN too
             raise ValueError(f"threshold must be a cosine in [-1, 1], got {self.threshold!r}")
-        if self.level is not None and (isinstance(self.level, bool) or not isinstance(self.level, (int, np.integer))
-                                       or self.level < 0):
+        if self.level is not None and (not is_whole(self.level) or self.level < 0):
             raise ValueError(f"level must be a whole number >= 0, got {self.level!r}")
         if self.n_candidates < 2:
             raise ValueError(f"n_candidates must be at least 2, got {self.n_candidates}")

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from .device import Device, query_chunk_rows, resolve_device
+from .errors import is_whole
 from .progress import NullProgress, Progress
 
 GRAPH_FORMAT_VERSION = 5  # 2: IVF shortlists on PQ fast-scan codes, re-ranked exactly; 3: float64 rescore; 4: IVF refined; 5: exact k-th place
@@ -1086,7 +1087,7 @@ def build_knn_graph(
     KnnGraph
     """
     progress = progress or NullProgress()
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    if not is_whole(k):
         raise ValueError(f"k must be a whole number, got {k!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:

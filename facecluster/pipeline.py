@@ -18,7 +18,7 @@ from .calibration import Calibration, fit_calibration
 from .camsoftmax import CamSoftmaxConfig
 from .correlation import CorrelationConfig, correlation_stage
 from .device import Device, resolve_device
-from .errors import InputError
+from .errors import InputError, is_centre, is_real, is_whole
 from .faceset import FaceSet, load_faceset
 from .findings import Findings, FindingsConfig, Signals, find_issues
 from .hierarchical import HierarchicalConfig, hierarchical_stage
@@ -117,8 +117,7 @@ class CleanConfig:
             from .memory import parse_size
 
             object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
-        if self.memory_budget is not None and (isinstance(self.memory_budget, (bool, np.bool_)) or not isinstance(
-                self.memory_budget, (int, float, np.integer, np.floating)) or not np.isfinite(self.memory_budget)):
+        if self.memory_budget is not None and not (is_real(self.memory_budget) and np.isfinite(self.memory_budget)):
             raise ValueError(f"memory_budget must be a number of bytes or a size such as '6G', got {self.memory_budget!r}")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {self.memory_budget!r}")
@@ -134,11 +133,11 @@ class CleanConfig:
 def _check_common(config) -> None:
     """The settings ``clean`` and ``cluster`` share: refused here, before any work, rather
     than taken silently (bool("no") centres, 2.5 neighbours become 2, no seed is no rerun)."""
-    if isinstance(config.k, bool) or not isinstance(config.k, (int, np.integer)) or config.k < 1:
+    if not is_whole(config.k) or config.k < 1:
         raise ValueError(f"k must be a whole number of at least 1, got {config.k!r}")
-    if isinstance(config.seed, bool) or not isinstance(config.seed, (int, np.integer)) or config.seed < 0:
+    if not is_whole(config.seed) or config.seed < 0:
         raise ValueError(f"seed must be a whole number of at least 0 (a run is reproducible from it), got {config.seed!r}")
-    if not (config.centre == "auto" if isinstance(config.centre, str) else isinstance(config.centre, (bool, np.bool_))):
+    if not is_centre(config.centre):
         raise ValueError(f"centre must be True, False or 'auto', got {config.centre!r}")
 
 

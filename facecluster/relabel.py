@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import is_flag, is_real
 from .findings import Findings
 from .outputs import OUTPUT_FILES, check_output_dir, write_set
 
@@ -68,11 +69,10 @@ class Policy:
             value = getattr(self, name)
             if value is None and name == "merge_min":
                 continue
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or not 0.0 <= value <= 1.0:
+            if not is_real(value) or not 0.0 <= value <= 1.0:
                 # a score is a probability: 2 would never act, -1 or NaN always or never
                 raise ValueError(f"policy {self.name!r}: {name} must be a score in [0, 1], got {value!r}")
-        if not isinstance(self.quarantine, (bool, np.bool_)):  # bool("no") is True
+        if not is_flag(self.quarantine):  # bool("no") is True
             raise ValueError(f"policy {self.name!r}: quarantine must be True or False, got {self.quarantine!r}")
 
 
